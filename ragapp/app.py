@@ -1,0 +1,285 @@
+"""`App`: one workspace, and everything you can do with it. The CLI (and later the HTTP server) wrap it."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ragapp.config import EffectiveConfig, load_config
+from ragapp.errors import EmptyWorkspace, UsageError, WorkspaceError
+from ragapp.generators import GenerationConfig, Generator, load_generator
+from ragapp.search import SearchHit
+from ragapp.store import SCHEMA_VERSION, Store
+
+DB_FILE = "ragapp.db"
+LOCK_FILE = "ingest.lock"
+DEFAULT_WORKSPACE = ".ragapp"
+
+
+@dataclass
+class Citation:
+    n: int
+    source: str
+    page: int | None
+    anchor: str | None
+    heading: str | None
+    chunk_id: int
+    score: float
+    cited: bool  # the answer refers to [n]
+    text: str
+
+
+@dataclass
+class Answer:
+    question: str
+    answer: str
+    citations: list[Citation]
+    model: str
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "question": self.question,
+            "answer": self.answer,
+            "citations": [vars(c) for c in self.citations],
+            "model": self.model,
+            "timings": {k: round(v, 4) for k, v in self.timings.items()},
+        }
+
+
+def default_workspace() -> Path:
+    return Path(os.environ.get("RAGAPP_WORKSPACE") or DEFAULT_WORKSPACE)
+
+
+class App:
+    """A workspace: its config, SQL store and vector index, and the models, loaded on first use.
+
+    >>> app = App("./.ragapp")
+    >>> app.ingest(["docs"])
+    >>> app.ask("How do I remove deleted files from the index?").answer
+    """
+
+    def __init__(self, workspace: str | Path | None = None, config: dict[str, dict[str, Any]] | None = None):
+        self.workspace = Path(workspace) if workspace is not None else default_workspace()
+        if self.workspace.exists() and not self.workspace.is_dir():
+            raise WorkspaceError(f"workspace {self.workspace} exists and is not a folder")
+        self.settings: EffectiveConfig = load_config(self.workspace, config)
+        self.config = self.settings.config
+        self._store: Store | None = None
+        self._embedder: Any = None
+        self._generator: Generator | None = None
+
+    # -- lazily opened parts ----------------------------------------------------------------------
+
+    @property
+    def db_path(self) -> Path:
+        return self.workspace / DB_FILE
+
+    def _open_store(self, create: bool) -> Store:
+        if self._store is None:
+            if not self.db_path.exists():
+                if not create:
+                    raise EmptyWorkspace(f"nothing ingested yet in {self.workspace}: run `ragapp ingest PATH` first")
+                self.workspace.mkdir(parents=True, exist_ok=True)
+            self._store = Store(f"sqlite:///{self.db_path}")
+        return self._store
+
+    @property
+    def embedder(self) -> Any:
+        if self._embedder is None:
+            from ragapp.embedding import load_embedder
+
+            e = self.config.embedding
+            self._embedder = load_embedder(e.model, e.device, e.batch_size)
+        return self._embedder
+
+    @property
+    def generator(self) -> Generator:
+        if self._generator is None:
+            g = self.config.generation
+            self._generator = load_generator(g.backend, g.model, g.device)
+        return self._generator
+
+    def _index(self, store: Store) -> Any:
+        from ragapp.vector_index import WorkspaceIndex
+
+        i = self.config.index
+        return WorkspaceIndex(self.workspace, store, self.embedder.dim, self.embedder.fingerprint, i.kind, i.hnsw_m)
+
+    def _require_chunks(self) -> Store:
+        store = self._open_store(create=False)
+        if store.counts()["chunks"] == 0:
+            raise EmptyWorkspace(f"nothing ingested yet in {self.workspace}: run `ragapp ingest PATH` first")
+        return store
+
+    @contextmanager
+    def _ingest_lock(self) -> Iterator[None]:
+        fd = os.open(self.workspace / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise WorkspaceError(f"another ingest is running in {self.workspace}; wait for it to finish") from None
+            yield
+        finally:
+            os.close(fd)
+
+    # -- the public API ---------------------------------------------------------------------------
+
+    def ingest(
+        self,
+        paths: Sequence[str | Path],
+        sync: bool = False,
+        include: Sequence[str] | None = None,
+        exclude: Sequence[str] | None = None,
+        progress: bool = False,
+    ) -> Any:
+        """Ingest files and folders; only new or changed files are parsed and embedded. Returns an IngestReport."""
+        from ragapp.chunking import Chunker
+        from ragapp.ingest import Ingestor
+
+        roots = [Path(p).expanduser() for p in paths]
+        if not roots:
+            raise UsageError("no path given")
+        missing = [str(p) for p in roots if not p.exists()]
+        if missing:
+            raise UsageError(f"path not found: {', '.join(missing)}")
+        store = self._open_store(create=True)
+        with self._ingest_lock():
+            c = self.config
+            chunker = Chunker(self.embedder.tokenizer, c.chunking.chunk_tokens, c.chunking.overlap_tokens)
+            ingestor = Ingestor(store, self._index(store), self.embedder, chunker, int(c.ingest.max_file_mb * 1e6))
+            return ingestor.run(
+                [r.resolve() for r in roots],
+                include=c.ingest.include if include is None else include,
+                exclude=c.ingest.exclude if exclude is None else exclude,
+                sync=sync,
+                progress=progress,
+            )
+
+    def search(self, query: str, k: int | None = None) -> list[SearchHit]:
+        from ragapp.search import dense_search
+
+        if not query.strip():
+            raise UsageError("the query is empty")
+        store = self._require_chunks()
+        index = self._index(store)
+        if index.notes:
+            raise WorkspaceError(f"{index.notes[0]}; run `ragapp ingest PATH` to rebuild it")
+        return dense_search(self.embedder, index, store, query, k or self.config.retrieval.k)
+
+    def ask(
+        self,
+        question: str,
+        k: int | None = None,
+        generation: dict[str, Any] | GenerationConfig | None = None,
+        on_token: Callable[[str], None] | None = None,
+    ) -> Answer:
+        """Retrieve, expand the prompt with numbered passages, generate; `on_token` receives streamed text."""
+        from ragapp.prompt import cited_numbers, fit_prompt
+
+        timings: dict[str, float] = {}
+        started = time.perf_counter()
+        self._require_chunks()
+        _ = self.embedder
+        generator = self.generator
+        timings["load_s"] = time.perf_counter() - started
+
+        mark = time.perf_counter()
+        hits = self.search(question, k)
+        timings["retrieve_s"] = time.perf_counter() - mark
+
+        g = self.config.generation
+        if isinstance(generation, GenerationConfig):
+            sampling = generation
+        else:
+            sampling = GenerationConfig.model_validate({**g.sampling().model_dump(), **(generation or {})})
+        budget = min(g.context_window, generator.context_window) - sampling.max_new_tokens
+        messages, passages = fit_prompt(generator, self.config.prompt, question, hits, budget)
+        timings["prompt_tokens"] = generator.count_tokens(messages)
+
+        mark = time.perf_counter()
+        if on_token is None:
+            text = generator.generate(messages, sampling)
+        else:
+            pieces = []
+            for piece in generator.stream(messages, sampling):
+                pieces.append(piece)
+                on_token(piece)
+            text = "".join(pieces)
+        timings["generate_s"] = time.perf_counter() - mark
+        timings["total_s"] = time.perf_counter() - started
+
+        cited = cited_numbers(text)
+        citations = [
+            Citation(
+                n=p.n,
+                source=p.hit.source,
+                page=p.hit.page,
+                anchor=p.hit.anchor,
+                heading=p.hit.heading,
+                chunk_id=p.hit.chunk_id,
+                score=p.hit.score,
+                cited=p.n in cited,
+                text=p.text,
+            )
+            for p in passages
+        ]
+        return Answer(question, text.strip(), citations, generator.model_id, timings)
+
+    def status(self) -> dict[str, Any]:
+        c = self.config
+        out: dict[str, Any] = {
+            "workspace": str(self.workspace.resolve()),
+            "exists": self.db_path.exists(),
+            "schema_version": SCHEMA_VERSION,
+            "embedding": {"model": c.embedding.model or "all-MiniLM-L6-v2 (shipped)", "device": c.embedding.device},
+            "generation": {
+                "backend": c.generation.backend,
+                "model": c.generation.model or "SmolLM2-135M-Instruct (shipped)",
+                "device": c.generation.device,
+            },
+        }
+        index_path = self.workspace / "index.faiss"
+        out["index"] = {
+            "kind": c.index.kind,
+            "path": str(index_path),
+            "bytes": index_path.stat().st_size if index_path.exists() else 0,
+        }
+        if not out["exists"]:
+            out.update(documents=0, chunks=0, pending=0, last_ingest=None)
+            return out
+        store = self._open_store(create=False)
+        out.update(store.counts())
+        run = store.last_run()
+        out["last_ingest"] = (
+            None
+            if run is None
+            else {
+                "id": run.id,
+                "status": run.status,
+                "started_at": run.started_at.isoformat(),
+                "seconds": round(run.seconds, 3),
+                "files_seen": run.files_seen,
+                "chunks_added": run.chunks_added,
+                "failed": run.failed,
+            }
+        )
+        return out
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+    def __enter__(self) -> App:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

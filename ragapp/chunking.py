@@ -1,0 +1,62 @@
+"""Split documents into chunks that fit the embedding model, inside section boundaries.
+
+Sizes are counted in the embedding model's own tokens, so no chunk is silently truncated when
+embedded, and every chunk keeps the heading, anchor, page and absolute character offsets of its text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from langchain_text_splitters import RecursiveCharacterTextSplitter
+
+from connectors import Document
+
+
+@dataclass(frozen=True)
+class Chunk:
+    ordinal: int
+    text: str
+    start: int
+    end: int
+    token_count: int
+    heading: str | None = None
+    anchor: str | None = None
+    page: int | None = None
+
+
+class Chunker:
+    def __init__(self, tokenizer: Any, chunk_tokens: int = 200, overlap_tokens: int = 32):
+        self._tokenizer = tokenizer
+        self._splitter = RecursiveCharacterTextSplitter.from_huggingface_tokenizer(
+            tokenizer, chunk_size=chunk_tokens, chunk_overlap=overlap_tokens
+        )
+
+    def count_tokens(self, text: str) -> int:
+        return len(self._tokenizer.tokenize(text))
+
+    def chunk(self, document: Document) -> list[Chunk]:
+        chunks: list[Chunk] = []
+        for section in document.sections:
+            search_from = 0
+            for piece in self._splitter.split_text(section.text):
+                # The splitter keeps text verbatim but strips it, so each piece is found in order.
+                at = section.text.find(piece, search_from)
+                if at < 0:
+                    at = search_from
+                search_from = at + 1
+                start = section.start + at
+                chunks.append(
+                    Chunk(
+                        ordinal=len(chunks),
+                        text=piece,
+                        start=start,
+                        end=start + len(piece),
+                        token_count=self.count_tokens(piece),
+                        heading=section.heading,
+                        anchor=section.anchor,
+                        page=section.page,
+                    )
+                )
+        return chunks

@@ -1,0 +1,60 @@
+"""The `ragapp` command. Each command group lives in its own module; all of them wrap `ragapp.App`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+import ragapp
+from ragapp.cli import documents, workspace
+from ragapp.errors import RagappError
+
+
+class _CliError(click.ClickException):
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class _Group(click.Group):
+    """Turns ragapp's own errors into a one-line message and their exit code, never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except RagappError as exc:
+            raise _CliError(str(exc), exc.exit_code) from None
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--workspace",
+    "-w",
+    type=click.Path(path_type=Path, file_okay=False),
+    envvar="RAGAPP_WORKSPACE",
+    default=".ragapp",
+    show_default=True,
+    help="Workspace folder holding the database, index and ragapp.toml (env: RAGAPP_WORKSPACE).",
+)
+@click.version_option(ragapp.__version__, prog_name="ragapp")
+@click.pass_context
+def cli(ctx: click.Context, workspace: Path) -> None:
+    """Ask questions about your documents, offline, with numbered citations.
+
+    \b
+    Typical use:
+      ragapp ingest ~/docs          # parse, chunk, embed and index a folder
+      ragapp ask "How do I ...?"    # answer from the most relevant passages
+      ragapp search "topic"         # just the passages
+    """
+    ctx.obj = workspace
+
+
+for command in (*documents.COMMANDS, *workspace.COMMANDS):
+    cli.add_command(command)
+
+
+def main() -> None:
+    cli(prog_name="ragapp")

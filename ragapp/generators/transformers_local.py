@@ -1,0 +1,217 @@
+"""The in-process generator: a local Hugging Face causal LM run with transformers (CPU by default).
+
+torch and transformers are imported on first use, so building a generator (and the CLI) stays fast;
+the model is loaded once per instance, on first use or by `load()`.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ragapp.generators.base import GenerationConfig, Message
+from ragapp.generators.gguf import DEFAULT_MODEL_NAME, resolve_model
+
+if TYPE_CHECKING:
+    import torch
+
+_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def cut_at_stop(text: str, stops: Sequence[str]) -> str:
+    """`text` up to (not including) the earliest stop string."""
+    hits = [i for i in (text.find(s) for s in stops if s) if i >= 0]
+    return text[: min(hits)] if hits else text
+
+
+class StopFilter:
+    """Passes streamed text through, holding back a tail that could still grow into a stop string."""
+
+    def __init__(self, stops: Sequence[str]) -> None:
+        self.stops = [s for s in stops if s]
+        self.hold = max((len(s) for s in self.stops), default=1) - 1
+        self.text = ""
+        self.sent = 0
+        self.stopped = False
+
+    def push(self, piece: str) -> str:
+        """Add a piece; return what is now safe to emit. Sets `stopped` once a stop string appears."""
+        self.text += piece
+        # Nothing before `sent` can start a stop string: it was emitted only once `hold` more chars followed.
+        hits = [i for i in (self.text.find(s, self.sent) for s in self.stops) if i >= 0]
+        end = min(hits) if hits else max(self.sent, len(self.text) - self.hold)
+        self.stopped = bool(hits)
+        out, self.sent = self.text[self.sent : end], end
+        return out
+
+    def finish(self) -> str:
+        """The held-back tail once the stream has ended without a stop string."""
+        out, self.sent = ("" if self.stopped else self.text[self.sent :]), len(self.text)
+        return out
+
+
+class TransformersGenerator:
+    """`Generator` backed by `AutoModelForCausalLM.generate`; one generation at a time per instance."""
+
+    def __init__(
+        self, model: str | None = None, device: str = "cpu", dtype: str = "float32", threads: int | None = None
+    ) -> None:
+        if dtype not in _DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(_DTYPES)}, not {dtype!r}")
+        self.spec = model or None
+        self.device = device
+        self.dtype = dtype
+        self.threads = threads
+        if not model:
+            self.model_id = DEFAULT_MODEL_NAME
+        else:  # the file's stem for a .gguf, the folder's name for a Hugging Face folder
+            path = Path(model).expanduser().resolve()
+            self.model_id = path.stem if path.suffix.lower() == ".gguf" else path.name
+        self.model_path: Path | None = None
+        self._model: Any = None
+        self._tokenizer: Any = None
+        # Held for a whole generation: seeds use the global torch RNG, and a loaded model is shared state.
+        self._lock = threading.RLock()
+
+    # -- loading ---------------------------------------------------------------------------------
+    def load(self) -> TransformersGenerator:
+        """Resolve (converting a GGUF if needed) and load tokenizer and model; later calls do nothing."""
+        with self._lock:
+            if self._model is not None:
+                return self
+            import torch
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            if self.threads:
+                torch.set_num_threads(self.threads)  # process-wide: torch has no per-model thread count
+            path = resolve_model(self.spec)
+            tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+            tokenizer.padding_side = "left"  # batches must end where generation starts
+            if tokenizer.pad_token is None:
+                tokenizer.pad_token = tokenizer.eos_token
+            dtype = getattr(torch, self.dtype)
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
+            model.to(self.device).eval()
+            self.model_path, self._tokenizer, self._model = path, tokenizer, model
+            return self
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.load()._tokenizer
+
+    @property
+    def model(self) -> Any:
+        return self.load()._model
+
+    @property
+    def context_window(self) -> int:
+        return int(self.model.config.max_position_embeddings)
+
+    # -- prompts ---------------------------------------------------------------------------------
+    def count_tokens(self, messages: Sequence[Message]) -> int:
+        """Tokens of the chat-templated prompt including the assistant header the model continues from."""
+        conversation = [dict(m) for m in messages]
+        return len(self.tokenizer.apply_chat_template(conversation, add_generation_prompt=True, return_dict=False))
+
+    def _encode(self, conversations: Sequence[Sequence[Message]]) -> Any:
+        batch = self.tokenizer.apply_chat_template(
+            [[dict(m) for m in c] for c in conversations],
+            add_generation_prompt=True,
+            padding=True,
+            return_tensors="pt",
+            return_dict=True,
+        )
+        return batch.to(self.device)
+
+    # -- generation ------------------------------------------------------------------------------
+    def _generate_ids(self, batch: Any, config: GenerationConfig, **extra: Any) -> torch.Tensor:
+        """Run `model.generate` on an encoded batch; returns only the new tokens (batch × new)."""
+        import torch
+
+        prompt_len = int(batch["input_ids"].shape[1])
+        room = self.context_window - prompt_len
+        if room < 1:
+            raise ValueError(
+                f"prompt has {prompt_len} tokens; the context window of {self.model_id} is {self.context_window}"
+            )
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": min(config.max_new_tokens, room),
+            "pad_token_id": self.tokenizer.pad_token_id,
+            "do_sample": not config.greedy,
+            **extra,
+        }
+        if not config.greedy:
+            kwargs.update(temperature=config.temperature, top_k=config.top_k, top_p=config.top_p)
+        stops = [s for s in config.stop if s]
+        if stops:  # ends each sequence as soon as a stop string is complete (text is cut again in _decode)
+            kwargs.update(stop_strings=stops, tokenizer=self.tokenizer)
+        with self._lock, torch.inference_mode():
+            # fork_rng: a seeded call leaves the caller's global RNG state as it was.
+            with torch.random.fork_rng(devices=[], enabled=not config.greedy and config.seed is not None):
+                if not config.greedy and config.seed is not None:
+                    torch.manual_seed(config.seed)
+                    if self.device.startswith("cuda"):
+                        torch.cuda.manual_seed_all(config.seed)
+                out = self.model.generate(**batch, **kwargs)
+        return out[:, prompt_len:]
+
+    def _decode(self, ids: Any, config: GenerationConfig) -> str:
+        return cut_at_stop(self.tokenizer.decode(ids, skip_special_tokens=True), config.stop)
+
+    def generate(self, messages: Sequence[Message], config: GenerationConfig) -> str:
+        return self._decode(self._generate_ids(self._encode([messages]), config)[0], config)
+
+    def generate_batch(self, conversations: Sequence[Sequence[Message]], config: GenerationConfig) -> list[str]:
+        """All conversations in one left-padded `generate` call."""
+        if not conversations:
+            return []
+        return [self._decode(row, config) for row in self._generate_ids(self._encode(conversations), config)]
+
+    def stream(self, messages: Sequence[Message], config: GenerationConfig) -> Iterator[str]:
+        """Text pieces as they are generated; they join to exactly what `generate` returns.
+
+        Generation runs in a worker thread feeding a `TextIteratorStreamer`. Its errors are re-raised
+        here; closing the iterator early stops the worker at the next token, and the thread is always joined.
+        """
+        from transformers import StoppingCriteria, TextIteratorStreamer
+
+        batch = self._encode([messages])
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        cancel = threading.Event()
+        errors: list[BaseException] = []
+
+        class _Cancelled(StoppingCriteria):
+            def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+                import torch
+
+                return torch.full((input_ids.shape[0],), cancel.is_set(), dtype=torch.bool, device=input_ids.device)
+
+        def work() -> None:
+            try:
+                self._generate_ids(batch, config, streamer=streamer, stopping_criteria=[_Cancelled()])
+            except BaseException as exc:  # noqa: BLE001 - handed to the consumer thread
+                errors.append(exc)
+                streamer.text_queue.put(streamer.stop_signal)  # unblock the consumer
+
+        worker = threading.Thread(target=work, name="ragapp-generate", daemon=True)
+        worker.start()
+        filt = StopFilter(config.stop)
+        try:
+            for piece in streamer:
+                out = filt.push(piece)
+                if out:
+                    yield out
+                if filt.stopped:
+                    break
+            cancel.set()
+            worker.join()
+            if errors:
+                raise errors[0]
+            tail = filt.finish()
+            if tail:
+                yield tail
+        finally:
+            cancel.set()
+            worker.join()

@@ -1,0 +1,208 @@
+"""Incremental ingestion: files -> documents -> chunks (SQL) -> vectors (index).
+
+Each document is written to SQL in one transaction with its chunks marked not-yet-indexed; embedding
+then works through the pending chunks, wherever they came from (this run, or a run that was killed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import update
+from tqdm import tqdm
+
+from connectors import FileProblem, ParseError
+from connectors.filesystem import discover, parse, read_bytes
+from ragapp.chunking import Chunker
+from ragapp.embedding import Embedder
+from ragapp.store import IngestProblem, IngestRun, Store, utcnow
+from ragapp.vector_index import WorkspaceIndex
+
+EMBED_BATCH = 256  # chunks embedded per step: large enough for throughput, small enough for progress
+SAVE_EVERY_S = 60.0  # how much embedding work a crash can cost at most
+
+
+@dataclass
+class IngestReport:
+    run_id: int = 0
+    paths: list[str] = field(default_factory=list)
+    files_seen: int = 0
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    removed: int = 0
+    problems: list[FileProblem] = field(default_factory=list)  # not ingested (an older version may remain)
+    warnings: list[FileProblem] = field(default_factory=list)  # ingested, with something worth knowing
+    chunks_added: int = 0
+    chunks_removed: int = 0
+    chunks_embedded: int = 0  # includes chunks left pending by an interrupted run
+    repaired: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def chunks_per_second(self) -> float:
+        return self.chunks_embedded / self.seconds if self.seconds else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["problems"] = [asdict(p) for p in self.problems]
+        out["warnings"] = [asdict(p) for p in self.warnings]
+        out["chunks_per_second"] = round(self.chunks_per_second, 2)
+        out["seconds"] = round(self.seconds, 3)
+        return out
+
+
+class Ingestor:
+    def __init__(self, store: Store, index: WorkspaceIndex, embedder: Embedder, chunker: Chunker, max_bytes: int):
+        self.store = store
+        self.index = index
+        self.embedder = embedder
+        self.chunker = chunker
+        self.max_bytes = max_bytes
+        self._embedded_up_to = 0
+        self._last_save = time.monotonic()
+
+    def run(
+        self,
+        roots: Sequence[Path],
+        include: Sequence[str] = (),
+        exclude: Sequence[str] = (),
+        sync: bool = False,
+        progress: bool = True,
+    ) -> IngestReport:
+        started = time.monotonic()
+        report = IngestReport(paths=[str(r) for r in roots])
+        report.run_id = self._start_run(report.paths)
+        try:
+            report.notes.extend(self.index.notes)
+            report.repaired = {k: v for k, v in self.index.reconcile().items() if v}
+            candidates = list(discover(roots, include, exclude))
+            known = {d.source: d.content_hash for d in self.store.documents_by_source().values()}
+            seen: set[str] = set()
+            bar = tqdm(candidates, desc="ingest", unit="file", disable=not progress, dynamic_ncols=True)
+            for item in bar:
+                if isinstance(item, FileProblem):
+                    report.problems.append(item)
+                    continue
+                seen.add(str(item))
+                self._ingest_file(item, known, report)
+                if self._pending_unembedded(report) >= EMBED_BATCH:
+                    self._embed_pending(report)
+                bar.set_postfix(chunks=report.chunks_added, refresh=False)
+            bar.close()
+            if sync:
+                self._remove_vanished(roots, seen, report)
+            self._embed_pending(report, progress=progress)
+            self.index.save()
+            report.seconds = time.monotonic() - started
+            self._finish_run(report, "completed")
+        except BaseException:
+            report.seconds = time.monotonic() - started
+            self._finish_run(report, "failed")
+            raise
+        return report
+
+    # -- one file ---------------------------------------------------------------------------------
+
+    def _ingest_file(self, path: Path, known: dict[str, str], report: IngestReport) -> None:
+        source = str(path)
+        report.files_seen += 1
+        try:
+            stat = path.stat()
+            data = read_bytes(path, self.max_bytes)
+            digest = hashlib.sha256(data).hexdigest()
+            if known.get(source) == digest:
+                report.unchanged += 1
+                return
+            document = parse(path, data)
+            chunks = self.chunker.chunk(document)
+            if not chunks:
+                raise ParseError("no text to index")
+        except ParseError as exc:
+            report.problems.append(FileProblem(source, str(exc)))
+            return
+        except Exception as exc:  # a parser bug or an OS error must not end the run: record and go on
+            report.problems.append(FileProblem(source, f"unexpected error: {type(exc).__name__}: {exc}"))
+            return
+        old_ids = self.store.replace_document(document, digest, stat.st_size, stat.st_mtime, chunks)
+        self.index.remove(old_ids)
+        report.chunks_removed += len(old_ids)
+        report.chunks_added += len(chunks)
+        if source in known:
+            report.updated += 1
+        else:
+            report.added += 1
+        known[source] = digest
+        report.warnings.extend(FileProblem(source, w) for w in document.warnings)
+
+    def _remove_vanished(self, roots: Sequence[Path], seen: set[str], report: IngestReport) -> None:
+        prefixes = tuple(str(r) + os.sep for r in roots if r.is_dir())
+        vanished = [
+            source
+            for source in self.store.documents_by_source()
+            if source not in seen and source.startswith(prefixes) and not os.path.exists(source)
+        ]
+        if vanished:
+            ids = self.store.delete_documents(vanished)
+            self.index.remove(ids)
+            report.removed += len(vanished)
+            report.chunks_removed += len(ids)
+
+    # -- embedding --------------------------------------------------------------------------------
+
+    def _pending_unembedded(self, report: IngestReport) -> int:
+        return report.chunks_added - report.chunks_embedded
+
+    def _embed_pending(self, report: IngestReport, progress: bool = False) -> None:
+        """Embed every chunk not yet in the index, oldest first; save the index now and then."""
+        bar = None
+        if progress:
+            total = self.store.count_pending(after_id=self._embedded_up_to)
+            if total > 0:
+                bar = tqdm(total=total, desc="embed", unit="chunk", dynamic_ncols=True)
+        for batch in self.store.pending_chunks(after_id=self._embedded_up_to, batch=EMBED_BATCH):
+            ids = [chunk_id for chunk_id, _ in batch]
+            vectors = self.embedder.embed([text for _, text in batch])
+            self.index.add(ids, vectors)
+            self._embedded_up_to = ids[-1]
+            report.chunks_embedded += len(ids)
+            if bar is not None:
+                bar.update(len(ids))
+            if time.monotonic() - self._last_save > SAVE_EVERY_S:
+                self.index.save()
+                self._last_save = time.monotonic()
+        if bar is not None:
+            bar.close()
+
+    # -- run bookkeeping --------------------------------------------------------------------------
+
+    def _start_run(self, paths: list[str]) -> int:
+        with self.store.session() as s:
+            # We hold the workspace lock: a run still marked running was killed.
+            s.execute(update(IngestRun).where(IngestRun.status == "running").values(status="interrupted"))
+            run = IngestRun(paths=paths)
+            s.add(run)
+            s.commit()
+            return run.id
+
+    def _finish_run(self, report: IngestReport, status: str) -> None:
+        with self.store.session() as s:
+            run = s.get(IngestRun, report.run_id)
+            if run is None:
+                return
+            run.status = status
+            run.finished_at = utcnow()
+            run.seconds = report.seconds
+            for name in ("files_seen", "added", "updated", "unchanged", "removed", "chunks_added"):
+                setattr(run, name, getattr(report, name))
+            run.failed = len(report.problems)
+            for severity, problems in (("error", report.problems), ("warning", report.warnings)):
+                s.add_all(IngestProblem(run_id=run.id, source=p.source, severity=severity, reason=p.reason) for p in problems)
+            s.commit()

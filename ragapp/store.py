@@ -1,0 +1,320 @@
+"""The SQL store: the source of truth for documents, chunks and ingest runs.
+
+Chunk rows are immutable: a changed file gets new chunk rows with new ids, so a chunk id always
+names the same text and the vector index can be reconciled against this store by id alone.
+Ids are never reused (SQLite AUTOINCREMENT) for the same reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Engine,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    inspect,
+    select,
+    update,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
+
+from ragapp.errors import WorkspaceError
+
+if TYPE_CHECKING:
+    from connectors import Document
+    from ragapp.chunking import Chunk
+
+SCHEMA_VERSION = 1
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Meta(Base):
+    __tablename__ = "meta"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
+class DocumentRow(Base):
+    __tablename__ = "documents"
+    __table_args__ = {"sqlite_autoincrement": True}
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    source: Mapped[str] = mapped_column(Text, unique=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    title: Mapped[str | None] = mapped_column(Text)
+    content_hash: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(Integer)
+    mtime: Mapped[float] = mapped_column(Float)
+    doc_metadata: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    chunks: Mapped[list[ChunkRow]] = relationship(
+        back_populates="document", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+
+class ChunkRow(Base):
+    __tablename__ = "chunks"
+    __table_args__ = {"sqlite_autoincrement": True}
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    document_id: Mapped[int] = mapped_column(ForeignKey("documents.id", ondelete="CASCADE"), index=True)
+    ordinal: Mapped[int] = mapped_column(Integer)
+    text: Mapped[str] = mapped_column(Text)
+    heading: Mapped[str | None] = mapped_column(Text)
+    anchor: Mapped[str | None] = mapped_column(Text)
+    page: Mapped[int | None] = mapped_column(Integer)
+    start_char: Mapped[int] = mapped_column(Integer)
+    end_char: Mapped[int] = mapped_column(Integer)
+    token_count: Mapped[int] = mapped_column(Integer)
+    # False until the chunk's vector is durably in the index; the index is reconciled on open.
+    indexed: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
+    document: Mapped[DocumentRow] = relationship(back_populates="chunks")
+
+
+class IngestRun(Base):
+    __tablename__ = "ingest_runs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    status: Mapped[str] = mapped_column(String(16), default="running")  # running | completed | failed | interrupted
+    paths: Mapped[list[str]] = mapped_column(JSON, default=list)
+    files_seen: Mapped[int] = mapped_column(Integer, default=0)
+    added: Mapped[int] = mapped_column(Integer, default=0)
+    updated: Mapped[int] = mapped_column(Integer, default=0)
+    unchanged: Mapped[int] = mapped_column(Integer, default=0)
+    removed: Mapped[int] = mapped_column(Integer, default=0)
+    failed: Mapped[int] = mapped_column(Integer, default=0)
+    chunks_added: Mapped[int] = mapped_column(Integer, default=0)
+    seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    problems: Mapped[list[IngestProblem]] = relationship(cascade="all, delete-orphan")
+
+
+class IngestProblem(Base):
+    __tablename__ = "ingest_problems"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("ingest_runs.id", ondelete="CASCADE"), index=True)
+    source: Mapped[str] = mapped_column(Text)
+    severity: Mapped[str] = mapped_column(String(8))  # "error" (not ingested) | "warning" (ingested)
+    reason: Mapped[str] = mapped_column(Text)
+
+
+# version -> step that brings a database at version-1 to it. Version 1 is the initial schema.
+Migration = Callable[[Session], None]
+MIGRATIONS: dict[int, Migration] = {1: lambda session: Base.metadata.create_all(session.connection())}
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+def migrate(session: Session, migrations: dict[int, Migration] = MIGRATIONS) -> int:
+    """Bring the schema to the newest version in one transaction; refuse a newer database."""
+    target = max(migrations)
+    has_meta = inspect(session.connection()).has_table("meta")
+    current = 0
+    if has_meta:
+        row = session.get(Meta, "schema_version")
+        current = int(row.value) if row else 0
+    if current > target:
+        raise WorkspaceError(
+            f"workspace schema version {current} is newer than this ragapp supports ({target}): upgrade ragapp"
+        )
+    for version in range(current + 1, target + 1):
+        migrations[version](session)
+        session.merge(Meta(key="schema_version", value=str(version)))
+    session.commit()
+    return target
+
+
+class Store:
+    def __init__(self, url: str):
+        self.url = url
+        self.engine: Engine = create_engine(url)
+        if self.engine.dialect.name == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        with self.session() as session:
+            migrate(session)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        session = self._sessions()
+        try:
+            yield session
+        except BaseException:
+            session.rollback()
+            raise
+        finally:
+            session.close()
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- meta -------------------------------------------------------------------------------------
+
+    def get_meta(self, key: str) -> str | None:
+        with self.session() as s:
+            row = s.get(Meta, key)
+            return row.value if row else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self.session() as s:
+            s.merge(Meta(key=key, value=value))
+            s.commit()
+
+    # -- documents and chunks ----------------------------------------------------------------------
+
+    def documents_by_source(self, sources: Iterable[str] | None = None) -> dict[str, DocumentRow]:
+        with self.session() as s:
+            query = select(DocumentRow)
+            rows = s.scalars(query).all()
+        wanted = None if sources is None else set(sources)
+        return {r.source: r for r in rows if wanted is None or r.source in wanted}
+
+    def counts(self) -> dict[str, int]:
+        with self.session() as s:
+            return {
+                "documents": s.scalar(select(func.count()).select_from(DocumentRow)) or 0,
+                "chunks": s.scalar(select(func.count()).select_from(ChunkRow)) or 0,
+                "pending": s.scalar(select(func.count()).where(ChunkRow.indexed.is_(False))) or 0,
+            }
+
+    def chunk_ids(self, indexed: bool | None = None) -> set[int]:
+        with self.session() as s:
+            query = select(ChunkRow.id)
+            if indexed is not None:
+                query = query.where(ChunkRow.indexed.is_(indexed))
+            return set(s.scalars(query))
+
+    def count_pending(self, after_id: int = 0) -> int:
+        with self.session() as s:
+            query = select(func.count()).where(ChunkRow.indexed.is_(False), ChunkRow.id > after_id)
+            return s.scalar(query) or 0
+
+    def pending_chunks(self, after_id: int = 0, batch: int = 4096) -> Iterator[list[tuple[int, str]]]:
+        """(id, text to embed) of chunks not yet in the index, in id order, a batch at a time."""
+        last = after_id
+        while True:
+            with self.session() as s:
+                rows = s.execute(
+                    select(ChunkRow.id, ChunkRow.text, ChunkRow.heading, DocumentRow.title)
+                    .join(DocumentRow)
+                    .where(ChunkRow.indexed.is_(False), ChunkRow.id > last)
+                    .order_by(ChunkRow.id)
+                    .limit(batch)
+                ).all()
+            if not rows:
+                return
+            yield [(r.id, embedding_text(r.title, r.heading, r.text)) for r in rows]
+            last = rows[-1].id
+
+    def set_indexed(self, ids: Iterable[int], indexed: bool) -> None:
+        ids = list(ids)
+        with self.session() as s:
+            for start in range(0, len(ids), 500):
+                part = ids[start : start + 500]
+                s.execute(update(ChunkRow).where(ChunkRow.id.in_(part)).values(indexed=indexed))
+            s.commit()
+
+    def mark_all_unindexed(self) -> None:
+        with self.session() as s:
+            s.execute(update(ChunkRow).values(indexed=False))
+            s.commit()
+
+    def chunks_with_documents(self, ids: list[int]) -> dict[int, tuple[ChunkRow, DocumentRow]]:
+        with self.session() as s:
+            rows = s.execute(select(ChunkRow, DocumentRow).join(DocumentRow).where(ChunkRow.id.in_(ids))).all()
+        return {chunk.id: (chunk, doc) for chunk, doc in rows}
+
+    def replace_document(self, document: Document, content_hash: str, size: int, mtime: float, chunks: list[Chunk]) -> list[int]:
+        """Insert or replace a document and all its chunks in one transaction; returns the old chunk ids."""
+        with self.session() as s:
+            row = s.scalar(select(DocumentRow).where(DocumentRow.source == document.source))
+            old_ids: list[int] = []
+            if row is None:
+                row = DocumentRow(source=document.source)
+                s.add(row)
+            else:
+                old_ids = list(s.scalars(select(ChunkRow.id).where(ChunkRow.document_id == row.id)))
+                s.execute(delete(ChunkRow).where(ChunkRow.document_id == row.id))
+            row.kind = document.kind
+            row.title = document.title
+            row.content_hash = content_hash
+            row.size = size
+            row.mtime = mtime
+            row.doc_metadata = document.metadata
+            row.updated_at = utcnow()
+            s.flush()
+            if chunks:
+                s.execute(
+                    insert(ChunkRow),
+                    [
+                        {
+                            "document_id": row.id,
+                            "ordinal": c.ordinal,
+                            "text": c.text,
+                            "heading": c.heading,
+                            "anchor": c.anchor,
+                            "page": c.page,
+                            "start_char": c.start,
+                            "end_char": c.end,
+                            "token_count": c.token_count,
+                            "indexed": False,
+                        }
+                        for c in chunks
+                    ],
+                )
+            s.commit()
+        return old_ids
+
+    def delete_documents(self, sources: Iterable[str]) -> list[int]:
+        """Delete documents with their chunks; returns the deleted chunk ids."""
+        sources = list(sources)
+        with self.session() as s:
+            ids = list(
+                s.scalars(select(ChunkRow.id).join(DocumentRow).where(DocumentRow.source.in_(sources)))
+            )
+            s.execute(delete(ChunkRow).where(ChunkRow.id.in_(ids)))
+            s.execute(delete(DocumentRow).where(DocumentRow.source.in_(sources)))
+            s.commit()
+        return ids
+
+    def last_run(self) -> IngestRun | None:
+        with self.session() as s:
+            return s.scalars(select(IngestRun).order_by(IngestRun.id.desc()).limit(1)).first()
+
+
+def embedding_text(title: str | None, heading: str | None, text: str) -> str:
+    """What gets embedded: the chunk with its document title and heading, which situate short chunks."""
+    context = " — ".join(part for part in (title, heading) if part and part not in text[:200])
+    return f"{context}\n{text}" if context else text

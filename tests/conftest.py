@@ -1,0 +1,31 @@
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A developer's RAGAPP_* settings must not leak into tests (the model cache dir may)."""
+    for name in list(os.environ):
+        if name.startswith("RAGAPP_") and name != "RAGAPP_CACHE_DIR":
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def corpus(tmp_path: Path) -> Path:
+    """A copy of ragapp's own documentation: real Markdown written for people."""
+    if not any(DOCS.glob("*.md")):
+        pytest.skip(f"no documentation in {DOCS}")
+    folder = tmp_path / "corpus"
+    shutil.copytree(DOCS, folder)
+    return folder

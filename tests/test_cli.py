@@ -1,0 +1,96 @@
+"""The `ragapp` command: exit codes, one-line errors, JSON output. Real models, real workspace."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from ragapp.cli import cli
+
+RAGAPP = [sys.executable, "-m", "ragapp"]
+
+
+def run(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(cli, list(args))
+    if result.exception and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_missing_path_exits_2_with_one_line(tmp_path: Path) -> None:
+    proc = subprocess.run([*RAGAPP, "-w", str(tmp_path / "ws"), "ingest", str(tmp_path / "nope")], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [f"Error: path not found: {tmp_path / 'nope'}"]
+    assert not (tmp_path / "ws").exists()  # nothing created for a failed command
+
+
+def test_ask_and_search_on_empty_workspace_exit_1(tmp_path: Path) -> None:
+    for command in (["ask", "anything?"], ["search", "anything"]):
+        code, out, err = run("-w", str(tmp_path / "ws"), *command)
+        assert code == 1
+        assert "nothing ingested yet" in err and "ragapp ingest" in err
+        assert len(err.strip().splitlines()) == 1
+
+
+def test_bad_config_value_names_the_key(tmp_path: Path) -> None:
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "ragapp.toml").write_text("[retrieval]\nk = -3\n", encoding="utf-8")
+    code, _, err = run("-w", str(ws), "status")
+    assert code == 1 and "retrieval.k" in err and "ragapp.toml" in err
+
+
+def test_bad_env_value_names_the_variable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RAGAPP_GENERATION_TOP_P", "2")
+    code, _, err = run("-w", str(tmp_path), "config", "show")
+    assert code == 1 and "generation.top_p" in err and "RAGAPP_GENERATION_TOP_P" in err
+
+
+def test_config_show_reports_origins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "ragapp.toml").write_text("[retrieval]\nk = 7\n", encoding="utf-8")
+    monkeypatch.setenv("RAGAPP_GENERATION_MAX_NEW_TOKENS", "64")
+    code, out, _ = run("-w", str(tmp_path), "config", "show", "--json")
+    assert code == 0
+    data = json.loads(out)
+    assert data["retrieval"]["k"] == {"value": 7, "from": str(tmp_path / "ragapp.toml")}
+    assert data["generation"]["max_new_tokens"] == {"value": 64, "from": "RAGAPP_GENERATION_MAX_NEW_TOKENS"}
+    code, text_out, _ = run("-w", str(tmp_path), "config", "show")
+    assert "k = 7  # from" in text_out and "[generation]" in text_out
+
+
+def test_status_of_a_missing_workspace_does_not_create_it(tmp_path: Path) -> None:
+    code, out, _ = run("-w", str(tmp_path / "ws"), "status", "--json")
+    assert code == 0
+    data = json.loads(out)
+    assert data["exists"] is False and data["documents"] == 0
+    assert not (tmp_path / "ws").exists()
+
+
+@pytest.mark.slow
+def test_ingest_search_status_json(tmp_path: Path, corpus: Path) -> None:
+    ws = str(tmp_path / "ws")
+    (corpus / "broken.pdf").write_bytes(b"%PDF-1.4 broken")
+    code, out, _ = run("-w", ws, "ingest", str(corpus), "--json")
+    assert code == 0  # a bad file does not fail the run
+    report = json.loads(out)
+    assert report["added"] >= 5 and report["chunks_embedded"] == report["chunks_added"] > 0
+    assert [p["source"].endswith("broken.pdf") for p in report["problems"]] == [True]
+
+    code, out, _ = run("-w", ws, "ingest", str(corpus))
+    assert code == 0 and "0 new" in out and "Not ingested (1):" in out and "broken.pdf" in out
+
+    code, out, _ = run("-w", ws, "search", "configuration file precedence", "-k", "2", "--json")
+    hits = json.loads(out)["hits"]
+    assert code == 0 and len(hits) == 2
+    assert set(hits[0]) >= {"chunk_id", "score", "text", "source", "page", "anchor", "heading", "start", "end"}
+
+    code, out, _ = run("-w", ws, "status", "--json")
+    status = json.loads(out)
+    assert status["chunks"] == report["chunks_added"] and status["pending"] == 0
+    assert status["last_ingest"]["status"] == "completed"
+    assert status["generation"]["backend"] == "transformers"

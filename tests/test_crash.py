@@ -1,0 +1,113 @@
+"""Killing a real `ragapp ingest` process at any moment must leave a workspace the next run completes.
+
+The subprocess saves the index after every small batch (test tuning, set below) so kills land in
+every window of the save protocol: mid-document, after an index save, before SQL is marked.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from indexes import FaissIndex
+from ragapp import App
+from ragapp.store import ChunkRow, DocumentRow
+
+pytestmark = pytest.mark.slow
+
+RUNNER = (
+    "import sys, ragapp.ingest as ingest; ingest.SAVE_EVERY_S = 0.0; ingest.EMBED_BATCH = 16; "
+    "from ragapp.cli import main; sys.argv = ['ragapp', '--workspace', sys.argv[1], 'ingest', sys.argv[2]]; main()"
+)
+
+
+def build_corpus(folder: Path, docs: Path, n_files: int = 30) -> None:
+    """Real prose (ragapp's docs) reshuffled into many distinct files, so ingest takes a while."""
+    folder.mkdir()
+    paragraphs = [p for f in sorted(docs.glob("*.md")) for p in f.read_text(encoding="utf-8").split("\n\n") if len(p) > 80]
+    rng = random.Random(7)
+    for i in range(n_files):
+        picked = rng.sample(paragraphs, min(12, len(paragraphs)))
+        (folder / f"part-{i:02d}.md").write_text(f"# Part {i}\n\n" + "\n\n".join(picked) + "\n", encoding="utf-8")
+
+
+def counts(db: Path) -> tuple[int, int]:
+    """(chunks, indexed chunks) as a concurrent reader sees them; (0, 0) before the schema exists."""
+    if not db.exists():
+        return 0, 0
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+        try:
+            return con.execute("SELECT count(*), coalesce(sum(indexed), 0) FROM chunks").fetchone()
+        finally:
+            con.close()
+    except sqlite3.OperationalError:
+        return 0, 0
+
+
+def kill_when(ws: Path, corpus: Path, condition, timeout: float = 240.0) -> bool:
+    """Start ingest, SIGKILL it once condition(chunks, indexed) holds. False if it finished first."""
+    proc = subprocess.Popen([sys.executable, "-c", RUNNER, str(ws), str(corpus)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                assert proc.returncode == 0, proc.stderr.read().decode()
+                return False
+            if condition(*counts(ws / "ragapp.db")):
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+                return True
+            time.sleep(0.02)
+        raise AssertionError("ingest subprocess did not reach the kill point in time")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def contents(app: App) -> set[tuple[str, int, str]]:
+    store = app._open_store(create=False)
+    with store.session() as s:
+        rows = s.execute(select(DocumentRow.source, ChunkRow.ordinal, ChunkRow.text).join(ChunkRow.document)).all()
+    return {(Path(source).name, ordinal, text) for source, ordinal, text in rows}
+
+
+def test_kill_at_every_stage_then_resume(tmp_path: Path, corpus: Path) -> None:
+    big = tmp_path / "big"
+    build_corpus(big, corpus)
+    ws = tmp_path / "ws"
+
+    killed_points = []
+    first_chunks = lambda chunks, indexed: chunks > 0  # noqa: E731  (documents written, nothing embedded)
+    some_indexed = lambda chunks, indexed: indexed > 0  # noqa: E731  (at least one index save landed)
+    killed_points.append(kill_when(ws, big, first_chunks))
+    seen = counts(ws / "ragapp.db")
+    killed_points.append(kill_when(ws, big, lambda c, i: i > seen[1] and some_indexed(c, i)))
+    seen = counts(ws / "ragapp.db")
+    killed_points.append(kill_when(ws, big, lambda c, i: c > seen[0] + 40 or i > seen[1] + 40))
+    assert killed_points[:2] == [True, True], "a kill did not land mid-ingest; the test corpus is too small"
+
+    finish = subprocess.run([sys.executable, "-c", RUNNER, str(ws), str(big)], capture_output=True, text=True)
+    assert finish.returncode == 0, finish.stderr
+
+    resumed = App(ws)
+    clean = App(tmp_path / "clean")
+    clean.ingest([big])
+    assert contents(resumed) == contents(clean)  # no duplicate, no lost chunk
+    store = resumed._open_store(create=False)
+    assert store.counts()["pending"] == 0
+    ids = FaissIndex.load(ws / "index.faiss", 384).ids().tolist()
+    assert len(ids) == len(set(ids)) and set(ids) == store.chunk_ids()
+    assert resumed.search("configuration precedence", k=1)[0].text == clean.search("configuration precedence", k=1)[0].text
+    runs = sqlite3.connect(ws / "ragapp.db").execute("SELECT status FROM ingest_runs ORDER BY id").fetchall()
+    assert runs[-1] == ("completed",)
+    assert ("interrupted",) in runs and ("running",) not in runs  # killed runs are recorded as such

@@ -1,0 +1,78 @@
+"""indexes/faiss_index: id-keyed vectors, delete by id, atomic save, load without pickle."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pytest
+
+from indexes import FaissIndex, IndexFileError
+
+
+def unit_vectors(n: int, dim: int = 16, seed: int = 0) -> np.ndarray:
+    v = np.random.default_rng(seed).normal(size=(n, dim)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw"])
+def test_add_search_remove(kind: str) -> None:
+    index = FaissIndex(16, kind)
+    vectors = unit_vectors(50)
+    ids = np.arange(1000, 1050)
+    index.add(ids, vectors)
+    scores, found = index.search(vectors[7], 3)
+    assert found[0][0] == 1007 and scores[0][0] == pytest.approx(1.0, abs=1e-5)
+    assert index.remove([1007, 1008, 99999]) == 2
+    assert index.ntotal == 48
+    assert 1007 not in set(index.ids().tolist())
+    _, found = index.search(vectors[7], 48)
+    assert 1007 not in found[0] and 1008 not in found[0]
+    _, found = index.search(vectors[9], 1)
+    assert found[0][0] == 1009  # the rest still answers
+
+
+def test_search_with_k_above_size_and_empty_index() -> None:
+    index = FaissIndex(16)
+    scores, ids = index.search(unit_vectors(1)[0], 5)
+    assert ids.shape == (1, 0)
+    index.add(np.array([1, 2]), unit_vectors(2))
+    _, ids = index.search(unit_vectors(1, seed=3)[0], 10)
+    assert sorted(ids[0].tolist()) == [1, 2]
+
+
+def test_add_rejects_wrong_shapes() -> None:
+    index = FaissIndex(16)
+    with pytest.raises(ValueError, match="dimension 16"):
+        index.add(np.array([1]), unit_vectors(1, dim=8))
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw"])
+def test_save_load_round_trip_is_atomic(tmp_path: Path, kind: str) -> None:
+    index = FaissIndex(16, kind)
+    index.add(np.arange(10), unit_vectors(10))
+    path = tmp_path / "index.faiss"
+    index.save(path)
+    assert [p.name for p in tmp_path.iterdir()] == ["index.faiss"]  # no temp file left behind
+    assert not path.read_bytes().startswith(b"\x80")  # FAISS's own format, not a pickle
+    loaded = FaissIndex.load(path, 16, kind)
+    assert sorted(loaded.ids().tolist()) == list(range(10))
+    assert np.allclose(loaded.vector(3), unit_vectors(10)[3], atol=1e-6)
+
+
+def test_load_refuses_garbage_wrong_dim_wrong_type_and_kind(tmp_path: Path) -> None:
+    garbage = tmp_path / "garbage.faiss"
+    garbage.write_bytes(b"not an index at all")
+    with pytest.raises(IndexFileError, match="unreadable FAISS index"):
+        FaissIndex.load(garbage, 16)
+    good = tmp_path / "good.faiss"
+    FaissIndex(16).save(good)
+    with pytest.raises(IndexFileError, match="dimension 16"):
+        FaissIndex.load(good, 32)
+    with pytest.raises(IndexFileError, match="config asks for hnsw"):
+        FaissIndex.load(good, 16, "hnsw")
+    plain = tmp_path / "plain.faiss"
+    faiss.write_index(faiss.IndexFlatIP(16), str(plain))
+    with pytest.raises(IndexFileError, match="expected an IndexIDMap2"):
+        FaissIndex.load(plain, 16)

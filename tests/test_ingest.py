@@ -1,0 +1,204 @@
+"""Ingesting a real folder with the real embedding model: incremental, sync, bad files, rebuilds."""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from indexes import FaissIndex
+from ragapp import App
+from ragapp.errors import UsageError, WorkspaceError
+from ragapp.store import ChunkRow, DocumentRow
+from ragapp.vector_index import FINGERPRINT_KEY
+
+pytestmark = pytest.mark.slow
+
+MINIMAL_PDF_HEADER = b"%PDF-1.4\n1 0 obj << /Type /Catalog /Pages 2 0 R >> endobj\n"
+
+
+def snapshot(app: App) -> tuple[list[tuple], list[tuple], str]:
+    """Everything ingest must leave untouched when nothing changed."""
+    store = app._open_store(create=False)
+    with store.session() as s:
+        docs = [(d.id, d.source, d.content_hash, d.updated_at) for d in s.scalars(select(DocumentRow))]
+        chunks = [(c.id, c.document_id, c.text, c.indexed) for c in s.scalars(select(ChunkRow).order_by(ChunkRow.id))]
+    index = hashlib.sha256((app.workspace / "index.faiss").read_bytes()).hexdigest()
+    return docs, chunks, index
+
+
+def assert_consistent(app: App) -> None:
+    """The index holds exactly the chunks SQL has, all marked indexed; no source twice."""
+    store = app._open_store(create=False)
+    index = FaissIndex.load(app.workspace / "index.faiss", 384)
+    ids = index.ids().tolist()
+    assert len(ids) == len(set(ids))
+    assert set(ids) == store.chunk_ids()
+    assert store.counts()["pending"] == 0
+    with store.session() as s:
+        sources = list(s.scalars(select(DocumentRow.source)))
+    assert len(sources) == len(set(sources))
+
+
+def test_ingest_search_and_unchanged_reingest(tmp_path: Path, corpus: Path) -> None:
+    files = sorted(corpus.glob("*.md"))
+    app = App(tmp_path / "ws")
+    first = app.ingest([corpus])
+    assert first.added == len(files) and not first.problems
+    assert first.chunks_added > len(files) and first.chunks_embedded == first.chunks_added
+    assert_consistent(app)
+    before = snapshot(app)
+
+    again = app.ingest([corpus])
+    assert (again.added, again.updated, again.unchanged) == (0, 0, len(files))
+    assert again.chunks_embedded == 0
+    assert snapshot(app) == before
+
+    hits = app.search("remove documents whose files were deleted sync", k=3)
+    assert len(hits) == 3 and hits[0].score >= hits[1].score >= hits[2].score
+    assert any("--sync" in h.text for h in hits)
+    top = hits[0]
+    assert Path(top.source).parent == corpus.resolve() and top.anchor
+    source_text = Path(top.source).read_text(encoding="utf-8")
+    assert top.text in source_text  # offsets point into the Markdown source
+    assert source_text[top.start : top.end] == top.text
+
+
+def test_changed_file_replaces_only_its_chunks(tmp_path: Path, corpus: Path) -> None:
+    app = App(tmp_path / "ws")
+    app.ingest([corpus])
+    target = sorted(corpus.glob("*.md"))[0]
+    store = app._open_store(create=False)
+    old_doc = store.documents_by_source([str(target.resolve())])[str(target.resolve())]
+    with store.session() as s:
+        old_ids = set(s.scalars(select(ChunkRow.id).where(ChunkRow.document_id == old_doc.id)))
+    other_before = store.chunk_ids() - old_ids
+
+    target.write_text(
+        target.read_text(encoding="utf-8") + "\n\n## Zebra migration\n\nThe zebra flag moves herds at dawn.\n",
+        encoding="utf-8",
+    )
+    report = app.ingest([corpus])
+    assert (report.updated, report.added) == (1, 0)
+    assert report.chunks_removed == len(old_ids)
+    assert report.chunks_embedded == report.chunks_added
+    now = store.chunk_ids()
+    assert not (now & old_ids) and other_before <= now
+    assert_consistent(app)
+    assert "zebra" in app.search("zebra herds at dawn", k=1)[0].text
+
+
+def test_sync_removes_vanished_files_only_when_asked(tmp_path: Path, corpus: Path) -> None:
+    app = App(tmp_path / "ws")
+    app.ingest([corpus])
+    gone = sorted(corpus.glob("*.md"))[-1]
+    gone_source = str(gone.resolve())
+    gone.unlink()
+    assert app.ingest([corpus]).removed == 0
+    assert gone_source in app._open_store(create=False).documents_by_source()
+    report = app.ingest([corpus], sync=True)
+    assert report.removed == 1 and report.chunks_removed > 0
+    assert gone_source not in app._open_store(create=False).documents_by_source()
+    assert_consistent(app)
+    assert all(h.source != gone_source for h in app.search("configuration", k=20))
+
+
+def test_bad_files_are_listed_and_the_rest_ingested(tmp_path: Path, corpus: Path) -> None:
+    bad = corpus / "bad"
+    bad.mkdir()
+    (bad / "corrupt.pdf").write_bytes(MINIMAL_PDF_HEADER + b"garbage" * 10)
+    (bad / "binary.txt").write_bytes(b"\x00\x01\x02ELF\x00" * 100)
+    (bad / "empty.md").write_bytes(b"")
+    (bad / "latin.txt").write_bytes("Caf\xe9 cr\xe8me br\xfbl\xe9e, na\xefve fa\xe7ade r\xe9sum\xe9.\n".encode("latin-1") * 5)
+    (bad / "huge.txt").write_bytes(b"word " * 300_000)  # 1.5 MB, over the 1 MB limit set below
+    (bad / "picture.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 64)
+    (bad / "dangling.md").symlink_to(bad / "does-not-exist.md")
+    (bad / "good.txt").write_text("The platypus lays eggs and detects electric fields.", encoding="utf-8")
+
+    app = App(tmp_path / "ws", config={"ingest": {"max_file_mb": 1}})
+    report = app.ingest([corpus])
+    reasons = {Path(p.source).name: p.reason for p in report.problems}
+    assert set(reasons) == {"corrupt.pdf", "binary.txt", "empty.md", "huge.txt", "picture.png", "dangling.md"}
+    assert "PDF" in reasons["corrupt.pdf"]
+    assert "binary" in reasons["binary.txt"]
+    assert "empty" in reasons["empty.md"]
+    assert "limit" in reasons["huge.txt"]
+    assert "unsupported" in reasons["picture.png"]
+    warnings = {Path(w.source).name: w.reason for w in report.warnings}
+    assert "UTF-8" in warnings["latin.txt"]
+    hit = app.search("café crème brûlée", k=1)[0]
+    assert hit.source.endswith("latin.txt") and "Café crème" in hit.text
+    assert app.search("platypus electric fields", k=1)[0].source.endswith("good.txt")
+    assert_consistent(app)
+    runs = app.status()["last_ingest"]
+    assert runs["failed"] == 6 and runs["status"] == "completed"
+
+
+def test_file_that_turns_corrupt_keeps_its_previous_version(tmp_path: Path) -> None:
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    note = folder / "note.txt"
+    note.write_text("Okapis are related to giraffes.", encoding="utf-8")
+    app = App(tmp_path / "ws")
+    app.ingest([folder])
+    note.write_bytes(b"\x00\xff\x00binary now")
+    report = app.ingest([folder])
+    assert report.problems and "binary" in report.problems[0].reason
+    assert "Okapis" in app.search("okapi relatives", k=1)[0].text
+
+
+def test_embedding_model_change_rebuilds_the_index(tmp_path: Path, corpus: Path) -> None:
+    app = App(tmp_path / "ws")
+    first = app.ingest([corpus])
+    app._open_store(create=False).set_meta(FINGERPRINT_KEY, "some-other-model|384")
+    with pytest.raises(WorkspaceError, match="embedding model changed"):
+        App(tmp_path / "ws").search("anything")
+    report = App(tmp_path / "ws").ingest([corpus])
+    assert any("embedding model changed" in n for n in report.notes)
+    assert report.chunks_embedded == first.chunks_added and report.unchanged == first.added
+    assert_consistent(app)
+
+
+def test_hnsw_index_finds_the_same_top_hit(tmp_path: Path, corpus: Path) -> None:
+    flat = App(tmp_path / "flat")
+    flat.ingest([corpus])
+    hnsw = App(tmp_path / "hnsw", config={"index": {"kind": "hnsw"}})
+    hnsw.ingest([corpus])
+    for query in ("configuration precedence", "corrupt PDF", "citations in answers"):
+        assert flat.search(query, k=1)[0].text == hnsw.search(query, k=1)[0].text
+
+
+def test_include_and_exclude_globs(tmp_path: Path, corpus: Path) -> None:
+    app = App(tmp_path / "ws")
+    names = sorted(p.name for p in corpus.glob("*.md"))
+    report = app.ingest([corpus], include=["*.md"], exclude=[names[0]])
+    assert report.added == len(names) - 1
+    assert not any(s.endswith(names[0]) for s in app._open_store(create=False).documents_by_source())
+
+
+def test_missing_path_and_concurrent_ingest_are_refused(tmp_path: Path, corpus: Path) -> None:
+    app = App(tmp_path / "ws")
+    with pytest.raises(UsageError, match="path not found"):
+        app.ingest([tmp_path / "nope"])
+    (tmp_path / "ws").mkdir()
+    fd = os.open(tmp_path / "ws" / "ingest.lock", os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        with pytest.raises(WorkspaceError, match="another ingest is running"):
+            app.ingest([corpus])
+    finally:
+        os.close(fd)
+    assert app.ingest([corpus]).added > 0
+
+
+def test_single_file_root(tmp_path: Path, corpus: Path) -> None:
+    one = sorted(corpus.glob("*.md"))[0]
+    copy = tmp_path / "single.md"
+    shutil.copy(one, copy)
+    report = App(tmp_path / "ws").ingest([copy])
+    assert report.added == 1 and report.chunks_added > 0

@@ -1,0 +1,84 @@
+"""The SQL store: schema versioning, one-transaction document replacement, ids never reused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlalchemy import inspect, text
+
+from connectors import Document, Section
+from ragapp.chunking import Chunk
+from ragapp.errors import WorkspaceError
+from ragapp.store import SCHEMA_VERSION, Meta, Store, migrate
+
+
+def make_doc(source: str, body: str) -> Document:
+    return Document(source=source, kind="txt", text=body, sections=[Section(body, 0)], title="T")
+
+
+def make_chunks(n: int) -> list[Chunk]:
+    return [Chunk(ordinal=i, text=f"chunk {i}", start=i * 10, end=i * 10 + 7, token_count=2) for i in range(n)]
+
+
+def test_new_store_is_at_current_schema(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    assert store.get_meta("schema_version") == str(SCHEMA_VERSION)
+    tables = set(inspect(store.engine).get_table_names())
+    assert {"meta", "documents", "chunks", "ingest_runs", "ingest_problems"} <= tables
+
+
+def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    Store(url).set_meta("schema_version", str(SCHEMA_VERSION + 1))
+    with pytest.raises(WorkspaceError, match="newer than this ragapp supports"):
+        Store(url)
+
+
+def test_migrations_run_in_order_once(tmp_path: Path) -> None:
+    # Control-flow test with made-up migration steps (not ragapp's real ones).
+    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    calls: list[int] = []
+
+    def step(n: int):
+        def run(session) -> None:
+            calls.append(n)
+            session.execute(text(f"CREATE TABLE extra_{n} (x INTEGER)"))
+
+        return run
+
+    steps = {1: step(1), 2: step(2), 3: step(3)}
+    with store.session() as s:
+        assert migrate(s, steps) == 3
+    assert calls == [2, 3]  # version 1 was already applied
+    with store.session() as s:
+        assert s.get(Meta, "schema_version").value == "3"
+        migrate(s, steps)
+    assert calls == [2, 3]
+
+
+def test_replace_document_swaps_chunks_and_never_reuses_ids(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    assert store.replace_document(make_doc("/a.txt", "x"), "h1", 1, 1.0, make_chunks(3)) == []
+    first = store.chunk_ids()
+    old = store.replace_document(make_doc("/a.txt", "y"), "h2", 1, 2.0, make_chunks(2))
+    assert set(old) == first
+    second = store.chunk_ids()
+    assert len(second) == 2 and not (second & first)
+    assert store.counts() == {"documents": 1, "chunks": 2, "pending": 2}
+    deleted = store.delete_documents(["/a.txt"])
+    assert set(deleted) == second
+    store.replace_document(make_doc("/b.txt", "z"), "h3", 1, 3.0, make_chunks(1))
+    assert min(store.chunk_ids()) > max(second)  # AUTOINCREMENT: deleted ids never come back
+    assert store.documents_by_source()["/b.txt"].content_hash == "h3"
+
+
+def test_pending_chunks_include_title_and_heading(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    doc = make_doc("/a.txt", "body")
+    chunks = [Chunk(ordinal=0, text="body text", start=0, end=9, token_count=2, heading="Setup")]
+    store.replace_document(doc, "h", 1, 1.0, chunks)
+    [[(chunk_id, embed_text)]] = list(store.pending_chunks())
+    assert embed_text == "T — Setup\nbody text"
+    store.set_indexed([chunk_id], True)
+    assert list(store.pending_chunks()) == []

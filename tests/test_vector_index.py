@@ -1,0 +1,91 @@
+"""Reconciling the index file with the SQL store after a crash at each point of the save protocol.
+
+Real SQLite and real FAISS; the vectors are random (no model needed to test the bookkeeping).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from connectors import Document, Section
+from ragapp.chunking import Chunk
+from ragapp.store import Store
+from ragapp.vector_index import WorkspaceIndex
+
+DIM = 8
+
+
+def setup_workspace(tmp_path: Path, n_chunks: int = 5) -> tuple[Store, list[int]]:
+    store = Store(f"sqlite:///{tmp_path / 'ragapp.db'}")
+    chunks = [Chunk(ordinal=i, text=f"c{i}", start=i, end=i + 2, token_count=1) for i in range(n_chunks)]
+    store.replace_document(Document("/d.txt", "txt", "x", [Section("x", 0)]), "h", 1, 1.0, chunks)
+    return store, sorted(store.chunk_ids())
+
+
+def open_index(tmp_path: Path, store: Store, fingerprint: str = "m|8") -> WorkspaceIndex:
+    return WorkspaceIndex(tmp_path, store, DIM, fingerprint, "flat", 32)
+
+
+def vectors(n: int) -> np.ndarray:
+    return np.random.default_rng(0).normal(size=(n, DIM)).astype(np.float32)
+
+
+def test_saved_but_not_marked_is_found(tmp_path: Path) -> None:
+    store, ids = setup_workspace(tmp_path)
+    index = open_index(tmp_path, store)
+    index.reconcile()
+    index.add(ids, vectors(len(ids)))
+    index.index.save(index.path)  # crash here: file written, SQL never marked
+    assert store.counts()["pending"] == 5
+    fixed = open_index(tmp_path, store).reconcile()
+    assert fixed == {"stale": 0, "lost": 0, "found": 5}
+    assert store.counts()["pending"] == 0
+
+
+def test_marked_but_missing_from_file_is_lost_and_re_pending(tmp_path: Path) -> None:
+    store, ids = setup_workspace(tmp_path)
+    store.set_indexed(ids, True)  # SQL says indexed, but no index file exists
+    fixed = open_index(tmp_path, store).reconcile()
+    assert fixed["lost"] == 5
+    assert store.counts()["pending"] == 5
+
+
+def test_vectors_of_deleted_chunks_are_removed(tmp_path: Path) -> None:
+    store, ids = setup_workspace(tmp_path)
+    index = open_index(tmp_path, store)
+    index.reconcile()
+    index.add(ids, vectors(len(ids)))
+    index.save()
+    store.delete_documents(["/d.txt"])  # crash before the index dropped them
+    again = open_index(tmp_path, store)
+    assert again.reconcile()["stale"] == 5
+    assert again.index.ntotal == 0
+    assert open_index(tmp_path, store).index.ntotal == 0  # and that was saved
+
+
+def test_embedding_model_change_rebuilds(tmp_path: Path) -> None:
+    store, ids = setup_workspace(tmp_path)
+    index = open_index(tmp_path, store, "old|8")
+    index.reconcile()
+    index.add(ids, vectors(len(ids)))
+    index.save()
+    assert store.counts()["pending"] == 0
+    changed = open_index(tmp_path, store, "new|8")
+    assert "embedding model changed" in changed.notes[0]
+    changed.reconcile()
+    assert store.counts()["pending"] == 5
+    assert changed.index.ntotal == 0
+    assert open_index(tmp_path, store, "new|8").index.ntotal == 0  # old vectors are gone from disk
+    assert not open_index(tmp_path, store, "new|8").notes
+
+
+def test_corrupt_index_file_is_rebuilt(tmp_path: Path) -> None:
+    store, ids = setup_workspace(tmp_path)
+    store.set_indexed(ids, True)
+    (tmp_path / "index.faiss").write_bytes(b"\x00" * 100)
+    index = open_index(tmp_path, store)
+    assert "unreadable FAISS index" in index.notes[0]
+    index.reconcile()
+    assert store.counts()["pending"] == 5

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import errno
 import os
-import re
 import stat
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+
+from wcmatch import glob as wcglob
 
 from connectors.base import Document, FileProblem, ParseError
 from connectors.formats import PARSERS
@@ -21,6 +22,9 @@ SUPPORTED_SUFFIXES: frozenset[str] = frozenset(PARSERS)
 
 # Always excluded, on top of the caller's patterns. Hidden files and directories (".git", ".venv",
 # ".DS_Store"...) are skipped by a separate rule.
+# '**' spans folders, '*' stays inside one; hidden names are handled by the walk, not the globs.
+_GLOB_FLAGS = wcglob.GLOBSTAR | wcglob.DOTMATCH
+
 DEFAULT_EXCLUDE: tuple[str, ...] = (
     "**/node_modules/**",
     "**/__pycache__/**",
@@ -32,50 +36,25 @@ DEFAULT_EXCLUDE: tuple[str, ...] = (
 )
 
 
-def _glob_regex(pattern: str) -> re.Pattern[str]:
-    """Glob to regex: '*' and '?' stay inside one path segment, '**' spans any number of them."""
-    if pattern.endswith("/"):
-        pattern += "**"
-    out, i = [], 0
-    while i < len(pattern):
-        if pattern.startswith("**/", i):
-            out.append("(?:.*/)?")
-            i += 3
-        elif pattern.startswith("/**", i) and i + 3 == len(pattern):
-            out.append("(?:/.*)?")
-            i += 3
-        elif pattern.startswith("**", i):
-            out.append(".*")
-            i += 2
-        elif pattern[i] in "*?":
-            out.append("[^/]*" if pattern[i] == "*" else "[^/]")
-            i += 1
-        elif pattern[i] == "[" and (end := pattern.find("]", i + 2)) != -1:
-            body = pattern[i + 1 : end]
-            out.append("[" + ("^" + body[1:] if body.startswith("!") else body).replace("\\", "\\\\") + "]")
-            i = end + 1
-        else:
-            out.append(re.escape(pattern[i]))
-            i += 1
-    return re.compile("".join(out), re.S)
-
-
 class _Globs:
     """Patterns with a '/' match the path relative to the root; others match the name at any depth."""
 
     def __init__(self, patterns: Sequence[str]) -> None:
-        self.by_path: list[re.Pattern[str]] = []
-        self.by_name: list[re.Pattern[str]] = []
+        self.by_path: list[str] = []
+        self.by_name: list[str] = []
         for pattern in (p.strip() for p in patterns):
             if pattern:  # a leading '/' anchors the pattern at the root, as in .gitignore
                 group = self.by_path if "/" in pattern else self.by_name
-                group.append(_glob_regex(pattern.lstrip("/")))
+                group.append(pattern.lstrip("/") + ("**" if pattern.endswith("/") else ""))
 
     def __bool__(self) -> bool:
         return bool(self.by_path or self.by_name)
 
     def match(self, rel: str, name: str) -> bool:
-        return any(r.fullmatch(rel) for r in self.by_path) or any(r.fullmatch(name) for r in self.by_name)
+        return bool(
+            (self.by_path and wcglob.globmatch(rel, self.by_path, flags=_GLOB_FLAGS))
+            or (self.by_name and wcglob.globmatch(name, self.by_name, flags=_GLOB_FLAGS))
+        )
 
 
 def _unsupported(suffix: str) -> str:

@@ -9,13 +9,18 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ragapp.config import EffectiveConfig, load_config
 from ragapp.errors import EmptyWorkspace, UsageError, WorkspaceError
 from ragapp.generators import GenerationConfig, Generator, load_generator
 from ragapp.search import SearchHit
 from ragapp.store import SCHEMA_VERSION, Store
+
+if TYPE_CHECKING:
+    from ragapp.embedding import Embedder
+    from ragapp.ingest import IngestReport
+    from ragapp.vector_index import WorkspaceIndex
 
 DB_FILE = "ragapp.db"
 LOCK_FILE = "ingest.lock"
@@ -72,7 +77,7 @@ class App:
         self.settings: EffectiveConfig = load_config(self.workspace, config)
         self.config = self.settings.config
         self._store: Store | None = None
-        self._embedder: Any = None
+        self._embedder: Embedder | None = None
         self._generator: Generator | None = None
 
     # -- lazily opened parts ----------------------------------------------------------------------
@@ -91,7 +96,7 @@ class App:
         return self._store
 
     @property
-    def embedder(self) -> Any:
+    def embedder(self) -> Embedder:
         if self._embedder is None:
             from ragapp.embedding import load_embedder
 
@@ -106,7 +111,7 @@ class App:
             self._generator = load_generator(g.backend, g.model, g.device)
         return self._generator
 
-    def _index(self, store: Store) -> Any:
+    def _index(self, store: Store) -> WorkspaceIndex:
         from ragapp.vector_index import WorkspaceIndex
 
         i = self.config.index
@@ -139,7 +144,7 @@ class App:
         include: Sequence[str] | None = None,
         exclude: Sequence[str] | None = None,
         progress: bool = False,
-    ) -> Any:
+    ) -> IngestReport:
         """Ingest files and folders; only new or changed files are parsed and embedded. Returns an IngestReport."""
         from ragapp.chunking import Chunker
         from ragapp.ingest import Ingestor

@@ -29,12 +29,13 @@ class Chunk:
 class Chunker:
     def __init__(self, tokenizer: Any, chunk_tokens: int = 200, overlap_tokens: int = 32):
         self._tokenizer = tokenizer
-        self._splitter = RecursiveCharacterTextSplitter.from_huggingface_tokenizer(
-            tokenizer, chunk_size=chunk_tokens, chunk_overlap=overlap_tokens
+        self._splitter = RecursiveCharacterTextSplitter(
+            length_function=self.count_tokens, chunk_size=chunk_tokens, chunk_overlap=overlap_tokens
         )
 
     def count_tokens(self, text: str) -> int:
-        return len(self._tokenizer.tokenize(text))
+        # verbose=False: long pieces are only measured here, never fed to the model whole.
+        return len(self._tokenizer.encode(text, add_special_tokens=False, verbose=False))
 
     def chunk(self, document: Document) -> list[Chunk]:
         chunks: list[Chunk] = []

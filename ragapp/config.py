@@ -64,7 +64,14 @@ class RetrievalSettings(_Section):
     k: int = Field(4, ge=1, le=100)
 
 
+# The default template asks "Question: ..."; small models, once they have answered, tend to go on
+# with another "Question:" or another "[n]" passage of their own. Stopping there ends the answer.
+DEFAULT_STOP = ["\nQuestion:", "\n\n["]
+
+
 class GenerationSettings(GenerationConfig):
+    max_new_tokens: int = Field(128, ge=1, le=32768)
+    stop: list[str] = Field(default_factory=lambda: list(DEFAULT_STOP))
     backend: Literal["transformers"] = "transformers"
     model: str = ""  # "" = the shipped SmolLM2-135M-Instruct
     device: str = "cpu"

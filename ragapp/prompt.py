@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import PurePath
 
 from ragapp.config import PromptSettings
 from ragapp.errors import RagappError
@@ -29,17 +28,10 @@ def fill(template: str, context: str, question: str) -> str:
     return _FIELD.sub(lambda m: values[m.group(1)], template)
 
 
-def label(hit: SearchHit) -> str:
-    parts = [PurePath(hit.source).name]
-    if hit.page is not None:
-        parts.append(f"page {hit.page}")
-    if hit.heading:
-        parts.append(hit.heading)
-    return ", ".join(parts)
-
-
 def render_context(passages: Sequence[Passage]) -> str:
-    return "\n\n".join(f"[{p.n}] ({label(p.hit)})\n{p.text}" for p in passages)
+    """Each passage as "[n] heading" then its text. File names are left out on purpose: measured on
+    ragapp's docs with SmolLM2-135M, the model copied "(file.md, ...)" labels into its answers."""
+    return "\n\n".join(f"[{p.n}] {p.hit.heading}\n{p.text}" if p.hit.heading else f"[{p.n}] {p.text}" for p in passages)
 
 
 def build_messages(settings: PromptSettings, question: str, passages: Sequence[Passage]) -> list[Message]:

@@ -36,11 +36,12 @@ def test_fill_does_not_interpret_braces_in_passages() -> None:
     assert fill("{context} | {question}", "a {question} b {x}", "q?") == "a {question} b {x} | q?"
 
 
-def test_passages_are_numbered_in_rank_order_with_labels() -> None:
+def test_passages_are_numbered_in_rank_order_with_headings() -> None:
     messages, passages = fit_prompt(WordCounter(), SETTINGS, "why?", [hit(1, 3), hit(2, 3)], budget=1000)
     assert [p.n for p in passages] == [1, 2]
     user = messages[-1]["content"]
-    assert user.index("[1] (f1.md, H1)") < user.index("[2] (f2.md, H2)")
+    assert user.index("[1] H1\nw1 w1 w1") < user.index("[2] H2\nw2 w2 w2")
+    assert "f1.md" not in user
     assert user.endswith("Q: why?")
     assert messages[0] == {"role": "system", "content": "sys"}
 

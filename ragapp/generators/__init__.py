@@ -19,5 +19,5 @@ def load_generator(backend: str, model: str = "", device: str = "cpu") -> Genera
     if backend == "transformers":
         from ragapp.generators.transformers_local import TransformersGenerator
 
-        return TransformersGenerator(model or None, device=device)
+        return TransformersGenerator(model or None, device=device).load()
     raise ValueError(f"unknown generation backend {backend!r} (available: {', '.join(BACKENDS)})")

@@ -104,9 +104,9 @@ class Ingestor:
             self.index.save()
             report.seconds = time.monotonic() - started
             self._finish_run(report, "completed")
-        except BaseException:
+        except BaseException as exc:
             report.seconds = time.monotonic() - started
-            self._finish_run(report, "failed")
+            self._finish_run(report, "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed")
             raise
         return report
 

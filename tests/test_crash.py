@@ -111,3 +111,22 @@ def test_kill_at_every_stage_then_resume(tmp_path: Path, corpus: Path) -> None:
     runs = sqlite3.connect(ws / "ragapp.db").execute("SELECT status FROM ingest_runs ORDER BY id").fetchall()
     assert runs[-1] == ("completed",)
     assert ("interrupted",) in runs and ("running",) not in runs  # killed runs are recorded as such
+
+
+def test_ctrl_c_is_recorded_as_interrupted_and_resumed(tmp_path: Path, corpus: Path) -> None:
+    big = tmp_path / "big"
+    build_corpus(big, corpus, n_files=12)
+    ws = tmp_path / "ws"
+    proc = subprocess.Popen([sys.executable, "-c", RUNNER, str(ws), str(big)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 240
+    while counts(ws / "ragapp.db")[0] == 0 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=120)
+    assert proc.returncode != 0  # Ctrl-C ends the command with an error status
+    con = sqlite3.connect(ws / "ragapp.db")
+    assert con.execute("SELECT status FROM ingest_runs ORDER BY id DESC LIMIT 1").fetchone() == ("interrupted",)
+    con.close()
+    report = App(ws).ingest([big])
+    assert report.added + report.unchanged == 12
+    assert App(ws)._open_store(create=False).counts()["pending"] == 0

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 DB_FILE = "ragapp.db"
 LOCK_FILE = "ingest.lock"
+INDEX_FILE = "index.faiss"
 DEFAULT_WORKSPACE = ".ragapp"
 
 
@@ -79,6 +80,7 @@ class App:
         self._store: Store | None = None
         self._embedder: Embedder | None = None
         self._generator: Generator | None = None
+        self._search_index: tuple[tuple[int, int] | None, WorkspaceIndex] | None = None
 
     # -- lazily opened parts ----------------------------------------------------------------------
 
@@ -115,7 +117,19 @@ class App:
         from ragapp.vector_index import WorkspaceIndex
 
         i = self.config.index
-        return WorkspaceIndex(self.workspace, store, self.embedder.dim, self.embedder.fingerprint, i.kind, i.hnsw_m)
+        e = self.embedder
+        return WorkspaceIndex(self.workspace / INDEX_FILE, store, e.dim, e.fingerprint, i.kind, i.hnsw_m)
+
+    def _reader_index(self, store: Store) -> WorkspaceIndex:
+        """The index for searching, read from disk again only when an ingest has replaced the file."""
+        try:
+            info = (self.workspace / INDEX_FILE).stat()
+            stamp: tuple[int, int] | None = (info.st_mtime_ns, info.st_size)
+        except FileNotFoundError:
+            stamp = None
+        if self._search_index is None or self._search_index[0] != stamp:
+            self._search_index = (stamp, self._index(store))
+        return self._search_index[1]
 
     def _require_chunks(self) -> Store:
         store = self._open_store(create=False)
@@ -174,7 +188,7 @@ class App:
         if not query.strip():
             raise UsageError("the query is empty")
         store = self._require_chunks()
-        index = self._index(store)
+        index = self._reader_index(store)
         if index.notes:
             raise WorkspaceError(f"{index.notes[0]}; run `ragapp ingest PATH` to rebuild it")
         return dense_search(self.embedder, index, store, query, k or self.config.retrieval.k)
@@ -251,7 +265,7 @@ class App:
                 "device": c.generation.device,
             },
         }
-        index_path = self.workspace / "index.faiss"
+        index_path = self.workspace / INDEX_FILE
         out["index"] = {
             "kind": c.index.kind,
             "path": str(index_path),

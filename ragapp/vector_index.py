@@ -18,13 +18,12 @@ from ragapp.store import Store
 
 log = logging.getLogger(__name__)
 
-INDEX_FILE = "index.faiss"
 FINGERPRINT_KEY = "embedding_fingerprint"
 
 
 class WorkspaceIndex:
-    def __init__(self, folder: Path, store: Store, dim: int, fingerprint: str, kind: IndexKind, hnsw_m: int):
-        self.path = folder / INDEX_FILE
+    def __init__(self, path: Path, store: Store, dim: int, fingerprint: str, kind: IndexKind, hnsw_m: int):
+        self.path = path
         self.store = store
         self.dim = dim
         self.fingerprint = fingerprint

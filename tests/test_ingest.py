@@ -78,6 +78,7 @@ def test_changed_file_replaces_only_its_chunks(tmp_path: Path, corpus: Path) -> 
     with store.session() as s:
         old_ids = set(s.scalars(select(ChunkRow.id).where(ChunkRow.document_id == old_doc.id)))
     other_before = store.chunk_ids() - old_ids
+    assert "zebra" not in app.search("zebra herds at dawn", k=1)[0].text  # also caches the index for reading
 
     target.write_text(
         target.read_text(encoding="utf-8") + "\n\n## Zebra migration\n\nThe zebra flag moves herds at dawn.\n",

@@ -25,7 +25,7 @@ def setup_workspace(tmp_path: Path, n_chunks: int = 5) -> tuple[Store, list[int]
 
 
 def open_index(tmp_path: Path, store: Store, fingerprint: str = "m|8") -> WorkspaceIndex:
-    return WorkspaceIndex(tmp_path, store, DIM, fingerprint, "flat", 32)
+    return WorkspaceIndex(tmp_path / "index.faiss", store, DIM, fingerprint, "flat", 32)
 
 
 def vectors(n: int) -> np.ndarray:

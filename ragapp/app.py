@@ -283,7 +283,7 @@ class App:
             else {
                 "id": run.id,
                 "status": run.status,
-                "started_at": run.started_at.isoformat(),
+                "started_at": run.started_at.isoformat(timespec="seconds"),
                 "seconds": round(run.seconds, 3),
                 "files_seen": run.files_seen,
                 "chunks_added": run.chunks_added,

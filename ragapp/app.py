@@ -183,11 +183,13 @@ class App:
             )
 
     def search(self, query: str, k: int | None = None) -> list[SearchHit]:
-        from ragapp.search import dense_search
-
         if not query.strip():
             raise UsageError("the query is empty")
-        store = self._require_chunks()
+        return self._search(self._require_chunks(), query, k)
+
+    def _search(self, store: Store, query: str, k: int | None) -> list[SearchHit]:
+        from ragapp.search import dense_search
+
         index = self._reader_index(store)
         if index.notes:
             raise WorkspaceError(f"{index.notes[0]}; run `ragapp ingest PATH` to rebuild it")
@@ -204,14 +206,16 @@ class App:
         from ragapp.prompt import cited_numbers, fit_prompt
 
         timings: dict[str, float] = {}
+        if not question.strip():
+            raise UsageError("the question is empty")
         started = time.perf_counter()
-        self._require_chunks()
+        store = self._require_chunks()
         _ = self.embedder
         generator = self.generator
         timings["load_s"] = time.perf_counter() - started
 
         mark = time.perf_counter()
-        hits = self.search(question, k)
+        hits = self._search(store, question, k)
         timings["retrieve_s"] = time.perf_counter() - mark
 
         g = self.config.generation

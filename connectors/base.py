@@ -31,6 +31,10 @@ class Document:
     warnings: list[str] = field(default_factory=list)
 
 
+# The reason given, followed by the suffix, for files no parser reads; callers group them by it.
+UNSUPPORTED = "unsupported file type"
+
+
 @dataclass(frozen=True)
 class FileProblem:
     """A file that was not ingested, and why (shown to the user and stored with the ingest run)."""

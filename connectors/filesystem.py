@@ -15,16 +15,16 @@ from pathlib import Path
 
 from wcmatch import glob as wcglob
 
-from connectors.base import Document, FileProblem, ParseError
+from connectors.base import UNSUPPORTED, Document, FileProblem, ParseError
 from connectors.formats import PARSERS
 
 SUPPORTED_SUFFIXES: frozenset[str] = frozenset(PARSERS)
 
-# Always excluded, on top of the caller's patterns. Hidden files and directories (".git", ".venv",
-# ".DS_Store"...) are skipped by a separate rule.
 # '**' spans folders, '*' stays inside one; hidden names are handled by the walk, not the globs.
 _GLOB_FLAGS = wcglob.GLOBSTAR | wcglob.DOTMATCH
 
+# Always excluded, on top of the caller's patterns. Hidden files and directories (".git", ".venv",
+# ".DS_Store"...) are skipped by a separate rule.
 DEFAULT_EXCLUDE: tuple[str, ...] = (
     "**/node_modules/**",
     "**/__pycache__/**",
@@ -58,7 +58,7 @@ class _Globs:
 
 
 def _unsupported(suffix: str) -> str:
-    return f"unsupported file type '{suffix}'" if suffix else "unsupported file type (no extension)"
+    return f"{UNSUPPORTED} '{suffix}'" if suffix else f"{UNSUPPORTED} (no extension)"
 
 
 def _os_reason(exc: OSError | RuntimeError) -> str:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from connectors.base import UNSUPPORTED
 from ragapp.app import Answer
 from ragapp.cli.common import emit_json, json_option, open_app, shown_path
 
@@ -49,8 +50,13 @@ def ingest(paths: tuple[Path, ...], sync: bool, include: tuple[str, ...], exclud
         fixed = ", ".join(f"{n} {what}" for what, n in report.repaired.items())
         click.echo(f"Repaired after an interrupted run: {fixed}")
     # Unsupported types (images, archives...) are summarised per type; real failures are listed one by one.
-    unsupported = Counter(p.reason.removeprefix("unsupported file type ") for p in report.problems if p.reason.startswith("unsupported"))
-    failures = [p for p in report.problems if not p.reason.startswith("unsupported")]
+    unsupported: Counter[str] = Counter()
+    failures = []
+    for problem in report.problems:
+        if problem.reason.startswith(UNSUPPORTED):
+            unsupported[problem.reason.removeprefix(UNSUPPORTED).strip()] += 1
+        else:
+            failures.append(problem)
     if unsupported:
         kinds = ", ".join(f"{kind} ×{n}" for kind, n in unsupported.most_common())
         total = sum(unsupported.values())

@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.ragapp-installed
 DEMO_QUESTION ?= How do I remove documents whose files were deleted?
 
-.PHONY: setup demo test clean
+.PHONY: setup system-packages demo test clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +23,19 @@ demo: setup
 	$(BIN)/ragapp --workspace .ragapp-demo ingest docs
 	$(BIN)/ragapp --workspace .ragapp-demo ask "$(DEMO_QUESTION)"
 
-test: setup
+# Debian packages some end-to-end tests use: Chromium renders eval reports; debian-faq is a real
+# evaluation corpus. Installed when missing and root; otherwise those tests skip and say why.
+SYSTEM_PACKAGES := chromium debian-faq
+system-packages:
+	@missing=""; command -v chromium >/dev/null || missing="$$missing chromium"; \
+	[ -d /usr/share/doc/debian/FAQ ] || missing="$$missing debian-faq"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	  else echo "Not installed:$$missing (tests that need them will skip)"; fi; \
+	fi
+
+test: setup system-packages
 	$(BIN)/python -m pytest
 
 clean:

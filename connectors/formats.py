@@ -21,7 +21,7 @@ from typing import Any
 
 import docx
 import pypdf
-from bs4 import BeautifulSoup
+from bs4 import BeautifulSoup, XMLParsedAsHTMLWarning
 from bs4.element import NavigableString, Tag
 from charset_normalizer import from_bytes
 from docx.opc.exceptions import PackageNotFoundError
@@ -311,7 +311,10 @@ def parse_html(source: str, data: bytes) -> Document:
     """Main content only (no navigation, sidebars or footers), as blocks, sectioned at h1-h6."""
     text, warns = decode_text(data)
     _require_text(text)
-    soup = BeautifulSoup(text, "lxml")
+    with warnings.catch_warnings():
+        # XHTML (an <?xml ...?> prolog, as DocBook output has) is still HTML to read: parse it as such, quietly.
+        warnings.simplefilter("ignore", XMLParsedAsHTMLWarning)
+        soup = BeautifulSoup(text, "lxml")
     title = soup.title.get_text(" ", strip=True) if soup.title else ""
     title = re.sub(r"\s+[—–|-]\s+[^—–|]*\bdocumentation$", "", title)
     for element in soup.find_all(_is_chrome):

@@ -13,13 +13,14 @@ from typing import TYPE_CHECKING, Any
 
 from ragapp.config import EffectiveConfig, load_config
 from ragapp.errors import EmptyWorkspace, UsageError, WorkspaceError
-from ragapp.generators import GenerationConfig, Generator, load_generator
+from ragapp.generators import GenerationConfig, Generator, Message, load_generator
 from ragapp.search import SearchHit
 from ragapp.store import SCHEMA_VERSION, Store
 
 if TYPE_CHECKING:
     from ragapp.embedding import Embedder
     from ragapp.ingest import IngestReport
+    from ragapp.prompt import Passage
     from ragapp.vector_index import WorkspaceIndex
 
 DB_FILE = "ragapp.db"
@@ -48,6 +49,9 @@ class Answer:
     citations: list[Citation]
     model: str
     timings: dict[str, float] = field(default_factory=dict)
+    # What produced the answer, for evaluation and debugging; not part of `to_dict()`.
+    hits: list[SearchHit] = field(default_factory=list, repr=False)
+    messages: list[Message] = field(default_factory=list, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -57,6 +61,15 @@ class Answer:
             "model": self.model,
             "timings": {k: round(v, 4) for k, v in self.timings.items()},
         }
+
+
+@dataclass
+class _Prepared:
+    question: str
+    hits: list[SearchHit]
+    messages: list[Message]
+    passages: list[Passage]
+    timings: dict[str, float]
 
 
 def default_workspace() -> Path:
@@ -88,7 +101,7 @@ class App:
     def db_path(self) -> Path:
         return self.workspace / DB_FILE
 
-    def _open_store(self, create: bool) -> Store:
+    def open_store(self, create: bool = False) -> Store:
         if self._store is None:
             if not self.db_path.exists():
                 if not create:
@@ -132,7 +145,7 @@ class App:
         return self._search_index[1]
 
     def _require_chunks(self) -> Store:
-        store = self._open_store(create=False)
+        store = self.open_store(create=False)
         if store.counts()["chunks"] == 0:
             raise EmptyWorkspace(f"nothing ingested yet in {self.workspace}: run `ragapp ingest PATH` first")
         return store
@@ -169,7 +182,7 @@ class App:
         missing = [str(p) for p in roots if not p.exists()]
         if missing:
             raise UsageError(f"path not found: {', '.join(missing)}")
-        store = self._open_store(create=True)
+        store = self.open_store(create=True)
         with self._ingest_lock():
             c = self.config
             chunker = Chunker(self.embedder.tokenizer, c.chunking.chunk_tokens, c.chunking.overlap_tokens)
@@ -195,49 +208,29 @@ class App:
             raise WorkspaceError(f"{index.notes[0]}; run `ragapp ingest PATH` to rebuild it")
         return dense_search(self.embedder, index, store, query, k or self.config.retrieval.k)
 
-    def ask(
-        self,
-        question: str,
-        k: int | None = None,
-        generation: dict[str, Any] | GenerationConfig | None = None,
-        on_token: Callable[[str], None] | None = None,
-    ) -> Answer:
-        """Retrieve, expand the prompt with numbered passages, generate; `on_token` receives streamed text."""
-        from ragapp.prompt import cited_numbers, fit_prompt
+    def sampling(self, generation: dict[str, Any] | GenerationConfig | None = None) -> GenerationConfig:
+        """The configured generation settings with `generation`'s overrides applied."""
+        if isinstance(generation, GenerationConfig):
+            return generation
+        return GenerationConfig.model_validate({**self.config.generation.sampling().model_dump(), **(generation or {})})
 
-        timings: dict[str, float] = {}
+    def _prepare(self, store: Store, question: str, k: int | None, sampling: GenerationConfig) -> _Prepared:
+        """Retrieve and build the prompt: everything `ask` does before generation."""
+        from ragapp.prompt import fit_prompt
+
         if not question.strip():
             raise UsageError("the question is empty")
-        started = time.perf_counter()
-        store = self._require_chunks()
-        _ = self.embedder
-        generator = self.generator
-        timings["load_s"] = time.perf_counter() - started
-
         mark = time.perf_counter()
         hits = self._search(store, question, k)
-        timings["retrieve_s"] = time.perf_counter() - mark
-
-        g = self.config.generation
-        if isinstance(generation, GenerationConfig):
-            sampling = generation
-        else:
-            sampling = GenerationConfig.model_validate({**g.sampling().model_dump(), **(generation or {})})
-        budget = min(g.context_window, generator.context_window) - sampling.max_new_tokens
+        retrieve_s = time.perf_counter() - mark
+        generator = self.generator
+        budget = min(self.config.generation.context_window, generator.context_window) - sampling.max_new_tokens
         messages, passages = fit_prompt(generator, self.config.prompt, question, hits, budget)
-        timings["prompt_tokens"] = generator.count_tokens(messages)
+        timings = {"retrieve_s": retrieve_s, "prompt_tokens": generator.count_tokens(messages)}
+        return _Prepared(question, hits, messages, passages, timings)
 
-        mark = time.perf_counter()
-        if on_token is None:
-            text = generator.generate(messages, sampling)
-        else:
-            pieces = []
-            for piece in generator.stream(messages, sampling):
-                pieces.append(piece)
-                on_token(piece)
-            text = "".join(pieces)
-        timings["generate_s"] = time.perf_counter() - mark
-        timings["total_s"] = time.perf_counter() - started
+    def _answer(self, prepared: _Prepared, text: str) -> Answer:
+        from ragapp.prompt import cited_numbers
 
         cited = cited_numbers(text)
         citations = [
@@ -252,9 +245,71 @@ class App:
                 cited=p.n in cited,
                 text=p.text,
             )
-            for p in passages
+            for p in prepared.passages
         ]
-        return Answer(question, text.strip(), citations, generator.model_id, timings)
+        timings = {**prepared.timings, "completion_tokens": self.generator.text_tokens(text)}
+        answer = Answer(prepared.question, text.strip(), citations, self.generator.model_id, timings)
+        answer.hits, answer.messages = prepared.hits, prepared.messages
+        return answer
+
+    def ask(
+        self,
+        question: str,
+        k: int | None = None,
+        generation: dict[str, Any] | GenerationConfig | None = None,
+        on_token: Callable[[str], None] | None = None,
+    ) -> Answer:
+        """Retrieve, expand the prompt with numbered passages, generate; `on_token` receives streamed text."""
+        if not question.strip():
+            raise UsageError("the question is empty")
+        started = time.perf_counter()
+        store = self._require_chunks()
+        _ = self.embedder
+        generator = self.generator
+        load_s = time.perf_counter() - started
+
+        sampling = self.sampling(generation)
+        prepared = self._prepare(store, question, k, sampling)
+        mark = time.perf_counter()
+        if on_token is None:
+            text = generator.generate(prepared.messages, sampling)
+        else:
+            pieces = []
+            for piece in generator.stream(prepared.messages, sampling):
+                pieces.append(piece)
+                on_token(piece)
+            text = "".join(pieces)
+        prepared.timings["generate_s"] = time.perf_counter() - mark
+        prepared.timings["load_s"] = load_s
+        prepared.timings["total_s"] = time.perf_counter() - started
+        return self._answer(prepared, text)
+
+    def ask_batch(
+        self,
+        questions: Sequence[str],
+        k: int | None = None,
+        generation: dict[str, Any] | GenerationConfig | None = None,
+    ) -> list[Answer]:
+        """`ask` for several questions with one batched generation call (faster per question on most backends).
+
+        Each answer's `generate_s` is its share of the batch's generation time.
+        """
+        if not questions:
+            return []
+        store = self._require_chunks()
+        sampling = self.sampling(generation)
+        prepared = []
+        for question in questions:
+            mark = time.perf_counter()
+            prepared.append(self._prepare(store, question, k, sampling))
+            prepared[-1].timings["total_s"] = time.perf_counter() - mark
+        mark = time.perf_counter()
+        texts = self.generator.generate_batch([p.messages for p in prepared], sampling)
+        share = (time.perf_counter() - mark) / len(prepared)
+        for p in prepared:
+            p.timings["generate_s"] = share
+            p.timings["total_s"] += share
+        return [self._answer(p, text) for p, text in zip(prepared, texts, strict=True)]
 
     def status(self) -> dict[str, Any]:
         c = self.config
@@ -278,7 +333,7 @@ class App:
         if not out["exists"]:
             out.update(documents=0, chunks=0, pending=0, last_ingest=None)
             return out
-        store = self._open_store(create=False)
+        store = self.open_store(create=False)
         out.update(store.counts())
         run = store.last_run()
         out["last_ingest"] = (

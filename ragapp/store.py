@@ -22,6 +22,7 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    UniqueConstraint,
     create_engine,
     delete,
     event,
@@ -39,7 +40,7 @@ if TYPE_CHECKING:
     from connectors import Document
     from ragapp.chunking import Chunk
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 def utcnow() -> datetime:
@@ -123,9 +124,60 @@ class IngestProblem(Base):
     reason: Mapped[str] = mapped_column(Text)
 
 
-# version -> step that brings a database at version-1 to it. Version 1 is the initial schema.
+class EvalRunRow(Base):
+    """An evaluation run; its items are saved a batch at a time, so an interrupted run can be continued."""
+
+    __tablename__ = "eval_runs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    kind: Mapped[str] = mapped_column(String(16))  # pipeline | score
+    status: Mapped[str] = mapped_column(String(16), default="running")  # running | completed | interrupted | failed
+    dataset: Mapped[str] = mapped_column(Text)
+    dataset_hash: Mapped[str] = mapped_column(String(64))
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    seconds: Mapped[float] = mapped_column(Float, default=0.0)  # summed over all sessions that worked on it
+    config: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    models: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    aggregates: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    problems: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    total: Mapped[int] = mapped_column(Integer, default=0)  # dataset rows to evaluate
+
+
+class EvalItemRow(Base):
+    __tablename__ = "eval_items"
+    __table_args__ = (UniqueConstraint("run_id", "position"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("eval_runs.id", ondelete="CASCADE"), index=True)
+    position: Mapped[int] = mapped_column(Integer)  # line number in the dataset
+    item_id: Mapped[str] = mapped_column(Text)
+    question: Mapped[str] = mapped_column(Text)
+    reference: Mapped[str] = mapped_column(Text)
+    prediction: Mapped[str] = mapped_column(Text, default="")
+    expected_sources: Mapped[list[str]] = mapped_column(JSON, default=list)
+    citations: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    timings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+# version -> step that brings a database at version-1 to it. Each step names its own tables, so a
+# step means the same thing whenever it runs, however many tables later versions add.
 Migration = Callable[[Session], None]
-MIGRATIONS: dict[int, Migration] = {1: lambda session: Base.metadata.create_all(session.connection())}
+_V1_TABLES = ("meta", "documents", "chunks", "ingest_runs", "ingest_problems")
+_V2_TABLES = ("eval_runs", "eval_items")
+
+
+def _create(*names: str) -> Migration:
+    def step(session: Session) -> None:
+        Base.metadata.create_all(session.connection(), tables=[Base.metadata.tables[n] for n in names])
+
+    return step
+
+
+MIGRATIONS: dict[int, Migration] = {1: _create(*_V1_TABLES), 2: _create(*_V2_TABLES)}
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -74,7 +74,7 @@ def kill_when(ws: Path, corpus: Path, condition, sig: int = signal.SIGKILL, time
 
 
 def contents(app: App) -> set[tuple[str, int, str]]:
-    store = app._open_store(create=False)
+    store = app.open_store()
     with store.session() as s:
         rows = s.execute(select(DocumentRow.source, ChunkRow.ordinal, ChunkRow.text).join(ChunkRow.document)).all()
     return {(Path(source).name, ordinal, text) for source, ordinal, text in rows}
@@ -102,7 +102,7 @@ def test_kill_at_every_stage_then_resume(tmp_path: Path, corpus: Path) -> None:
     clean = App(tmp_path / "clean")
     clean.ingest([big])
     assert contents(resumed) == contents(clean)  # no duplicate, no lost chunk
-    store = resumed._open_store(create=False)
+    store = resumed.open_store()
     assert store.counts()["pending"] == 0
     ids = FaissIndex.load(ws / "index.faiss", 384).ids().tolist()
     assert len(ids) == len(set(ids)) and set(ids) == store.chunk_ids()
@@ -123,4 +123,4 @@ def test_ctrl_c_is_recorded_as_interrupted_and_resumed(tmp_path: Path, corpus: P
     con.close()
     report = App(ws).ingest([big])
     assert report.added + report.unchanged == 12
-    assert App(ws)._open_store(create=False).counts()["pending"] == 0
+    assert App(ws).open_store().counts()["pending"] == 0

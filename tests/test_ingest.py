@@ -24,7 +24,7 @@ MINIMAL_PDF_HEADER = b"%PDF-1.4\n1 0 obj << /Type /Catalog /Pages 2 0 R >> endob
 
 def snapshot(app: App) -> tuple[list[tuple], list[tuple], str]:
     """Everything ingest must leave untouched when nothing changed."""
-    store = app._open_store(create=False)
+    store = app.open_store()
     with store.session() as s:
         docs = [(d.id, d.source, d.content_hash, d.updated_at) for d in s.scalars(select(DocumentRow))]
         chunks = [(c.id, c.document_id, c.text, c.indexed) for c in s.scalars(select(ChunkRow).order_by(ChunkRow.id))]
@@ -34,7 +34,7 @@ def snapshot(app: App) -> tuple[list[tuple], list[tuple], str]:
 
 def assert_consistent(app: App) -> None:
     """The index holds exactly the chunks SQL has, all marked indexed; no source twice."""
-    store = app._open_store(create=False)
+    store = app.open_store()
     index = FaissIndex.load(app.workspace / "index.faiss", 384)
     ids = index.ids().tolist()
     assert len(ids) == len(set(ids))
@@ -73,7 +73,7 @@ def test_changed_file_replaces_only_its_chunks(tmp_path: Path, corpus: Path) -> 
     app = App(tmp_path / "ws")
     app.ingest([corpus])
     target = sorted(corpus.glob("*.md"))[0]
-    store = app._open_store(create=False)
+    store = app.open_store()
     old_doc = store.documents_by_source([str(target.resolve())])[str(target.resolve())]
     with store.session() as s:
         old_ids = set(s.scalars(select(ChunkRow.id).where(ChunkRow.document_id == old_doc.id)))
@@ -101,10 +101,10 @@ def test_sync_removes_vanished_files_only_when_asked(tmp_path: Path, corpus: Pat
     gone_source = str(gone.resolve())
     gone.unlink()
     assert app.ingest([corpus]).removed == 0
-    assert gone_source in app._open_store(create=False).documents_by_source()
+    assert gone_source in app.open_store().documents_by_source()
     report = app.ingest([corpus], sync=True)
     assert report.removed == 1 and report.chunks_removed > 0
-    assert gone_source not in app._open_store(create=False).documents_by_source()
+    assert gone_source not in app.open_store().documents_by_source()
     assert_consistent(app)
     assert all(h.source != gone_source for h in app.search("configuration", k=20))
 
@@ -156,7 +156,7 @@ def test_file_that_turns_corrupt_keeps_its_previous_version(tmp_path: Path) -> N
 def test_embedding_model_change_rebuilds_the_index(tmp_path: Path, corpus: Path) -> None:
     app = App(tmp_path / "ws")
     first = app.ingest([corpus])
-    app._open_store(create=False).set_meta(FINGERPRINT_KEY, "some-other-model|384")
+    app.open_store().set_meta(FINGERPRINT_KEY, "some-other-model|384")
     with pytest.raises(WorkspaceError, match="embedding model changed"):
         App(tmp_path / "ws").search("anything")
     report = App(tmp_path / "ws").ingest([corpus])
@@ -179,7 +179,7 @@ def test_include_and_exclude_globs(tmp_path: Path, corpus: Path) -> None:
     names = sorted(p.name for p in corpus.glob("*.md"))
     report = app.ingest([corpus], include=["*.md"], exclude=[names[0]])
     assert report.added == len(names) - 1
-    assert not any(s.endswith(names[0]) for s in app._open_store(create=False).documents_by_source())
+    assert not any(s.endswith(names[0]) for s in app.open_store().documents_by_source())
 
 
 def test_missing_path_and_concurrent_ingest_are_refused(tmp_path: Path, corpus: Path) -> None:

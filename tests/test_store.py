@@ -5,12 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from sqlalchemy import inspect, text
+from sqlalchemy import create_engine, inspect, text
+from sqlalchemy.orm import Session
 
 from connectors import Document, Section
 from ragapp.chunking import Chunk
 from ragapp.errors import WorkspaceError
-from ragapp.store import SCHEMA_VERSION, Meta, Store, migrate
+from ragapp.store import MIGRATIONS, SCHEMA_VERSION, DocumentRow, Meta, Store, migrate
 
 
 def make_doc(source: str, body: str) -> Document:
@@ -36,7 +37,7 @@ def test_newer_schema_is_refused(tmp_path: Path) -> None:
 
 
 def test_migrations_run_in_order_once(tmp_path: Path) -> None:
-    # Control-flow test with made-up migration steps (not ragapp's real ones).
+    # Control-flow test with made-up steps after ragapp's real ones.
     store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
     calls: list[int] = []
 
@@ -47,14 +48,29 @@ def test_migrations_run_in_order_once(tmp_path: Path) -> None:
 
         return run
 
-    steps = {1: step(1), 2: step(2), 3: step(3)}
+    steps = {**MIGRATIONS, SCHEMA_VERSION + 1: step(1), SCHEMA_VERSION + 2: step(2)}
     with store.session() as s:
-        assert migrate(s, steps) == 3
-    assert calls == [2, 3]  # version 1 was already applied
+        assert migrate(s, steps) == SCHEMA_VERSION + 2
+    assert calls == [1, 2]  # the real versions were already applied
     with store.session() as s:
-        assert s.get(Meta, "schema_version").value == "3"
+        assert s.get(Meta, "schema_version").value == str(SCHEMA_VERSION + 2)
         migrate(s, steps)
-    assert calls == [2, 3]
+    assert calls == [1, 2]
+
+
+def test_version_1_workspace_gains_eval_tables_and_keeps_its_documents(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    engine = create_engine(url)
+    with Session(engine) as s:  # a workspace as schema 1 left it, with one document
+        migrate(s, {1: MIGRATIONS[1]})
+        s.add(DocumentRow(source="/a.txt", kind="txt", content_hash="h", size=5, mtime=0.0))
+        s.commit()
+    assert "eval_runs" not in inspect(engine).get_table_names()
+    engine.dispose()
+    store = Store(url)
+    assert store.get_meta("schema_version") == str(SCHEMA_VERSION)
+    assert {"eval_runs", "eval_items"} <= set(inspect(store.engine).get_table_names())
+    assert list(store.documents_by_source()) == ["/a.txt"]
 
 
 def test_replace_document_swaps_chunks_and_never_reuses_ids(tmp_path: Path) -> None:

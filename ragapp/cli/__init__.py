@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 import ragapp
-from ragapp.cli import documents, workspace
+from ragapp.cli import documents, evals, workspace
 from ragapp.errors import RagappError
 
 
@@ -48,11 +48,12 @@ def cli(ctx: click.Context, workspace: Path) -> None:
       ragapp ingest ~/docs          # parse, chunk, embed and index a folder
       ragapp ask "How do I ...?"    # answer from the most relevant passages
       ragapp search "topic"         # just the passages
+      ragapp eval run qa.jsonl      # score answers against references
     """
     ctx.obj = workspace
 
 
-for command in (*documents.COMMANDS, *workspace.COMMANDS):
+for command in (*documents.COMMANDS, *evals.COMMANDS, *workspace.COMMANDS):
     cli.add_command(command)
 
 

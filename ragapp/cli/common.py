@@ -33,3 +33,43 @@ def shown_path(source: str) -> str:
     except ValueError:
         return source
     return source if rel.startswith("..") else rel
+
+
+_GENERATION_OPTIONS = (
+    click.option("--max-new-tokens", type=click.IntRange(1), help="Longest answer, in tokens."),
+    click.option("--temperature", type=click.FloatRange(0), help="0 = greedy (default); higher samples more freely."),
+    click.option("--top-k", type=click.IntRange(0), help="Sample from the K likeliest tokens (0 = all)."),
+    click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), help="Nucleus sampling mass."),
+    click.option("--seed", type=int, help="Seed for sampling; same seed, same answer."),
+    click.option("--stop", multiple=True, metavar="TEXT", help="End the answer at TEXT (repeatable)."),
+)
+GENERATION_KEYS = ("max_new_tokens", "temperature", "top_k", "top_p", "seed", "stop")
+
+
+def generation_options(f: F) -> F:
+    """The sampling flags shared by every command that generates; read them back with `generation_flags`."""
+    for option in reversed(_GENERATION_OPTIONS):
+        f = option(f)
+    return f
+
+
+def generation_flags(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Pop the sampling flags out of a command's kwargs; unset ones are None (config decides)."""
+    flags = {key: kwargs.pop(key) for key in GENERATION_KEYS}
+    flags["stop"] = list(flags["stop"]) or None
+    return flags
+
+
+def table(rows: list[list[str]], header: list[str]) -> str:
+    """Plain aligned columns; numbers (anything starting with a digit, sign or dot) are right-aligned."""
+    cells = [header, *rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+
+    def fmt(row: list[str]) -> str:
+        out = []
+        for cell, width in zip(row, widths, strict=True):
+            numeric = cell[:1].isdigit() or cell[:1] in "+-−." and cell[1:2].isdigit()
+            out.append(cell.rjust(width) if numeric else cell.ljust(width))
+        return "  ".join(out).rstrip()
+
+    return "\n".join([fmt(header), "  ".join("-" * w for w in widths), *map(fmt, rows)])

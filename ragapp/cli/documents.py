@@ -5,12 +5,13 @@ from __future__ import annotations
 import sys
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import click
 
 from connectors.base import UNSUPPORTED
 from ragapp.app import Answer
-from ragapp.cli.common import emit_json, json_option, open_app, shown_path
+from ragapp.cli.common import emit_json, generation_flags, generation_options, json_option, open_app, shown_path
 
 
 @click.command()
@@ -89,35 +90,12 @@ def search(query: str, k: int | None, as_json: bool) -> None:
 @click.command()
 @click.argument("question")
 @click.option("-k", type=click.IntRange(1, 100), help="How many passages to retrieve (default: retrieval.k).")
-@click.option("--max-new-tokens", type=click.IntRange(1), help="Longest answer, in tokens.")
-@click.option("--temperature", type=click.FloatRange(0), help="0 = greedy (default); higher samples more freely.")
-@click.option("--top-k", type=click.IntRange(0), help="Sample from the K likeliest tokens (0 = all).")
-@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), help="Nucleus sampling mass.")
-@click.option("--seed", type=int, help="Seed for sampling; same seed, same answer.")
-@click.option("--stop", multiple=True, metavar="TEXT", help="End the answer at TEXT (repeatable).")
+@generation_options
 @click.option("--no-stream", is_flag=True, help="Print the answer at the end instead of as it is written.")
 @json_option
-def ask(
-    question: str,
-    k: int | None,
-    max_new_tokens: int | None,
-    temperature: float | None,
-    top_k: int | None,
-    top_p: float | None,
-    seed: int | None,
-    stop: tuple[str, ...],
-    no_stream: bool,
-    as_json: bool,
-) -> None:
+def ask(question: str, k: int | None, no_stream: bool, as_json: bool, **sampling: Any) -> None:
     """Answer QUESTION from the most relevant passages, citing them as [1], [2], ..."""
-    flags = {
-        "max_new_tokens": max_new_tokens,
-        "temperature": temperature,
-        "top_k": top_k,
-        "top_p": top_p,
-        "seed": seed,
-        "stop": list(stop) or None,
-    }
+    flags = generation_flags(sampling)
     app = open_app({"generation": flags})
     streaming = not (as_json or no_stream)
 

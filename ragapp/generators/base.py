@@ -41,6 +41,18 @@ class Generator(Protocol):
         """Tokens of the fully rendered prompt (chat template included), for trimming context."""
         ...
 
+    def text_tokens(self, text: str) -> int:
+        """Tokens of plain text (no special tokens, no template), for completion and reference lengths."""
+        ...
+
+    def reference_nll(self, messages: Sequence[Message], text: str) -> tuple[float, int]:
+        """(sum of natural-log NLLs, tokens scored) of `text` as the assistant's reply to `messages`.
+
+        Scores how likely the model finds a reference answer, for perplexity. With no messages `text` is
+        scored as plain text: every token but the first, each from the ones before.
+        """
+        ...
+
     def generate(self, messages: Sequence[Message], config: GenerationConfig) -> str: ...
 
     def stream(self, messages: Sequence[Message], config: GenerationConfig) -> Iterator[str]: ...

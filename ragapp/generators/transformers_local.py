@@ -117,6 +117,44 @@ class TransformersGenerator:
         conversation = [dict(m) for m in messages]
         return len(self.tokenizer.apply_chat_template(conversation, add_generation_prompt=True, return_dict=False))
 
+    def text_tokens(self, text: str) -> int:
+        """Tokens of `text` alone, as it would follow a prompt (no BOS or other special tokens)."""
+        return len(self.tokenizer.encode(text, add_special_tokens=False))
+
+    # -- scoring ---------------------------------------------------------------------------------
+    def reference_nll(self, messages: Sequence[Message], text: str) -> tuple[float, int]:
+        """Summed NLL (nats) of `text`'s tokens after the templated prompt, and how many were scored.
+
+        Over-long input loses the start of the prompt, never the text; a text longer than the window is
+        scored on its first tokens, after at least one prompt token (in plain-text mode, after its own first).
+        One forward pass; only the logits at scored positions are materialized (the vocabulary is large).
+        """
+        import torch
+        import torch.nn.functional as F
+
+        window = self.context_window
+        target: list[int] = self.tokenizer.encode(text, add_special_tokens=False)
+        prompt: list[int] = []
+        if messages:
+            conversation = [dict(m) for m in messages]
+            rendered = self.tokenizer.apply_chat_template(conversation, add_generation_prompt=True, return_dict=False)
+            prompt = list(rendered)
+        if prompt:
+            target = target[: window - 1]
+            prompt = prompt[max(0, len(prompt) + len(target) - window) :]
+        else:  # plain text: the first token is only context, as in HF's labels=input_ids loss
+            target = target[:window]
+            prompt, target = target[:1], target[1:]
+        if not target:
+            return 0.0, 0
+        ids = torch.tensor([prompt + target], dtype=torch.long, device=self.device)
+        with self._lock, torch.inference_mode():
+            # logits at positions len(prompt)-1 .. end-1 predict the target tokens; the last one predicts nothing.
+            out = self.model(input_ids=ids, use_cache=False, logits_to_keep=len(target) + 1)
+            logits = out.logits[0, :-1].float()
+            nll = F.cross_entropy(logits, ids[0, len(prompt) :], reduction="sum")
+        return float(nll), len(target)
+
     def _encode(self, conversations: Sequence[Sequence[Message]]) -> Any:
         batch = self.tokenizer.apply_chat_template(
             [[dict(m) for m in c] for c in conversations],

@@ -1,0 +1,218 @@
+"""Batch evaluation: answer every dataset question through `App.ask_batch` (the `ask` path, batched),
+score each answer, and save the results a batch at a time so that an interrupted run can continue.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tqdm import tqdm
+
+from evals.dataset import Dataset, Example, load_dataset
+from evals.metrics import perplexity, retrieval_metrics, rouge, sentence_bleu
+from evals.results import ItemResult, Metrics, RunResult
+from evals.runs import FINISHED, RunStore
+from ragapp.errors import RagappError, UsageError
+from ragapp.generators import GenerationConfig
+
+if TYPE_CHECKING:
+    from ragapp.app import Answer, App
+
+DEFAULT_BATCH = 4
+
+
+def answer_metrics(prediction: str, reference: str, stem: bool = True) -> Metrics:
+    """ROUGE-1/2/L (F1, precision, recall) and sentence BLEU of one answer."""
+    return {**rouge(prediction, reference, stem=stem), "bleu": sentence_bleu(prediction, reference).score}
+
+
+def _batches(examples: Sequence[Example], size: int) -> Iterator[list[Example]]:
+    for start in range(0, len(examples), size):
+        yield list(examples[start : start + size])
+
+
+def _citation(c: Any) -> dict[str, Any]:
+    return {k: getattr(c, k) for k in ("n", "source", "page", "anchor", "heading", "chunk_id", "score", "cited", "text")}
+
+
+class _Session:
+    """One sitting of work on a stored run: its status and wall time are recorded however it ends."""
+
+    def __init__(self, runs: RunStore, run_id: int) -> None:
+        self.runs, self.run_id = runs, run_id
+        self.result: RunResult | None = None
+
+    @contextmanager
+    def working(self) -> Iterator[None]:
+        self.runs.mark_running(self.run_id)
+        started = time.perf_counter()
+        status = "failed"
+        try:
+            yield
+            status = FINISHED
+        except KeyboardInterrupt:
+            status = "interrupted"
+            raise
+        finally:
+            self.result = self.runs.set_status(self.run_id, status, time.perf_counter() - started)
+
+
+def _open_run(
+    runs: RunStore,
+    kind: str,
+    dataset: Dataset,
+    name: str | None,
+    config: dict[str, Any],
+    models: dict[str, Any],
+) -> tuple[int, bool]:
+    """The run to work on: an unfinished one with the same data and settings is continued; returns (id, resumed)."""
+    if name is not None and runs.exists(name):
+        existing = runs.load(name)
+        if existing.status == FINISHED:
+            raise UsageError(f"evaluation run {name!r} is already complete; choose another --name")
+        if existing.kind != kind or existing.config != config or existing.models != models:
+            raise UsageError(
+                f"evaluation run {name!r} was started with other settings or models; "
+                "continue it with the same ones, or choose another --name"
+            )
+        if runs.row(name).dataset_hash != dataset.fingerprint:
+            raise UsageError(f"evaluation run {name!r} was started on a different version of the dataset")
+        return existing.id, True
+    if name is None:
+        row = runs.resumable(kind, dataset.fingerprint, config, models)
+        if row is not None:
+            return row.id, True
+        name = runs.next_name(dataset.path.stem)
+    run_id = runs.create(
+        name, kind, str(dataset.path), dataset.fingerprint, len(dataset.examples), config, models, dataset.problems
+    )
+    return run_id, False
+
+
+def evaluate(
+    app: App,
+    dataset: Dataset | str | Path,
+    name: str | None = None,
+    k: int | None = None,
+    generation: dict[str, Any] | GenerationConfig | None = None,
+    batch_size: int = DEFAULT_BATCH,
+    stem: bool = True,
+    progress: bool = False,
+) -> RunResult:
+    """Answer and score every question of `dataset`; the run is stored in `app`'s workspace and returned.
+
+    Rerunning with the same dataset, settings and models (and the same `name`, if one was given)
+    continues an interrupted run instead of starting over.
+    """
+    if isinstance(dataset, (str, Path)):
+        dataset = load_dataset(dataset)
+    if batch_size < 1:
+        raise UsageError("batch size must be at least 1")
+    sampling = app.sampling(generation)
+    k = k or app.config.retrieval.k
+    c = app.config
+    config = {
+        "retrieval": {"k": k},
+        "generation": sampling.model_dump(),
+        "prompt": c.prompt.model_dump(),
+        "chunking": c.chunking.model_dump(),
+        "index": {"kind": c.index.kind},
+        "rouge_stem": stem,
+    }
+    store = app.open_store()
+    app.search(dataset.examples[0].question, 1)  # fails early, before a run exists, on an empty workspace
+    models = {"embedding": app.embedder.fingerprint, "generator": app.generator.model_id}
+    runs = RunStore(store)
+    run_id, _ = _open_run(runs, "pipeline", dataset, name, config, models)
+    done = runs.done_positions(run_id)
+    todo = [e for e in dataset.examples if e.position not in done]
+    session = _Session(runs, run_id)
+    with session.working(), tqdm(
+        total=len(dataset.examples), initial=len(done), unit="q", desc="eval", disable=not progress, dynamic_ncols=True
+    ) as bar:
+        for batch in _batches(todo, batch_size):
+            runs.save_items(run_id, _answer_batch(app, batch, k, sampling, stem))
+            bar.update(len(batch))
+    assert session.result is not None
+    return session.result
+
+
+def _answer_batch(app: App, batch: list[Example], k: int, sampling: GenerationConfig, stem: bool) -> list[ItemResult]:
+    """Answer a batch in one generation call; if that fails on bad input, answer one by one to isolate it."""
+    try:
+        answers: list[Answer | str] = list(app.ask_batch([e.question for e in batch], k, sampling))
+    except (RagappError, ValueError):
+        answers = []
+        for example in batch:
+            try:
+                answers.extend(app.ask_batch([example.question], k, sampling))
+            except (RagappError, ValueError) as exc:
+                answers.append(f"{type(exc).__name__}: {exc}")
+    return [_score(app, e, a, k, stem) for e, a in zip(batch, answers, strict=True)]
+
+
+def _score(app: App, example: Example, answer: Answer | str, k: int, stem: bool) -> ItemResult:
+    item = ItemResult(
+        position=example.position,
+        item_id=example.item_id,
+        question=example.question,
+        reference=example.reference,
+        prediction="",
+        expected_sources=example.sources,
+    )
+    if isinstance(answer, str):
+        item.error = answer
+        return item
+    item.prediction = answer.answer
+    item.citations = [_citation(c) for c in answer.citations]
+    item.metrics = answer_metrics(answer.answer, example.reference, stem)
+    if example.sources:
+        ranked = [(h.source, h.anchor) for h in answer.hits]
+        item.metrics.update(retrieval_metrics(ranked, example.sources, k))
+    mark = time.perf_counter()
+    nll, tokens = app.generator.reference_nll(answer.messages, example.reference)
+    t = answer.timings
+    item.metrics["perplexity"] = perplexity(nll, tokens) if tokens else None
+    item.timings = {
+        "retrieve_s": t["retrieve_s"],
+        "generate_s": t["generate_s"],
+        "latency_s": t["total_s"],
+        "prompt_tokens": t["prompt_tokens"],
+        "completion_tokens": t["completion_tokens"],
+        "reference_tokens": tokens,
+        "score_s": time.perf_counter() - mark,
+    }
+    return item
+
+
+def score_predictions(
+    app: App, dataset: Dataset | str | Path, name: str | None = None, stem: bool = True, progress: bool = False
+) -> RunResult:
+    """Score answers produced elsewhere (`prediction` beside the reference); no model is loaded.
+
+    The run is stored in `app`'s workspace (created if needed) so it can be listed, compared and reported.
+    """
+    if isinstance(dataset, (str, Path)):
+        dataset = load_dataset(dataset, need_prediction=True)
+    runs = RunStore(app.open_store(create=True))
+    run_id, _ = _open_run(runs, "score", dataset, name, {"rouge_stem": stem}, {})
+    done = runs.done_positions(run_id)
+    session = _Session(runs, run_id)
+    todo = [e for e in dataset.examples if e.position not in done]
+    with session.working(), tqdm(
+        total=len(dataset.examples), initial=len(done), unit="item", desc="score", disable=not progress
+    ) as bar:
+        for batch in _batches(todo, 256):
+            items = []
+            for e in batch:
+                assert e.prediction is not None
+                metrics = answer_metrics(e.prediction, e.reference, stem)
+                items.append(ItemResult(e.position, e.item_id, e.question, e.reference, e.prediction, e.sources, [], metrics))
+            runs.save_items(run_id, items)
+            bar.update(len(batch))
+    assert session.result is not None
+    return session.result

@@ -1,0 +1,269 @@
+"""`ragapp eval ...`: batch evaluation runs, stored in the workspace, compared, gated and reported."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from evals.results import RunResult
+from ragapp.cli.common import emit_json, generation_flags, generation_options, json_option, open_app, table
+
+_ANSWER_METRICS = ("rougeL", "rouge1", "rouge2", "bleu")
+
+
+def fmt(name: str, value: float | None) -> str:
+    if value is None:
+        return "—"
+    if name.endswith("_s"):
+        return f"{value:.2f} s"
+    if name.endswith("_tokens"):
+        return f"{value:.0f}"
+    if name == "perplexity":
+        return f"{value:.2f}"
+    return f"{value:.4f}"
+
+
+def _gate_options(f: Any) -> Any:
+    f = click.option(
+        "--max-drop-vs",
+        "max_drop_vs",
+        nargs=2,
+        metavar="RUN METRIC=DROP,...",
+        help="Fail if a metric is worse than in RUN by more than DROP (absolute), e.g. `--max-drop-vs base rougeL=0.02`.",
+    )(f)
+    return click.option(
+        "--fail-under",
+        metavar="METRIC=MIN,...",
+        help="Fail (exit 1) if a metric is below MIN, e.g. `rougeL=0.25,bleu=0.1`.",
+    )(f)
+
+
+def _gate(fail_under: str | None, max_drop_vs: tuple[str, str] | None) -> Callable[[RunResult], None]:
+    """Parse the gate options and load the baseline up front (a typo should not cost a whole run);
+    the returned check runs after the results are printed, so CI logs show the numbers, then the verdict."""
+    from evals.gate import check_drops, check_floors, enforce, parse_thresholds
+
+    floors = parse_thresholds(fail_under, "--fail-under") if fail_under else {}
+    base = allowed = None
+    if max_drop_vs:
+        base_ref, spec = max_drop_vs
+        allowed = parse_thresholds(spec, "--max-drop-vs")
+        base = _runs().load(base_ref)
+
+    def check(run: RunResult) -> None:
+        failures = check_floors(run.aggregates, floors)
+        if base is not None and allowed is not None:
+            failures += check_drops(run.aggregates, base.aggregates, allowed, base.name)
+        enforce(failures)
+        if floors or allowed:
+            click.echo("Quality gate passed.")
+
+    return check
+
+
+def print_run(run: RunResult) -> None:
+    scored, errors = len(run.scored), len(run.items) - len(run.scored)
+    click.echo(f"Run {run.name} (#{run.id}, {run.kind}): {run.status}, {run.saved}/{run.total} answered, {run.seconds:.1f} s")
+    click.echo(f"Dataset: {run.dataset}")
+    if run.models:
+        click.echo("Models: " + ", ".join(f"{k} {v}" for k, v in run.models.items()))
+    click.echo(f"Scored {scored}" + (f", {errors} failed" if errors else "") + (f", {len(run.problems)} bad lines skipped" if run.problems else ""))
+    rows = [[name, fmt(name, value)] for name, value in run.aggregates.items()]
+    if rows:
+        click.echo(table(rows, ["metric", "value"]))
+    for problem in run.problems[:20]:
+        click.echo(f"  line {problem.line}: {problem.reason}", err=True)
+    if len(run.problems) > 20:
+        click.echo(f"  ... and {len(run.problems) - 20} more bad lines", err=True)
+    for item in [i for i in run.items if i.error][:20]:
+        click.echo(f"  item {item.item_id} (line {item.position}) failed: {item.error}", err=True)
+
+
+@click.group(name="eval")
+def eval_group() -> None:
+    """Score answers against references: run a dataset, compare runs, gate CI, write reports.
+
+    \b
+    A dataset is JSON Lines: {"question": ..., "answer": ..., "sources": [...], "id": ...}
+      ragapp eval run questions.jsonl --name baseline
+      ragapp eval run questions.jsonl --name tuned --max-drop-vs baseline rougeL=0.02
+      ragapp eval compare baseline tuned
+      ragapp eval report tuned --out report.html
+    """
+
+
+@eval_group.command()
+@click.argument("dataset", type=click.Path(path_type=Path))
+@click.option("--name", help="Name of the run (default: DATASET's name and a number). An unfinished run is continued.")
+@click.option("-k", type=click.IntRange(1, 100), help="Passages to retrieve per question (default: retrieval.k).")
+@click.option("--batch-size", type=click.IntRange(1, 256), default=4, show_default=True, help="Questions per generation call.")
+@click.option("--no-stem", is_flag=True, help="ROUGE without the Porter stemmer.")
+@generation_options
+@_gate_options
+@json_option
+def run(
+    dataset: Path,
+    name: str | None,
+    k: int | None,
+    batch_size: int,
+    no_stem: bool,
+    fail_under: str | None,
+    max_drop_vs: tuple[str, str] | None,
+    as_json: bool,
+    **sampling: Any,
+) -> None:
+    """Answer every question in DATASET as `ask` would, score the answers and retrieval, store the run.
+
+    Interrupted runs (Ctrl-C, a crash) continue where they stopped when the same command is run again.
+    """
+    from evals.runner import evaluate
+
+    gate = _gate(fail_under, max_drop_vs)
+    app = open_app({"generation": generation_flags(sampling)})
+    result = evaluate(app, dataset, name=name, k=k, batch_size=batch_size, stem=not no_stem, progress=sys.stderr.isatty())
+    if as_json:
+        emit_json(result.to_dict())
+    else:
+        print_run(result)
+    gate(result)
+
+
+@eval_group.command()
+@click.argument("predictions", type=click.Path(path_type=Path))
+@click.option("--name", help="Name of the stored run (default: the file's name and a number).")
+@click.option("--no-stem", is_flag=True, help="ROUGE without the Porter stemmer.")
+@_gate_options
+@json_option
+def score(
+    predictions: Path, name: str | None, no_stem: bool, fail_under: str | None, max_drop_vs: tuple[str, str] | None, as_json: bool
+) -> None:
+    """Score answers produced elsewhere: JSONL with `prediction` and `reference` (or `answer`) per line."""
+    from evals.runner import score_predictions
+
+    gate = _gate(fail_under, max_drop_vs)
+    result = score_predictions(open_app(), predictions, name=name, stem=not no_stem, progress=sys.stderr.isatty())
+    if as_json:
+        emit_json(result.to_dict())
+    else:
+        print_run(result)
+    gate(result)
+
+
+def _runs() -> Any:
+    from evals.runs import RunStore
+    from ragapp.errors import UsageError
+
+    app = open_app()
+    if not app.db_path.exists():
+        raise UsageError(f"no workspace at {app.workspace}, so no evaluation runs (see `ragapp eval run --help`)")
+    return RunStore(app.open_store())
+
+
+@eval_group.command(name="list")
+@json_option
+def list_runs(as_json: bool) -> None:
+    """Stored runs, newest first, with their main metrics."""
+    runs = _runs().list()
+    if as_json:
+        emit_json([{k: v for k, v in r.to_dict().items() if k != "items"} for r in runs])
+        return
+    if not runs:
+        click.echo("No evaluation runs yet: `ragapp eval run DATASET` makes one.")
+        return
+    hit_names = sorted({n for r in runs for n in r.aggregates if n.startswith("hit@")})
+    metrics = [*_ANSWER_METRICS, *hit_names]
+    rows = [
+        [str(r.id), r.name, r.status, f"{r.saved}/{r.total}", r.started_at.strftime("%Y-%m-%d %H:%M"), f"{r.seconds:.0f} s"]
+        + [fmt(m, r.aggregates.get(m)) for m in metrics]
+        for r in runs
+    ]
+    click.echo(table(rows, ["id", "name", "status", "items", "started", "time", *metrics]))
+
+
+@eval_group.command()
+@click.argument("run_ref", metavar="RUN")
+@click.option("--items", "show_items", is_flag=True, help="Also list every item with its scores.")
+@_gate_options
+@json_option
+def show(run_ref: str, show_items: bool, fail_under: str | None, max_drop_vs: tuple[str, str] | None, as_json: bool) -> None:
+    """A stored run's aggregates (RUN is a name or id); the gate options check it like `eval run` does."""
+    gate = _gate(fail_under, max_drop_vs)
+    result = _runs().load(run_ref)
+    if as_json:
+        emit_json(result.to_dict() if show_items else {k: v for k, v in result.to_dict().items() if k != "items"})
+    else:
+        print_run(result)
+        if show_items:
+            names = [m for m in _ANSWER_METRICS if any(m in i.metrics for i in result.items)]
+            rows = [[str(i.position), i.item_id[:20], *(fmt(m, i.metrics.get(m)) for m in names), i.question[:60]] for i in result.items]
+            click.echo(table(rows, ["line", "id", *names, "question"]))
+    gate(result)
+
+
+@eval_group.command(name="compare")
+@click.argument("run_a", metavar="RUN_A")
+@click.argument("run_b", metavar="RUN_B")
+@click.option("--by", default="rougeL", show_default=True, help="Metric to rank the most-changed questions by.")
+@click.option("--top", type=click.IntRange(0), default=5, show_default=True, help="How many changed questions to show.")
+@json_option
+def compare_runs(run_a: str, run_b: str, by: str, top: int, as_json: bool) -> None:
+    """Per-metric change from RUN_A to RUN_B with 95% paired bootstrap intervals, and the questions that changed most."""
+    from evals.compare import compare
+
+    runs = _runs()
+    c = compare(runs.load(run_a), runs.load(run_b), by=by, top=top)
+    if as_json:
+        emit_json(
+            {
+                "a": c.a.name,
+                "b": c.b.name,
+                "paired": c.paired,
+                "only_a": c.only_a,
+                "only_b": c.only_b,
+                "confidence": c.confidence,
+                "metrics": [{**vars(m), "delta": m.delta, "verdict": m.verdict} for m in c.metrics],
+                "changed": [{**vars(ch), "delta": ch.delta} for ch in c.changed],
+            }
+        )
+        return
+    click.echo(f"{c.a.name} -> {c.b.name}: {c.paired} questions in both" + (f" ({c.only_a} only in A, {c.only_b} only in B)" if c.only_a or c.only_b else ""))
+    if not c.paired:
+        return
+    pct = f"{c.confidence:.0%}"
+    rows = [
+        [m.name, fmt(m.name, m.a), fmt(m.name, m.b), f"{m.delta:+.4f}", f"[{m.low:+.4f}, {m.high:+.4f}]", m.verdict, str(m.n)]
+        for m in c.metrics
+    ]
+    click.echo(table(rows, ["metric", "A", "B", "delta", f"{pct} CI", "verdict", "n"]))
+    if c.changed:
+        click.echo(f"\nMost changed by {c.by}:")
+        for ch in c.changed:
+            click.echo(f"  {ch.delta:+.3f}  {ch.a:.3f} -> {ch.b:.3f}  [{ch.item_id}] {ch.question[:80]}")
+            click.echo(f"      A: {' '.join(ch.prediction_a.split())[:100]}")
+            click.echo(f"      B: {' '.join(ch.prediction_b.split())[:100]}")
+
+
+@eval_group.command()
+@click.argument("run_ref", metavar="RUN")
+@click.option("--out", type=click.Path(path_type=Path, dir_okay=False), required=True, help="HTML file to write.")
+@click.option("--worst", type=click.IntRange(0), default=10, show_default=True, help="How many of the worst answers to show.")
+def report(run_ref: str, out: Path, worst: int) -> None:
+    """Write a self-contained HTML report of RUN: metrics, distributions, the worst answers with their sources."""
+    from evals.report import write_report
+
+    path = write_report(_runs().load(run_ref), out, worst=worst)
+    click.echo(f"Wrote {path}")
+
+
+@eval_group.command()
+@click.argument("run_ref", metavar="RUN")
+def delete(run_ref: str) -> None:
+    """Delete a stored run and its items."""
+    click.echo(f"Deleted run {_runs().delete(run_ref)}")
+
+
+COMMANDS = (eval_group,)

@@ -1,0 +1,118 @@
+"""`ragapp eval score | list | show | compare | report | delete` and the CI gates' exit codes.
+
+`eval score` needs no model, so these run in-process and fast; the answers are real sentences
+written for the test, scored by the real metric libraries.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from evals.runner import answer_metrics
+from ragapp.cli import cli
+
+ROWS = [
+    ("What is the capital of France?", "The capital of France is Paris.", "Paris is the capital of France."),
+    ("What colour is the sky?", "The sky is blue on a clear day.", "On a clear day the sky is blue."),
+    ("How many legs has a spider?", "A spider has eight legs.", "Spiders have eight legs."),
+    ("What do bees make?", "Bees make honey and wax.", "Bees produce honey."),
+    ("Where do penguins live?", "Most penguins live in the southern hemisphere.", "Penguins live in the south."),
+]
+
+
+def write(path: Path, worse: bool = False) -> Path:
+    with path.open("w", encoding="utf-8") as f:
+        for i, (q, ref, pred) in enumerate(ROWS):
+            f.write(json.dumps({"id": f"q{i}", "question": q, "reference": ref, "prediction": "I do not know." if worse and i < 3 else pred}) + "\n")
+        f.write("{broken\n")
+    return path
+
+
+def invoke(ws: Path, *args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(cli, ["-w", str(ws), *args])
+    if result.exception and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result.exit_code, result.stdout, result.stderr
+
+
+@pytest.fixture
+def ws(tmp_path: Path) -> Path:
+    return tmp_path / "ws"
+
+
+def test_score_stores_a_run_with_library_values_and_reports_bad_lines(ws: Path, tmp_path: Path) -> None:
+    code, out, err = invoke(ws, "eval", "score", str(write(tmp_path / "p.jsonl")), "--name", "base", "--json")
+    assert code == 0, err
+    run = json.loads(out)
+    assert run["name"] == "base" and run["status"] == "completed" and run["kind"] == "score"
+    assert run["problems"] == [{"line": 6, "reason": "invalid JSON: Expecting property name enclosed in double quotes (column 2)"}]
+    first = run["items"][0]
+    assert first["metrics"] == pytest.approx(answer_metrics(ROWS[0][2], ROWS[0][1]))
+    mean_rouge = sum(answer_metrics(p, r)["rougeL"] for _, r, p in ROWS) / len(ROWS)
+    assert run["aggregates"]["rougeL"] == pytest.approx(mean_rouge)
+
+
+def test_gates_exit_codes_and_messages(ws: Path, tmp_path: Path) -> None:
+    good, bad = write(tmp_path / "good.jsonl"), write(tmp_path / "bad.jsonl", worse=True)
+    code, out, _ = invoke(ws, "eval", "score", str(good), "--name", "base", "--fail-under", "rougeL=0.2,bleu=0.01")
+    assert code == 0 and "Quality gate passed." in out
+    code, out, err = invoke(ws, "eval", "score", str(bad), "--name", "worse", "--fail-under", "rougeL=0.9")
+    assert code == 1
+    assert "quality gate failed: rougeL = " in err and "below the required 0.9" in err
+    assert "rougeL" in out  # the numbers are printed before the verdict
+    code, _, err = invoke(ws, "eval", "show", "worse", "--max-drop-vs", "base", "rougeL=0.05")
+    assert code == 1 and "rougeL dropped by" in err and "vs run 'base'" in err
+    code, out, _ = invoke(ws, "eval", "show", "base", "--max-drop-vs", "worse", "rougeL=0.05")
+    assert code == 0 and "Quality gate passed." in out  # base is better than worse: no drop
+    # A typo in the metric, the option or the baseline run is a usage error (2), not a failed gate.
+    assert invoke(ws, "eval", "show", "base", "--fail-under", "rougel=0.1")[0] == 2
+    assert invoke(ws, "eval", "show", "base", "--fail-under", "rougeL")[0] == 2
+    code, _, err = invoke(ws, "eval", "show", "base", "--max-drop-vs", "nope", "rougeL=0.1")
+    assert code == 2 and "no evaluation run 'nope'" in err
+
+
+def test_list_show_compare_delete(ws: Path, tmp_path: Path) -> None:
+    invoke(ws, "eval", "score", str(write(tmp_path / "a.jsonl")), "--name", "a")
+    invoke(ws, "eval", "score", str(write(tmp_path / "b.jsonl", worse=True)), "--name", "b")
+    code, out, _ = invoke(ws, "eval", "list")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].split()[:5] == ["id", "name", "status", "items", "started"]
+    assert lines[2].split()[1] == "b" and lines[3].split()[1] == "a"  # newest first
+    code, out, _ = invoke(ws, "eval", "show", "1", "--items")  # by id
+    assert code == 0 and "Run a (#1, score): completed, 5/5 answered" in out and "capital of France" in out
+    code, out, _ = invoke(ws, "eval", "compare", "a", "b", "--json")
+    c = json.loads(out)
+    rouge = next(m for m in c["metrics"] if m["name"] == "rougeL")
+    assert c["paired"] == 5 and rouge["delta"] < 0 and rouge["low"] <= rouge["delta"] <= rouge["high"]
+    assert {ch["item_id"] for ch in c["changed"]} == {"q0", "q1", "q2"}
+    code, out, _ = invoke(ws, "eval", "compare", "a", "b")
+    assert code == 0 and "95% CI" in out and "Most changed by rougeL" in out
+    assert invoke(ws, "eval", "delete", "a")[0] == 0
+    code, _, err = invoke(ws, "eval", "show", "a")
+    assert code == 2 and "no evaluation run 'a'" in err
+
+
+def test_name_clash_and_missing_workspace(ws: Path, tmp_path: Path) -> None:
+    code, _, err = invoke(ws, "eval", "list")
+    assert code == 2 and "no workspace" in err
+    p = write(tmp_path / "p.jsonl")
+    assert invoke(ws, "eval", "score", str(p), "--name", "x")[0] == 0
+    code, _, err = invoke(ws, "eval", "score", str(p), "--name", "x")
+    assert code == 2 and "already complete" in err
+    code, out, _ = invoke(ws, "eval", "score", str(p))
+    assert code == 0 and "Run p-1 " in out  # default name: the file's stem and a number
+    code, _, err = invoke(ws, "eval", "score", str(tmp_path / "missing.jsonl"))
+    assert code == 2 and "dataset not found" in err
+
+
+def test_report_is_written(ws: Path, tmp_path: Path) -> None:
+    invoke(ws, "eval", "score", str(write(tmp_path / "p.jsonl")), "--name", "r")
+    code, out, err = invoke(ws, "eval", "report", "r", "--out", str(tmp_path / "r.html"))
+    assert code == 0, err
+    html = (tmp_path / "r.html").read_text(encoding="utf-8")
+    assert "capital of France" in html and "rougeL" in html

@@ -1,0 +1,148 @@
+"""`evaluate` and `ragapp eval run` end to end: real embedder, real SmolLM2, ragapp's docs as corpus,
+and a hand-written question set about them (tests/data/docs_qa.jsonl)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from evals import evaluate, load_dataset
+from evals.runner import answer_metrics
+from evals.runs import RunStore
+from ragapp import App
+from ragapp.errors import EmptyWorkspace
+
+pytestmark = pytest.mark.slow
+
+QA = Path(__file__).parent / "data" / "docs_qa.jsonl"
+SHORT = {"max_new_tokens": 40}
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import shutil
+
+    root = tmp_path_factory.mktemp("evals")
+    shutil.copytree(Path(__file__).parent.parent / "docs", root / "docs")
+    with App(root / "ws") as app:
+        app.ingest([root / "docs"])
+    return root / "ws"
+
+
+def saved_items(ws: Path, run_prefix: str) -> int:
+    """Items saved so far for runs whose name starts with `run_prefix`, as a concurrent reader sees them."""
+    try:
+        con = sqlite3.connect(f"file:{ws / 'ragapp.db'}?mode=ro", uri=True, timeout=5)
+        try:
+            query = "SELECT count(*) FROM eval_items JOIN eval_runs ON eval_runs.id = run_id WHERE name LIKE ?"
+            return con.execute(query, (run_prefix + "%",)).fetchone()[0]
+        finally:
+            con.close()
+    except sqlite3.OperationalError:
+        return 0
+
+
+def test_evaluate_answers_scores_and_stores_every_question(workspace: Path) -> None:
+    app = App(workspace)
+    run = evaluate(app, QA, name="docs", generation=SHORT, batch_size=3)
+    assert run.status == "completed" and run.saved == run.total == 6 and not run.problems
+    assert [i.item_id for i in run.items] == ["passages", "hidden", "stop", "env", "workspace", "pdf"]
+    for item in run.items:
+        assert item.error is None and item.prediction
+        # Stored scores are the metric libraries' values for the stored answer.
+        assert {k: item.metrics[k] for k in answer_metrics("", "x")} == pytest.approx(answer_metrics(item.prediction, item.reference))
+        assert 1 < item.metrics["perplexity"] < 1e4  # type: ignore[operator]
+        assert {"hit@4", "recall@4", "mrr@4", "ndcg@4"} <= item.metrics.keys()
+        assert item.citations and all(c["source"].startswith(str(workspace.parent / "docs")) for c in item.citations)
+        t = item.timings
+        assert t["latency_s"] >= t["generate_s"] > 0 and t["prompt_tokens"] > 50 and 0 < t["completion_tokens"] <= 40
+        assert t["reference_tokens"] > 5
+    a = run.aggregates
+    assert a["hit@4"] >= 0.5  # retrieval finds the right page for most of these plain questions
+    assert 0 < a["rougeL"] < 1 and 0 <= a["bleu"] < 1 and a["latency_p95_s"] >= a["latency_p50_s"]
+    assert run.config["retrieval"]["k"] == 4 and run.config["generation"]["max_new_tokens"] == 40
+    assert run.models["generator"] and run.models["embedding"]
+    again = RunStore(app.open_store()).load("docs")
+    assert again.to_dict() == run.to_dict()
+
+
+def test_question_that_cannot_be_answered_is_an_item_error(workspace: Path, tmp_path: Path) -> None:
+    """A question too long for the model's window fails alone; the rest of its batch is answered."""
+    qa = tmp_path / "qa.jsonl"
+    rows = [json.loads(line) for line in QA.read_text().splitlines()[:2]]
+    rows.insert(1, {"id": "huge", "question": "why " * 9000, "answer": "no"})
+    qa.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run = evaluate(App(workspace), qa, name="with-error", generation=SHORT, batch_size=3)
+    errors = {i.item_id: i.error for i in run.items}
+    assert errors["passages"] is None and errors["hidden"] is None
+    assert errors["huge"] and "exceed" in errors["huge"]
+    assert run.status == "completed" and run.aggregates["rougeL"] is not None
+
+
+def test_empty_workspace_fails_before_creating_a_run(tmp_path: Path) -> None:
+    app = App(tmp_path / "ws")
+    app.open_store(create=True)
+    with pytest.raises(EmptyWorkspace):
+        evaluate(app, QA)
+    assert RunStore(app.open_store()).list() == []
+
+
+def _cli(ws: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "ragapp", "-w", str(ws), "eval", "run", str(QA), "--max-new-tokens", "24", *args]
+
+
+@pytest.mark.parametrize(("sig", "status"), [(signal.SIGKILL, "running"), (signal.SIGINT, "interrupted")])
+def test_killed_run_continues_where_it_stopped(workspace: Path, tmp_path: Path, sig: int, status: str) -> None:
+    import shutil
+
+    ws = tmp_path / "ws"
+    shutil.copytree(workspace, ws)
+    before = RunStore(App(ws).open_store()).list()
+    proc = subprocess.Popen(_cli(ws, "--batch-size", "1"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while saved_items(ws, "docs_qa") < 2:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "eval run did not save 2 items in time"
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    proc.wait(timeout=120)
+    app = App(ws)
+    runs = RunStore(app.open_store())
+    (stopped,) = [r for r in runs.list() if r.name.startswith("docs_qa")]
+    assert stopped.status == status and 2 <= stopped.saved < 6
+    first = {i.position: i.prediction for i in runs.load(stopped.id).items}
+
+    resumed = subprocess.run(_cli(ws, "--json"), capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    done = json.loads(resumed.stdout)
+    assert done["name"] == stopped.name and done["id"] == stopped.id  # the same run, continued
+    assert done["status"] == "completed" and len(done["items"]) == 6
+    assert sorted(i["position"] for i in done["items"]) == [1, 2, 3, 4, 5, 6]
+    assert {i["position"]: i["prediction"] for i in done["items"] if i["position"] in first} == first
+    assert [r.name for r in runs.list()].count(stopped.name) == 1 and len(runs.list()) == len(before) + 1
+
+
+def test_eval_run_gate_and_settings_change_make_a_new_run(workspace: Path, tmp_path: Path) -> None:
+    import shutil
+
+    ws = tmp_path / "ws"
+    shutil.copytree(workspace, ws)
+    qa = tmp_path / "two.jsonl"
+    qa.write_text("".join(QA.read_text().splitlines(keepends=True)[:2]))
+    base = [sys.executable, "-m", "ragapp", "-w", str(ws), "eval", "run", str(qa), "--max-new-tokens", "16"]
+    ok = subprocess.run([*base, "--name", "a", "--fail-under", "rougeL=0.0"], capture_output=True, text=True, timeout=600)
+    assert ok.returncode == 0, ok.stderr
+    assert "Quality gate passed." in ok.stdout and "hit@4" in ok.stdout
+    bad = subprocess.run([*base, "-k", "2", "--fail-under", "rougeL=0.99"], capture_output=True, text=True, timeout=600)
+    assert bad.returncode == 1
+    assert bad.stderr.strip().splitlines()[-1].startswith("Error: quality gate failed: rougeL = ")
+    names = [r.name for r in RunStore(App(ws).open_store()).list()]
+    assert names[:2] == ["two-1", "a"]  # other settings (k=2): a new run, not a continuation of "a"
+    assert load_dataset(qa).examples[0].item_id == "passages"

@@ -14,8 +14,8 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "Comparison": "evals.compare",
-    "compare": "evals.compare",
+    "Comparison": "evals.comparison",
+    "compare": "evals.comparison",
     "Dataset": "evals.dataset",
     "Example": "evals.dataset",
     "load_dataset": "evals.dataset",

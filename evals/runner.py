@@ -4,6 +4,8 @@ score each answer, and save the results a batch at a time so that an interrupted
 
 from __future__ import annotations
 
+import fcntl
+import os
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -40,38 +42,71 @@ def _citation(c: Any) -> dict[str, Any]:
 
 
 class _Session:
-    """One sitting of work on a stored run: its status and wall time are recorded however it ends."""
+    """One sitting of work on a stored run. It holds the run's lock file, so two processes never answer
+    the same run; its status and wall time are recorded however it ends."""
 
-    def __init__(self, runs: RunStore, run_id: int) -> None:
+    def __init__(self, runs: RunStore, run_id: int, workspace: Path) -> None:
         self.runs, self.run_id = runs, run_id
+        self.lock_path = lock_path(workspace, run_id)
         self.result: RunResult | None = None
 
     @contextmanager
     def working(self) -> Iterator[None]:
-        self.runs.mark_running(self.run_id)
-        started = time.perf_counter()
-        status = "failed"
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            yield
-            status = FINISHED
-        except KeyboardInterrupt:
-            status = "interrupted"
-            raise
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                name = self.runs.row(self.run_id).name
+                raise UsageError(f"evaluation run {name!r} is being answered by another process") from None
+            self.runs.mark_running(self.run_id)
+            started = time.perf_counter()
+            status = "failed"
+            try:
+                yield
+                status = FINISHED
+            except KeyboardInterrupt:
+                status = "interrupted"
+                raise
+            finally:
+                self.result = self.runs.set_status(self.run_id, status, time.perf_counter() - started)
+                if status == FINISHED:
+                    self.lock_path.unlink(missing_ok=True)
         finally:
-            self.result = self.runs.set_status(self.run_id, status, time.perf_counter() - started)
+            os.close(fd)
+
+
+def lock_path(workspace: Path, run_id: int) -> Path:
+    return workspace / f"eval-run-{run_id}.lock"
+
+
+def _busy(workspace: Path, run_id: int) -> bool:
+    """Whether another process holds the run's lock (a run left 'running' by a killed process is not busy)."""
+    path = lock_path(workspace, run_id)
+    if not path.exists():
+        return False
+    fd = os.open(path, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
 
 
 def _open_run(
     runs: RunStore,
+    workspace: Path,
     kind: str,
     dataset: Dataset,
     name: str | None,
     config: dict[str, Any],
     models: dict[str, Any],
-) -> tuple[int, bool]:
-    """The run to work on: an unfinished one with the same data and settings is continued; returns (id, resumed)."""
+) -> int:
+    """The run to work on: an unfinished one with the same data, settings and models is continued."""
     if name is not None and runs.exists(name):
-        existing = runs.load(name)
+        existing = runs.row(name)
         if existing.status == FINISHED:
             raise UsageError(f"evaluation run {name!r} is already complete; choose another --name")
         if existing.kind != kind or existing.config != config or existing.models != models:
@@ -79,18 +114,17 @@ def _open_run(
                 f"evaluation run {name!r} was started with other settings or models; "
                 "continue it with the same ones, or choose another --name"
             )
-        if runs.row(name).dataset_hash != dataset.fingerprint:
+        if existing.dataset_hash != dataset.fingerprint:
             raise UsageError(f"evaluation run {name!r} was started on a different version of the dataset")
-        return existing.id, True
+        return existing.id
     if name is None:
-        row = runs.resumable(kind, dataset.fingerprint, config, models)
-        if row is not None:
-            return row.id, True
+        for row in runs.resumable(kind, dataset.fingerprint, config, models):
+            if not _busy(workspace, row.id):
+                return row.id
         name = runs.next_name(dataset.path.stem)
-    run_id = runs.create(
+    return runs.create(
         name, kind, str(dataset.path), dataset.fingerprint, len(dataset.examples), config, models, dataset.problems
     )
-    return run_id, False
 
 
 def evaluate(
@@ -127,10 +161,10 @@ def evaluate(
     app.search(dataset.examples[0].question, 1)  # fails early, before a run exists, on an empty workspace
     models = {"embedding": app.embedder.fingerprint, "generator": app.generator.model_id}
     runs = RunStore(store)
-    run_id, _ = _open_run(runs, "pipeline", dataset, name, config, models)
+    run_id = _open_run(runs, app.workspace, "pipeline", dataset, name, config, models)
     done = runs.done_positions(run_id)
     todo = [e for e in dataset.examples if e.position not in done]
-    session = _Session(runs, run_id)
+    session = _Session(runs, run_id, app.workspace)
     with session.working(), tqdm(
         total=len(dataset.examples), initial=len(done), unit="q", desc="eval", disable=not progress, dynamic_ncols=True
     ) as bar:
@@ -199,9 +233,9 @@ def score_predictions(
     if isinstance(dataset, (str, Path)):
         dataset = load_dataset(dataset, need_prediction=True)
     runs = RunStore(app.open_store(create=True))
-    run_id, _ = _open_run(runs, "score", dataset, name, {"rouge_stem": stem}, {})
+    run_id = _open_run(runs, app.workspace, "score", dataset, name, {"rouge_stem": stem}, {})
     done = runs.done_positions(run_id)
-    session = _Session(runs, run_id)
+    session = _Session(runs, run_id, app.workspace)
     todo = [e for e in dataset.examples if e.position not in done]
     with session.working(), tqdm(
         total=len(dataset.examples), initial=len(done), unit="item", desc="score", disable=not progress

@@ -71,15 +71,15 @@ class RunStore:
         with self.store.session() as s:
             return s.scalar(select(EvalRunRow.id).where(EvalRunRow.name == name)) is not None
 
-    def resumable(self, kind: str, dataset_hash: str, config: dict[str, Any], models: dict[str, Any]) -> EvalRunRow | None:
-        """The newest unfinished run over the same data with the same settings and models."""
+    def resumable(self, kind: str, dataset_hash: str, config: dict[str, Any], models: dict[str, Any]) -> list[EvalRunRow]:
+        """Unfinished runs over the same data with the same settings and models, newest first."""
         with self.store.session() as s:
             rows = s.scalars(
                 select(EvalRunRow)
                 .where(EvalRunRow.kind == kind, EvalRunRow.dataset_hash == dataset_hash, EvalRunRow.status != FINISHED)
                 .order_by(EvalRunRow.id.desc())
             ).all()
-        return next((r for r in rows if r.config == config and r.models == models), None)
+        return [r for r in rows if r.config == config and r.models == models]
 
     def next_name(self, stem: str) -> str:
         stem = re.sub(r"[^\w.-]+", "-", stem).strip("-") or "run"

@@ -485,6 +485,22 @@ def test_html_main_content_blocks_sections_and_anchors(tmp_path: Path) -> None:
     assert doc.sections[-1].text == "No anchor\n\nline1\nline2"
 
 
+def test_xhtml_with_xml_prolog_parses_as_html_without_warnings(tmp_path: Path) -> None:
+    """DocBook output (the Debian FAQ) starts with <?xml ...?>; bs4 warns about it unless told not to."""
+    page = (
+        '<?xml version="1.0" encoding="UTF-8" standalone="no"?>\n'
+        '<html xmlns="http://www.w3.org/1999/xhtml"><head><title>FAQ</title></head>'
+        '<body><h2 class="title"><a id="whatisfaq"></a>1.1. What is this FAQ?</h2><p>Answers.</p></body></html>'
+    )
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        doc = load(write(tmp_path / "faq.en.html", page))
+    assert doc.title == "FAQ" and "Answers." in doc.text
+    assert [(s.heading, s.anchor) for s in doc.sections][-1] == ("1.1. What is this FAQ?", "whatisfaq")
+
+
 def test_html_without_main_uses_body_and_keeps_article_header(tmp_path: Path) -> None:
     page = """<html><body><header>BANNER</header>
     <article><header><h1 id="post">Post title</h1><p>by Ada</p></header><p>Body text.</p></article>

@@ -116,3 +116,49 @@ def test_report_is_written(ws: Path, tmp_path: Path) -> None:
     assert code == 0, err
     html = (tmp_path / "r.html").read_text(encoding="utf-8")
     assert "capital of France" in html and "rougeL" in html
+
+
+def test_unfinished_run_is_continued_unless_another_process_holds_it(ws: Path, tmp_path: Path) -> None:
+    """A run left 'running' by a killed process is continued; one whose lock is held is not touched."""
+    import fcntl
+    import os
+
+    from evals.dataset import load_dataset
+    from evals.runner import lock_path
+    from evals.runs import RunStore
+    from ragapp import App
+
+    p = write(tmp_path / "p.jsonl")
+    ds = load_dataset(p, need_prediction=True)
+    runs = RunStore(App(ws).open_store(create=True))
+    orphan = runs.create("orphan", "score", str(ds.path), ds.fingerprint, 5, {"rouge_stem": True}, {}, [])
+    code, out, _ = invoke(ws, "eval", "score", str(p))
+    assert code == 0 and "Run orphan " in out and "5/5 answered" in out  # continued, not a new run
+    assert not lock_path(ws, orphan).exists()  # removed once complete
+
+    held = runs.create("held", "score", str(ds.path), ds.fingerprint, 5, {"rouge_stem": True}, {}, [])
+    fd = os.open(lock_path(ws, held), os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # as a live `eval score` process would
+    try:
+        code, out, _ = invoke(ws, "eval", "score", str(p))
+        assert code == 0 and "Run p-1 " in out  # a new run instead of the busy one
+        code, _, err = invoke(ws, "eval", "score", str(p), "--name", "held")
+        assert code == 2 and "being answered by another process" in err
+    finally:
+        os.close(fd)
+    assert runs.load("held").saved == 0
+
+
+def test_python_api_is_reachable_as_ragapp_evals() -> None:
+    import evals
+    import ragapp.evals
+    from ragapp.evals import compare, evaluate, score_predictions, write_report
+
+    assert ragapp.evals is evals
+    assert {evaluate.__module__, score_predictions.__module__, compare.__module__, write_report.__module__} == {
+        "evals.runner",
+        "evals.comparison",
+        "evals.report",
+    }
+    with pytest.raises(AttributeError):
+        evals.no_such_name  # noqa: B018

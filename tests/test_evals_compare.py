@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from evals.compare import compare
+from evals.comparison import compare
 from evals.metrics import corpus_bleu, sentence_bleu
 from evals.results import ItemResult, RunResult
 from evals.summary import aggregate

@@ -11,7 +11,7 @@ import os
 import random
 import re
 import shutil
-from datetime import datetime, timezone
+from datetime import datetime, timezone, UTC
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -109,8 +109,8 @@ def synthetic_run(n: int = 30, kind: str = "pipeline", seed: int = 7) -> RunResu
         kind=kind,
         status="completed",
         dataset="/data/synthetic <questions>.jsonl",
-        started_at=datetime(2025, 3, 1, 9, 30, 0, tzinfo=timezone.utc),
-        finished_at=datetime(2025, 3, 1, 9, 34, 5, tzinfo=timezone.utc),
+        started_at=datetime(2025, 3, 1, 9, 30, 0, tzinfo=UTC),
+        finished_at=datetime(2025, 3, 1, 9, 34, 5, tzinfo=UTC),
         seconds=245.3,
         config={"retrieval": {"k": 5}, "generation": {"max_new_tokens": 128, "stop": ["</s>"]}, "prompt": "Use <ctx> & cite"},
         models={"embedding": "all-MiniLM-L6-v2", "generator": "SmolLM2-135M-Instruct"} if kind == "pipeline" else {},

@@ -212,7 +212,7 @@ def show(run_ref: str, show_items: bool, fail_under: str | None, max_drop_vs: tu
 @json_option
 def compare_runs(run_a: str, run_b: str, by: str, top: int, as_json: bool) -> None:
     """Per-metric change from RUN_A to RUN_B with 95% paired bootstrap intervals, and the questions that changed most."""
-    from evals.compare import compare
+    from evals.comparison import compare
 
     runs = _runs()
     c = compare(runs.load(run_a), runs.load(run_b), by=by, top=top)

@@ -141,22 +141,7 @@ class RunStore:
     def save_items(self, run_id: int, items: Sequence[ItemResult]) -> None:
         """One transaction per batch: a kill loses at most the batch being answered."""
         with self.store.session() as s:
-            s.add_all(
-                EvalItemRow(
-                    run_id=run_id,
-                    position=i.position,
-                    item_id=i.item_id,
-                    question=i.question,
-                    reference=i.reference,
-                    prediction=i.prediction,
-                    expected_sources=i.expected_sources,
-                    citations=i.citations,
-                    metrics=i.metrics,
-                    timings=i.timings,
-                    error=i.error,
-                )
-                for i in items
-            )
+            s.add_all(EvalItemRow(run_id=run_id, **i.to_dict()) for i in items)
             s.commit()
 
     def set_status(self, run_id: int, status: str, add_seconds: float = 0.0) -> RunResult:

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 from pathlib import Path
 
 import pytest
@@ -29,3 +30,10 @@ def corpus(tmp_path: Path) -> Path:
     folder = tmp_path / "corpus"
     shutil.copytree(DOCS, folder)
     return folder
+
+
+def default_sigint() -> None:
+    """`preexec_fn` for children that a test interrupts with SIGINT. A shell starting a job in the
+    background (`make test &`) leaves SIGINT ignored, children inherit that, and Python then never
+    raises KeyboardInterrupt; restoring the default lets the child see Ctrl-C as a user's terminal would."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import default_sigint
 from sqlalchemy import select
 
 from indexes import FaissIndex
@@ -55,7 +56,12 @@ def counts(db: Path) -> tuple[int, int]:
 
 def kill_when(ws: Path, corpus: Path, condition, sig: int = signal.SIGKILL, timeout: float = 240.0) -> int | None:
     """Start ingest, send `sig` once condition(chunks, indexed) holds; its exit code, None if it finished first."""
-    proc = subprocess.Popen([sys.executable, "-c", RUNNER, str(ws), str(corpus)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", RUNNER, str(ws), str(corpus)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        preexec_fn=default_sigint,
+    )
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline:

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import default_sigint
 
 from evals import evaluate, load_dataset
 from evals.runner import answer_metrics
@@ -105,7 +106,9 @@ def test_killed_run_continues_where_it_stopped(workspace: Path, tmp_path: Path, 
     ws = tmp_path / "ws"
     shutil.copytree(workspace, ws)
     before = RunStore(App(ws).open_store()).list()
-    proc = subprocess.Popen(_cli(ws, "--batch-size", "1"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        _cli(ws, "--batch-size", "1"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint
+    )
     deadline = time.monotonic() + 300
     while saved_items(ws, "docs_qa") < 2:
         assert proc.poll() is None, proc.communicate()

@@ -248,9 +248,8 @@ class App:
             for p in prepared.passages
         ]
         timings = {**prepared.timings, "completion_tokens": self.generator.text_tokens(text)}
-        answer = Answer(prepared.question, text.strip(), citations, self.generator.model_id, timings)
-        answer.hits, answer.messages = prepared.hits, prepared.messages
-        return answer
+        model = self.generator.model_id
+        return Answer(prepared.question, text.strip(), citations, model, timings, prepared.hits, prepared.messages)
 
     def ask(
         self,

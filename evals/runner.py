@@ -9,6 +9,7 @@ import os
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,10 +36,6 @@ def answer_metrics(prediction: str, reference: str, stem: bool = True) -> Metric
 def _batches(examples: Sequence[Example], size: int) -> Iterator[list[Example]]:
     for start in range(0, len(examples), size):
         yield list(examples[start : start + size])
-
-
-def _citation(c: Any) -> dict[str, Any]:
-    return {k: getattr(c, k) for k in ("n", "source", "page", "anchor", "heading", "chunk_id", "score", "cited", "text")}
 
 
 class _Session:
@@ -202,7 +199,7 @@ def _score(app: App, example: Example, answer: Answer | str, k: int, stem: bool)
         item.error = answer
         return item
     item.prediction = answer.answer
-    item.citations = [_citation(c) for c in answer.citations]
+    item.citations = [asdict(c) for c in answer.citations]
     item.metrics = answer_metrics(answer.answer, example.reference, stem)
     if example.sources:
         ranked = [(h.source, h.anchor) for h in answer.hits]

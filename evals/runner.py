@@ -147,11 +147,11 @@ def evaluate(
     k = k or app.config.retrieval.k
     c = app.config
     config = {
-        "retrieval": {"k": k},
+        "retrieval": {**c.retrieval.model_dump(), "k": k},
         "generation": sampling.model_dump(),
         "prompt": c.prompt.model_dump(),
         "chunking": c.chunking.model_dump(),
-        "index": {"kind": c.index.kind},
+        "index": c.index.model_dump(),
         "rouge_stem": stem,
     }
     store = app.open_store()
@@ -162,9 +162,17 @@ def evaluate(
     done = runs.done_positions(run_id)
     todo = [e for e in dataset.examples if e.position not in done]
     session = _Session(runs, run_id, app.workspace)
-    with session.working(), tqdm(
-        total=len(dataset.examples), initial=len(done), unit="q", desc="eval", disable=not progress, dynamic_ncols=True
-    ) as bar:
+    with (
+        session.working(),
+        tqdm(
+            total=len(dataset.examples),
+            initial=len(done),
+            unit="q",
+            desc="eval",
+            disable=not progress,
+            dynamic_ncols=True,
+        ) as bar,
+    ):
         for batch in _batches(todo, batch_size):
             runs.save_items(run_id, _answer_batch(app, batch, k, sampling, stem))
             bar.update(len(batch))
@@ -234,15 +242,18 @@ def score_predictions(
     done = runs.done_positions(run_id)
     session = _Session(runs, run_id, app.workspace)
     todo = [e for e in dataset.examples if e.position not in done]
-    with session.working(), tqdm(
-        total=len(dataset.examples), initial=len(done), unit="item", desc="score", disable=not progress
-    ) as bar:
+    with (
+        session.working(),
+        tqdm(total=len(dataset.examples), initial=len(done), unit="item", desc="score", disable=not progress) as bar,
+    ):
         for batch in _batches(todo, 256):
             items = []
             for e in batch:
                 assert e.prediction is not None
                 metrics = answer_metrics(e.prediction, e.reference, stem)
-                items.append(ItemResult(e.position, e.item_id, e.question, e.reference, e.prediction, e.sources, [], metrics))
+                items.append(
+                    ItemResult(e.position, e.item_id, e.question, e.reference, e.prediction, e.sources, [], metrics)
+                )
             runs.save_items(run_id, items)
             bar.update(len(batch))
     assert session.result is not None

@@ -107,12 +107,36 @@ class FaissIndex:
     def vector(self, chunk_id: int) -> np.ndarray:
         return self._index.reconstruct(int(chunk_id))
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(scores, ids), best first, each of shape (len(queries), k'); missing slots are dropped by k'."""
+    def vectors(self, ids: np.ndarray | list[int]) -> np.ndarray:
+        return self._index.reconstruct_batch(np.ascontiguousarray(ids, dtype=np.int64))
+
+    def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, ids), best first, each of shape (len(queries), k'); unfilled slots have id -1.
+
+        `allowed` restricts the search to those ids *before* the top k is taken, so a filter that
+        k stored vectors pass always yields k results.
+        """
         queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
-        k = min(k, self.ntotal)
+        k = min(k, self.ntotal if allowed is None else len(allowed))
         if k == 0:
             empty = np.zeros((len(queries), 0))
             return empty.astype(np.float32), empty.astype(np.int64)
-        scores, ids = self._index.search(queries, k)
-        return scores, ids
+        if allowed is None:
+            return self._index.search(queries, k)
+        allowed = np.ascontiguousarray(allowed, dtype=np.int64)
+        selector = faiss.IDSelectorBatch(allowed)
+        if self.kind == "flat":
+            return self._index.search(queries, k, params=faiss.SearchParameters(sel=selector))
+        # A graph walk under a strict filter can dead-end before it finds k allowed nodes; then the
+        # allowed vectors are few enough to score exactly.
+        params = faiss.SearchParametersHNSW(sel=selector, efSearch=max(64, 2 * k))
+        scores, ids = self._index.search(queries, k, params=params)
+        if (ids >= 0).sum(axis=1).min() >= k:
+            return scores, ids
+        return self._exact(queries, allowed[np.isin(allowed, self.ids())], k)
+
+    def _exact(self, queries: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        k = min(k, len(ids))
+        sims = queries @ self.vectors(ids).T
+        top = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+        return np.take_along_axis(sims, top, axis=1).astype(np.float32), ids[top]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import fcntl
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,12 +14,15 @@ from typing import TYPE_CHECKING, Any
 from ragapp.config import EffectiveConfig, load_config
 from ragapp.errors import EmptyWorkspace, UsageError, WorkspaceError
 from ragapp.generators import GenerationConfig, Generator, Message, load_generator
-from ragapp.search import SearchHit
+from ragapp.search import Filters, Mode, SearchHit
 from ragapp.store import SCHEMA_VERSION, Store
 
 if TYPE_CHECKING:
+    from connectors import Document
+    from indexes.bm25_index import Bm25Index
     from ragapp.embedding import Embedder
-    from ragapp.ingest import IngestReport
+    from ragapp.ingest import Ingestor, IngestReport
+    from ragapp.keyword_index import WorkspaceKeywords
     from ragapp.prompt import Passage
     from ragapp.vector_index import WorkspaceIndex
 
@@ -84,7 +87,11 @@ class App:
     >>> app.ask("How do I remove deleted files from the index?").answer
     """
 
-    def __init__(self, workspace: str | Path | None = None, config: dict[str, dict[str, Any]] | None = None):
+    def __init__(
+        self,
+        workspace: str | Path | None = None,
+        config: dict[str, dict[str, Any]] | None = None,
+    ):
         self.workspace = Path(workspace) if workspace is not None else default_workspace()
         if self.workspace.exists() and not self.workspace.is_dir():
             raise WorkspaceError(f"workspace {self.workspace} exists and is not a folder")
@@ -94,6 +101,7 @@ class App:
         self._embedder: Embedder | None = None
         self._generator: Generator | None = None
         self._search_index: tuple[tuple[int, int] | None, WorkspaceIndex] | None = None
+        self._search_keywords: tuple[str | None, Bm25Index] | None = None
 
     # -- lazily opened parts ----------------------------------------------------------------------
 
@@ -144,6 +152,37 @@ class App:
             self._search_index = (stamp, self._index(store))
         return self._search_index[1]
 
+    def _keywords(self, store: Store) -> WorkspaceKeywords:
+        from ragapp.keyword_index import WorkspaceKeywords
+
+        i = self.config.index
+        return WorkspaceKeywords(self.workspace, store, i.bm25_k1, i.bm25_b)
+
+    def _reader_keywords(self, store: Store) -> Bm25Index:
+        """The BM25 index for searching, reloaded only when an ingest has switched to a new one.
+
+        A workspace without one (ingested by an older ragapp, or other BM25 parameters) gets it built
+        now, and saved too unless an ingest is running (that ingest saves it when it finishes).
+        """
+        keywords = self._keywords(store)
+        pointer = keywords.pointer()
+        if self._search_keywords is None or self._search_keywords[0] != pointer:
+            index = keywords.load()
+            if index is None:
+                try:
+                    with self._ingest_lock():
+                        keywords.sync()
+                        pointer = keywords.pointer()
+                        index = keywords.load()
+                except (
+                    WorkspaceError,
+                    OSError,
+                ):  # an ingest is running, or the workspace is read-only
+                    pass
+                index = index or keywords.build()
+            self._search_keywords = (pointer, index)
+        return self._search_keywords[1]
+
     def _require_chunks(self) -> Store:
         store = self.open_store(create=False)
         if store.counts()["chunks"] == 0:
@@ -173,20 +212,14 @@ class App:
         progress: bool = False,
     ) -> IngestReport:
         """Ingest files and folders; only new or changed files are parsed and embedded. Returns an IngestReport."""
-        from ragapp.chunking import Chunker
-        from ragapp.ingest import Ingestor
-
         roots = [Path(p).expanduser() for p in paths]
         if not roots:
             raise UsageError("no path given")
         missing = [str(p) for p in roots if not p.exists()]
         if missing:
             raise UsageError(f"path not found: {', '.join(missing)}")
-        store = self.open_store(create=True)
-        with self._ingest_lock():
-            c = self.config
-            chunker = Chunker(self.embedder.tokenizer, c.chunking.chunk_tokens, c.chunking.overlap_tokens)
-            ingestor = Ingestor(store, self._index(store), self.embedder, chunker, int(c.ingest.max_file_mb * 1e6))
+        c = self.config
+        with self._ingestor() as ingestor:
             return ingestor.run(
                 [r.resolve() for r in roots],
                 include=c.ingest.include if include is None else include,
@@ -195,18 +228,78 @@ class App:
                 progress=progress,
             )
 
-    def search(self, query: str, k: int | None = None) -> list[SearchHit]:
+    def ingest_documents(self, documents: Iterable[Document], progress: bool = False) -> IngestReport:
+        """Ingest documents from any connector (not files); each is keyed by its `source`.
+
+        Only new or changed documents (by a hash of their content) are chunked and embedded again.
+        """
+        with self._ingestor() as ingestor:
+            return ingestor.run_documents(documents, progress=progress)
+
+    @contextmanager
+    def _ingestor(self) -> Iterator[Ingestor]:
+        from ragapp.chunking import Chunker
+        from ragapp.ingest import Ingestor
+
+        store = self.open_store(create=True)
+        with self._ingest_lock():
+            c = self.config
+            chunker = Chunker(
+                self.embedder.tokenizer,
+                c.chunking.chunk_tokens,
+                c.chunking.overlap_tokens,
+            )
+            max_bytes = int(c.ingest.max_file_mb * 1e6)
+            yield Ingestor(
+                store,
+                self._index(store),
+                self._keywords(store),
+                self.embedder,
+                chunker,
+                max_bytes,
+            )
+
+    def search(
+        self,
+        query: str,
+        k: int | None = None,
+        mode: Mode | None = None,
+        filters: Filters | dict[str, Any] | None = None,
+    ) -> list[SearchHit]:
+        """The `k` passages most relevant to `query`, best first.
+
+        `mode` is dense, bm25 or hybrid (default: retrieval.mode); `filters` restricts the documents,
+        e.g. `{"kind": "pdf", "source": "reports/**", "meta.team": "infra"}` (see `Filters`).
+        """
         if not query.strip():
             raise UsageError("the query is empty")
-        return self._search(self._require_chunks(), query, k)
+        return self._search(self._require_chunks(), query, k, mode, Filters.of(filters))
 
-    def _search(self, store: Store, query: str, k: int | None) -> list[SearchHit]:
-        from ragapp.search import dense_search
+    def _search(
+        self,
+        store: Store,
+        query: str,
+        k: int | None,
+        mode: Mode | None,
+        filters: Filters,
+    ) -> list[SearchHit]:
+        from ragapp.search import SearchParts, search
 
-        index = self._reader_index(store)
-        if index.notes:
-            raise WorkspaceError(f"{index.notes[0]}; run `ragapp ingest PATH` to rebuild it")
-        return dense_search(self.embedder, index, store, query, k or self.config.retrieval.k)
+        def vectors() -> WorkspaceIndex:
+            index = self._reader_index(store)
+            if index.notes:
+                raise WorkspaceError(f"{index.notes[0]}; run `ragapp ingest PATH` to rebuild it")
+            return index
+
+        parts = SearchParts(
+            store=store,
+            settings=self.config.retrieval,
+            embedder=lambda: self.embedder,
+            vectors=vectors,
+            keywords=lambda: self._reader_keywords(store),
+            generator=lambda: self.generator,
+        )
+        return search(parts, query, k or self.config.retrieval.k, mode, filters)
 
     def sampling(self, generation: dict[str, Any] | GenerationConfig | None = None) -> GenerationConfig:
         """The configured generation settings with `generation`'s overrides applied."""
@@ -214,19 +307,30 @@ class App:
             return generation
         return GenerationConfig.model_validate({**self.config.generation.sampling().model_dump(), **(generation or {})})
 
-    def _prepare(self, store: Store, question: str, k: int | None, sampling: GenerationConfig) -> _Prepared:
+    def _prepare(
+        self,
+        store: Store,
+        question: str,
+        k: int | None,
+        sampling: GenerationConfig,
+        mode: Mode | None,
+        filters: Filters,
+    ) -> _Prepared:
         """Retrieve and build the prompt: everything `ask` does before generation."""
         from ragapp.prompt import fit_prompt
 
         if not question.strip():
             raise UsageError("the question is empty")
         mark = time.perf_counter()
-        hits = self._search(store, question, k)
+        hits = self._search(store, question, k, mode, filters)
         retrieve_s = time.perf_counter() - mark
         generator = self.generator
         budget = min(self.config.generation.context_window, generator.context_window) - sampling.max_new_tokens
         messages, passages = fit_prompt(generator, self.config.prompt, question, hits, budget)
-        timings = {"retrieve_s": retrieve_s, "prompt_tokens": generator.count_tokens(messages)}
+        timings = {
+            "retrieve_s": retrieve_s,
+            "prompt_tokens": generator.count_tokens(messages),
+        }
         return _Prepared(question, hits, messages, passages, timings)
 
     def _answer(self, prepared: _Prepared, text: str) -> Answer:
@@ -247,9 +351,20 @@ class App:
             )
             for p in prepared.passages
         ]
-        timings = {**prepared.timings, "completion_tokens": self.generator.text_tokens(text)}
+        timings = {
+            **prepared.timings,
+            "completion_tokens": self.generator.text_tokens(text),
+        }
         model = self.generator.model_id
-        return Answer(prepared.question, text.strip(), citations, model, timings, prepared.hits, prepared.messages)
+        return Answer(
+            prepared.question,
+            text.strip(),
+            citations,
+            model,
+            timings,
+            prepared.hits,
+            prepared.messages,
+        )
 
     def ask(
         self,
@@ -257,18 +372,25 @@ class App:
         k: int | None = None,
         generation: dict[str, Any] | GenerationConfig | None = None,
         on_token: Callable[[str], None] | None = None,
+        mode: Mode | None = None,
+        filters: Filters | dict[str, Any] | None = None,
     ) -> Answer:
-        """Retrieve, expand the prompt with numbered passages, generate; `on_token` receives streamed text."""
+        """Retrieve, expand the prompt with numbered passages, generate; `on_token` receives streamed text.
+
+        `mode` and `filters` choose and restrict the passages as in `search`.
+        """
         if not question.strip():
             raise UsageError("the question is empty")
         started = time.perf_counter()
         store = self._require_chunks()
-        _ = self.embedder
+        filters = Filters.of(filters)
+        if (mode or self.config.retrieval.mode) != "bm25":
+            _ = self.embedder
         generator = self.generator
         load_s = time.perf_counter() - started
 
         sampling = self.sampling(generation)
-        prepared = self._prepare(store, question, k, sampling)
+        prepared = self._prepare(store, question, k, sampling, mode, filters)
         mark = time.perf_counter()
         if on_token is None:
             text = generator.generate(prepared.messages, sampling)
@@ -288,6 +410,8 @@ class App:
         questions: Sequence[str],
         k: int | None = None,
         generation: dict[str, Any] | GenerationConfig | None = None,
+        mode: Mode | None = None,
+        filters: Filters | dict[str, Any] | None = None,
     ) -> list[Answer]:
         """`ask` for several questions with one batched generation call (faster per question on most backends).
 
@@ -297,10 +421,11 @@ class App:
             return []
         store = self._require_chunks()
         sampling = self.sampling(generation)
+        filters = Filters.of(filters)
         prepared = []
         for question in questions:
             mark = time.perf_counter()
-            prepared.append(self._prepare(store, question, k, sampling))
+            prepared.append(self._prepare(store, question, k, sampling, mode, filters))
             prepared[-1].timings["total_s"] = time.perf_counter() - mark
         mark = time.perf_counter()
         texts = self.generator.generate_batch([p.messages for p in prepared], sampling)
@@ -316,7 +441,10 @@ class App:
             "workspace": str(self.workspace.resolve()),
             "exists": self.db_path.exists(),
             "schema_version": SCHEMA_VERSION,
-            "embedding": {"model": c.embedding.model or "all-MiniLM-L6-v2 (shipped)", "device": c.embedding.device},
+            "embedding": {
+                "model": c.embedding.model or "all-MiniLM-L6-v2 (shipped)",
+                "device": c.embedding.device,
+            },
             "generation": {
                 "backend": c.generation.backend,
                 "model": c.generation.model or "SmolLM2-135M-Instruct (shipped)",
@@ -334,6 +462,12 @@ class App:
             return out
         store = self.open_store(create=False)
         out.update(store.counts())
+        pointer = self._keywords(store).pointer()
+        folder = self.workspace / pointer if pointer else None
+        out["keyword_index"] = {
+            "path": str(folder) if folder else None,
+            "bytes": sum(p.stat().st_size for p in folder.iterdir()) if folder and folder.is_dir() else 0,
+        }
         run = store.last_run()
         out["last_ingest"] = (
             None

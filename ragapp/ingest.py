@@ -7,25 +7,28 @@ then works through the pending chunks, wherever they came from (this run, or a r
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import update
 from tqdm import tqdm
 
-from connectors import FileProblem, ParseError
+from connectors import Document, FileProblem, ParseError
 from connectors.filesystem import discover, parse, read_bytes
-from ragapp.chunking import Chunker
+from ragapp.chunking import Chunk, Chunker
 from ragapp.embedding import Embedder
+from ragapp.keyword_index import WorkspaceKeywords
 from ragapp.store import IngestProblem, IngestRun, Store, utcnow
 from ragapp.vector_index import WorkspaceIndex
 
 EMBED_BATCH = 256  # chunks embedded per step: large enough for throughput, small enough for progress
 SAVE_EVERY_S = 60.0  # how much embedding work a crash can cost at most
+T = TypeVar("T")
 
 
 @dataclass
@@ -60,9 +63,18 @@ class IngestReport:
 
 
 class Ingestor:
-    def __init__(self, store: Store, index: WorkspaceIndex, embedder: Embedder, chunker: Chunker, max_bytes: int):
+    def __init__(
+        self,
+        store: Store,
+        index: WorkspaceIndex,
+        keywords: WorkspaceKeywords,
+        embedder: Embedder,
+        chunker: Chunker,
+        max_bytes: int,
+    ):
         self.store = store
         self.index = index
+        self.keywords = keywords
         self.embedder = embedder
         self.chunker = chunker
         self.max_bytes = max_bytes
@@ -77,38 +89,95 @@ class Ingestor:
         sync: bool = False,
         progress: bool = True,
     ) -> IngestReport:
-        started = time.monotonic()
         report = IngestReport(paths=[str(r) for r in roots])
-        report.run_id = self._start_run(report.paths)
-        try:
-            report.notes.extend(self.index.notes)
-            report.repaired = {k: v for k, v in self.index.reconcile().items() if v}
-            candidates = list(discover(roots, include, exclude))
-            known = {d.source: d.content_hash for d in self.store.documents_by_source().values()}
+
+        def work(known: dict[str, str]) -> None:
             seen: set[str] = set()
-            bar = tqdm(candidates, desc="ingest", unit="file", disable=not progress, dynamic_ncols=True)
-            for item in bar:
+            candidates = list(discover(roots, include, exclude))
+            for item in self._bar(candidates, "file", report, progress):
                 if isinstance(item, FileProblem):
                     report.problems.append(item)
                     continue
                 seen.add(str(item))
                 self._ingest_file(item, known, report)
-                if self._pending_unembedded(report) >= EMBED_BATCH:
-                    self._embed_pending(report)
-                rate = report.chunks_embedded / max(time.monotonic() - started, 1e-9)
-                bar.set_postfix_str(f"{report.chunks_added} chunks, {rate:.1f} chunks/s embedded", refresh=False)
-            bar.close()
             if sync:
                 self._remove_vanished(roots, seen, report)
+
+        return self._run(report, work, progress)
+
+    def run_documents(self, documents: Iterable[Document], progress: bool = True) -> IngestReport:
+        """Documents from a connector other than the file system, keyed by `source`."""
+        report = IngestReport(paths=["(documents)"])
+
+        def work(known: dict[str, str]) -> None:
+            for document in self._bar(documents, "document", report, progress):
+                report.files_seen += 1
+                content = json.dumps(
+                    [document.kind, document.title, document.text, document.metadata],
+                    default=str,
+                )
+                digest = hashlib.sha256(content.encode("utf-8", "surrogatepass")).hexdigest()
+                if known.get(document.source) == digest:
+                    report.unchanged += 1
+                    continue
+                chunks = self.chunker.chunk(document)
+                if not chunks:
+                    report.problems.append(FileProblem(document.source, "no text to index"))
+                    continue
+                self._store(document, chunks, digest, len(document.text), 0.0, known, report)
+
+        return self._run(report, work, progress)
+
+    def _run(
+        self,
+        report: IngestReport,
+        work: Callable[[dict[str, str]], None],
+        progress: bool,
+    ) -> IngestReport:
+        """The bookkeeping around every ingest: repair, record the run, embed, keep both indexes in step."""
+        started = time.monotonic()
+        self._started = started
+        report.run_id = self._start_run(report.paths)
+        try:
+            report.notes.extend(self.index.notes)
+            report.repaired = {k: v for k, v in self.index.reconcile().items() if v}
+            work({d.source: d.content_hash for d in self.store.documents_by_source().values()})
             self._embed_pending(report, progress=progress)
             self.index.save()
+            if self.keywords.sync():
+                report.notes.append("keyword index rebuilt")
             report.seconds = time.monotonic() - started
             self._finish_run(report, "completed")
         except BaseException as exc:
             report.seconds = time.monotonic() - started
-            self._finish_run(report, "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed")
+            self._finish_run(
+                report,
+                "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed",
+            )
             raise
         return report
+
+    def _bar(self, items: Iterable[T], unit: str, report: IngestReport, progress: bool) -> Iterator[T]:
+        """Iterate with a progress bar; embed whenever a batch of chunks is waiting."""
+        total = len(items) if isinstance(items, Sized) else None
+        bar = tqdm(
+            items,
+            total=total,
+            desc="ingest",
+            unit=unit,
+            disable=not progress,
+            dynamic_ncols=True,
+        )
+        for item in bar:
+            yield item
+            if self._pending_unembedded(report) >= EMBED_BATCH:
+                self._embed_pending(report)
+            rate = report.chunks_embedded / max(time.monotonic() - self._started, 1e-9)
+            bar.set_postfix_str(
+                f"{report.chunks_added} chunks, {rate:.1f} chunks/s embedded",
+                refresh=False,
+            )
+        bar.close()
 
     # -- one file ---------------------------------------------------------------------------------
 
@@ -132,7 +201,20 @@ class Ingestor:
         except Exception as exc:  # a parser bug or an OS error must not end the run: record and go on
             report.problems.append(FileProblem(source, f"unexpected error: {type(exc).__name__}: {exc}"))
             return
-        old_ids = self.store.replace_document(document, digest, stat.st_size, stat.st_mtime, chunks)
+        self._store(document, chunks, digest, stat.st_size, stat.st_mtime, known, report)
+
+    def _store(
+        self,
+        document: Document,
+        chunks: list[Chunk],
+        digest: str,
+        size: int,
+        mtime: float,
+        known: dict[str, str],
+        report: IngestReport,
+    ) -> None:
+        source = document.source
+        old_ids = self.store.replace_document(document, digest, size, mtime, chunks)
         self.index.remove(old_ids)
         report.chunks_removed += len(old_ids)
         report.chunks_added += len(chunks)
@@ -201,9 +283,27 @@ class Ingestor:
             run.status = status
             run.finished_at = utcnow()
             run.seconds = report.seconds
-            for name in ("files_seen", "added", "updated", "unchanged", "removed", "chunks_added"):
+            for name in (
+                "files_seen",
+                "added",
+                "updated",
+                "unchanged",
+                "removed",
+                "chunks_added",
+            ):
                 setattr(run, name, getattr(report, name))
             run.failed = len(report.problems)
-            for severity, problems in (("error", report.problems), ("warning", report.warnings)):
-                s.add_all(IngestProblem(run_id=run.id, source=p.source, severity=severity, reason=p.reason) for p in problems)
+            for severity, problems in (
+                ("error", report.problems),
+                ("warning", report.warnings),
+            ):
+                s.add_all(
+                    IngestProblem(
+                        run_id=run.id,
+                        source=p.source,
+                        severity=severity,
+                        reason=p.reason,
+                    )
+                    for p in problems
+                )
             s.commit()

@@ -32,7 +32,14 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
+from sqlalchemy.orm import (
+    DeclarativeBase,
+    Mapped,
+    Session,
+    mapped_column,
+    relationship,
+    sessionmaker,
+)
 
 from ragapp.errors import WorkspaceError
 
@@ -275,16 +282,19 @@ class Store:
 
     def pending_chunks(self, after_id: int = 0, batch: int = 4096) -> Iterator[list[tuple[int, str]]]:
         """(id, text to embed) of chunks not yet in the index, in id order, a batch at a time."""
+        return self.index_texts(after_id, batch, pending_only=True)
+
+    def index_texts(
+        self, after_id: int = 0, batch: int = 4096, pending_only: bool = False
+    ) -> Iterator[list[tuple[int, str]]]:
+        """(id, text as indexes see it: with title and heading) of chunks, in id order, a batch at a time."""
         last = after_id
         while True:
+            query = select(ChunkRow.id, ChunkRow.text, ChunkRow.heading, DocumentRow.title).join(DocumentRow)
+            if pending_only:
+                query = query.where(ChunkRow.indexed.is_(False))
             with self.session() as s:
-                rows = s.execute(
-                    select(ChunkRow.id, ChunkRow.text, ChunkRow.heading, DocumentRow.title)
-                    .join(DocumentRow)
-                    .where(ChunkRow.indexed.is_(False), ChunkRow.id > last)
-                    .order_by(ChunkRow.id)
-                    .limit(batch)
-                ).all()
+                rows = s.execute(query.where(ChunkRow.id > last).order_by(ChunkRow.id).limit(batch)).all()
             if not rows:
                 return
             yield [(r.id, embedding_text(r.title, r.heading, r.text)) for r in rows]
@@ -303,12 +313,33 @@ class Store:
             s.execute(update(ChunkRow).values(indexed=False))
             s.commit()
 
+    def document_ids(self, matches: Callable[[DocumentRow], bool]) -> list[int]:
+        """Ids of the documents `matches` accepts (documents are far fewer than chunks: filtered here)."""
+        with self.session() as s:
+            return [row.id for row in s.scalars(select(DocumentRow)) if matches(row)]
+
+    def chunk_ids_of(self, document_ids: Iterable[int]) -> list[int]:
+        ids = list(document_ids)
+        found: list[int] = []
+        with self.session() as s:
+            for start in range(0, len(ids), 500):
+                part = ids[start : start + 500]
+                found.extend(s.scalars(select(ChunkRow.id).where(ChunkRow.document_id.in_(part))))
+        return sorted(found)
+
     def chunks_with_documents(self, ids: list[int]) -> dict[int, tuple[ChunkRow, DocumentRow]]:
         with self.session() as s:
             rows = s.execute(select(ChunkRow, DocumentRow).join(DocumentRow).where(ChunkRow.id.in_(ids))).all()
         return {chunk.id: (chunk, doc) for chunk, doc in rows}
 
-    def replace_document(self, document: Document, content_hash: str, size: int, mtime: float, chunks: list[Chunk]) -> list[int]:
+    def replace_document(
+        self,
+        document: Document,
+        content_hash: str,
+        size: int,
+        mtime: float,
+        chunks: list[Chunk],
+    ) -> list[int]:
         """Insert or replace a document and all its chunks in one transaction; returns the old chunk ids."""
         with self.session() as s:
             row = s.scalar(select(DocumentRow).where(DocumentRow.source == document.source))
@@ -353,9 +384,7 @@ class Store:
         """Delete documents with their chunks; returns the deleted chunk ids."""
         sources = list(sources)
         with self.session() as s:
-            ids = list(
-                s.scalars(select(ChunkRow.id).join(DocumentRow).where(DocumentRow.source.in_(sources)))
-            )
+            ids = list(s.scalars(select(ChunkRow.id).join(DocumentRow).where(DocumentRow.source.in_(sources))))
             s.execute(delete(ChunkRow).where(ChunkRow.id.in_(ids)))
             s.execute(delete(DocumentRow).where(DocumentRow.source.in_(sources)))
             s.commit()

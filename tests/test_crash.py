@@ -18,8 +18,9 @@ import pytest
 from conftest import default_sigint
 from sqlalchemy import select
 
-from indexes import FaissIndex
+from indexes import Bm25Index, FaissIndex
 from ragapp import App
+from ragapp.keyword_index import POINTER_KEY
 from ragapp.store import ChunkRow, DocumentRow
 
 pytestmark = pytest.mark.slow
@@ -113,6 +114,9 @@ def test_kill_at_every_stage_then_resume(tmp_path: Path, corpus: Path) -> None:
     ids = FaissIndex.load(ws / "index.faiss", 384).ids().tolist()
     assert len(ids) == len(set(ids)) and set(ids) == store.chunk_ids()
     assert resumed.search("configuration precedence", k=1)[0].text == clean.search("configuration precedence", k=1)[0].text
+    pointer = store.get_meta(POINTER_KEY)
+    assert [p.name for p in ws.glob("bm25-*")] == [pointer]  # no half-written keyword index left behind
+    assert set(Bm25Index.load(ws / pointer).ids.tolist()) == store.chunk_ids()
     runs = sqlite3.connect(ws / "ragapp.db").execute("SELECT status FROM ingest_runs ORDER BY id").fetchall()
     assert runs[-1] == ("completed",)
     assert ("interrupted",) in runs and ("running",) not in runs  # killed runs are recorded as such

@@ -76,3 +76,30 @@ def test_load_refuses_garbage_wrong_dim_wrong_type_and_kind(tmp_path: Path) -> N
     faiss.write_index(faiss.IndexFlatIP(16), str(plain))
     with pytest.raises(IndexFileError, match="expected an IndexIDMap2"):
         FaissIndex.load(plain, 16)
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw"])
+def test_allowed_ids_are_applied_before_top_k(kind: str) -> None:
+    rng = np.random.default_rng(7)
+    vectors = rng.normal(size=(2000, 16)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    ids = np.arange(5000, 7000, dtype=np.int64)
+    index = FaissIndex(16, kind)
+    index.add(ids, vectors)
+    query = vectors[:1]
+    _, unfiltered = index.search(query, 10)
+    # The allowed ids are the ones ranked *last*: a post-filter on the top k would find none of them.
+    exact = np.argsort(-(vectors @ query[0]))
+    allowed = ids[exact[-5:]]
+    assert not set(allowed.tolist()) & set(unfiltered[0].tolist())
+    scores, found = index.search(query, 3, allowed=allowed)
+    expected = ids[exact[-5:]][:3]  # best three of the allowed, by exact inner product
+    assert found[0].tolist() == expected.tolist()
+    assert np.all(np.diff(scores[0]) <= 1e-6)
+    # Ask for more than pass the filter: only the allowed come back (unknown ids are ignored).
+    _, found = index.search(query, 10, allowed=np.concatenate([allowed, [99]]))
+    assert sorted(i for i in found[0].tolist() if i >= 0) == sorted(allowed.tolist())
+    # A broad filter (half the ids) through the normal path.
+    half = ids[::2]
+    _, found = index.search(query, 10, allowed=half)
+    assert len(found[0]) == 10 and set(found[0].tolist()) <= set(half.tolist())

@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from indexes import FaissIndex
+from indexes import Bm25Index, FaissIndex
 from ragapp import App
 from ragapp.errors import UsageError, WorkspaceError
+from ragapp.keyword_index import POINTER_KEY
 from ragapp.store import ChunkRow, DocumentRow
 from ragapp.vector_index import FINGERPRINT_KEY
 
@@ -33,12 +34,16 @@ def snapshot(app: App) -> tuple[list[tuple], list[tuple], str]:
 
 
 def assert_consistent(app: App) -> None:
-    """The index holds exactly the chunks SQL has, all marked indexed; no source twice."""
+    """Both indexes hold exactly the chunks SQL has, all marked indexed; no source twice; no stale BM25 folder."""
     store = app.open_store()
     index = FaissIndex.load(app.workspace / "index.faiss", 384)
     ids = index.ids().tolist()
     assert len(ids) == len(set(ids))
     assert set(ids) == store.chunk_ids()
+    pointer = store.get_meta(POINTER_KEY)
+    assert pointer is not None and [p.name for p in app.workspace.glob("bm25-*")] == [pointer]
+    keyword_ids = Bm25Index.load(app.workspace / pointer).ids.tolist()
+    assert len(keyword_ids) == len(set(keyword_ids)) and set(keyword_ids) == store.chunk_ids()
     assert store.counts()["pending"] == 0
     with store.session() as s:
         sources = list(s.scalars(select(DocumentRow.source)))
@@ -92,6 +97,12 @@ def test_changed_file_replaces_only_its_chunks(tmp_path: Path, corpus: Path) -> 
     assert not (now & old_ids) and other_before <= now
     assert_consistent(app)
     assert "zebra" in app.search("zebra herds at dawn", k=1)[0].text
+    assert "zebra" in app.search("zebra herds", k=1, mode="bm25")[0].text  # the keyword index followed
+    target.write_text(target.read_text(encoding="utf-8").replace("zebra", "okapi").replace("Zebra", "Okapi"), encoding="utf-8")
+    app.ingest([corpus])
+    assert_consistent(app)
+    assert app.search("zebra", k=5, mode="bm25") == []  # the old chunks are gone from the keyword index
+    assert "okapi" in app.search("okapi herds", k=1, mode="bm25")[0].text
 
 
 def test_sync_removes_vanished_files_only_when_asked(tmp_path: Path, corpus: Path) -> None:
@@ -106,7 +117,8 @@ def test_sync_removes_vanished_files_only_when_asked(tmp_path: Path, corpus: Pat
     assert report.removed == 1 and report.chunks_removed > 0
     assert gone_source not in app.open_store().documents_by_source()
     assert_consistent(app)
-    assert all(h.source != gone_source for h in app.search("configuration", k=20))
+    for mode in ("dense", "bm25", "hybrid"):
+        assert all(h.source != gone_source for h in app.search("configuration", k=20, mode=mode))
 
 
 def test_bad_files_are_listed_and_the_rest_ingested(tmp_path: Path, corpus: Path) -> None:

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 import click
 
 from ragapp.app import App
+from ragapp.search import MODES
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -58,6 +59,24 @@ def generation_flags(kwargs: dict[str, Any]) -> dict[str, Any]:
     flags = {key: kwargs.pop(key) for key in GENERATION_KEYS}
     flags["stop"] = list(flags["stop"]) or None
     return flags
+
+
+def retrieval_options(f: F) -> F:
+    """`--mode` and `--filter`, shared by the commands that retrieve passages."""
+    f = click.option(
+        "--filter",
+        "filters",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help="Only passages from matching documents (repeatable; same key = any of, keys = all of). KEY is "
+        "source (a glob: '*.pdf', 'docs/**'), kind (a type or suffix: markdown, md, pdf...), document (an id) "
+        "or meta.NAME.",
+    )(f)
+    return click.option(
+        "--mode",
+        type=click.Choice(MODES),
+        help="dense (embeddings), bm25 (keywords) or hybrid (both, fused). Default: retrieval.mode.",
+    )(f)
 
 
 def table(rows: list[list[str]], header: list[str]) -> str:

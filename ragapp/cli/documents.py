@@ -11,7 +11,16 @@ import click
 
 from connectors.base import UNSUPPORTED
 from ragapp.app import Answer
-from ragapp.cli.common import emit_json, generation_flags, generation_options, json_option, open_app, shown_path
+from ragapp.cli.common import (
+    emit_json,
+    generation_flags,
+    generation_options,
+    json_option,
+    open_app,
+    retrieval_options,
+    shown_path,
+)
+from ragapp.search import Filters, Mode
 
 
 @click.command()
@@ -20,7 +29,9 @@ from ragapp.cli.common import emit_json, generation_flags, generation_options, j
 @click.option("--include", multiple=True, metavar="GLOB", help="Only files matching GLOB (repeatable).")
 @click.option("--exclude", multiple=True, metavar="GLOB", help="Skip files matching GLOB (repeatable).")
 @json_option
-def ingest(paths: tuple[Path, ...], sync: bool, include: tuple[str, ...], exclude: tuple[str, ...], as_json: bool) -> None:
+def ingest(
+    paths: tuple[Path, ...], sync: bool, include: tuple[str, ...], exclude: tuple[str, ...], as_json: bool
+) -> None:
     """Parse, chunk, embed and index files and folders.
 
     Folders are walked recursively (hidden files skipped). Only new or changed files are processed;
@@ -72,13 +83,22 @@ def ingest(paths: tuple[Path, ...], sync: bool, include: tuple[str, ...], exclud
 @click.command()
 @click.argument("query")
 @click.option("-k", type=click.IntRange(1, 100), help="How many passages (default: retrieval.k).")
+@retrieval_options
 @json_option
-def search(query: str, k: int | None, as_json: bool) -> None:
-    """Show the passages most relevant to QUERY, best first."""
-    hits = open_app().search(query, k)
+def search(query: str, k: int | None, mode: Mode | None, filters: tuple[str, ...], as_json: bool) -> None:
+    """Show the passages most relevant to QUERY, best first.
+
+    \b
+    Examples:
+      ragapp search "key rotation" --mode bm25          # exact words matter (names, error codes)
+      ragapp search "key rotation" --filter kind=pdf --filter source='policies/**'
+    """
+    hits = open_app().search(query, k, mode=mode, filters=Filters.parse(filters))
     if as_json:
         emit_json({"query": query, "hits": [h.to_dict() for h in hits]})
         return
+    if not hits:
+        click.echo("No passages found" + (" (no document matches the filters)" if filters else "."))
     for n, hit in enumerate(hits, start=1):
         where = shown_path(hit.source) + (f"#{hit.anchor}" if hit.anchor else "")
         where += f" (page {hit.page})" if hit.page is not None else ""
@@ -90,10 +110,19 @@ def search(query: str, k: int | None, as_json: bool) -> None:
 @click.command()
 @click.argument("question")
 @click.option("-k", type=click.IntRange(1, 100), help="How many passages to retrieve (default: retrieval.k).")
+@retrieval_options
 @generation_options
 @click.option("--no-stream", is_flag=True, help="Print the answer at the end instead of as it is written.")
 @json_option
-def ask(question: str, k: int | None, no_stream: bool, as_json: bool, **sampling: Any) -> None:
+def ask(
+    question: str,
+    k: int | None,
+    mode: Mode | None,
+    filters: tuple[str, ...],
+    no_stream: bool,
+    as_json: bool,
+    **sampling: Any,
+) -> None:
     """Answer QUESTION from the most relevant passages, citing them as [1], [2], ..."""
     flags = generation_flags(sampling)
     app = open_app({"generation": flags})
@@ -105,7 +134,7 @@ def ask(question: str, k: int | None, no_stream: bool, as_json: bool, **sampling
         streamed.append(piece)
         click.echo(piece, nl=False)
 
-    answer = app.ask(question, k, on_token=show if streaming else None)
+    answer = app.ask(question, k, on_token=show if streaming else None, mode=mode, filters=Filters.parse(filters))
     if as_json:
         emit_json(answer.to_dict())
         return

@@ -22,6 +22,8 @@ def status(as_json: bool) -> None:
     click.echo(f"Chunks:     {info['chunks']}" + (f" ({info['pending']} waiting to be indexed)" if info["pending"] else ""))
     index = info["index"]
     click.echo(f"Index:      {index['kind']}, {index['bytes'] / 1e6:.1f} MB")
+    if "keyword_index" in info:
+        click.echo(f"Keywords:   BM25, {info['keyword_index']['bytes'] / 1e6:.1f} MB")
     click.echo(f"Embedding:  {info['embedding']['model']} on {info['embedding']['device']}")
     g = info["generation"]
     click.echo(f"Generation: {g['backend']}: {g['model']} on {g['device']}")

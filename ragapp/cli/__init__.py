@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 import ragapp
-from ragapp.cli import documents, evals, workspace
+from ragapp.cli import bench, documents, evals, workspace
 from ragapp.errors import RagappError
 
 
@@ -49,11 +49,12 @@ def cli(ctx: click.Context, workspace: Path) -> None:
       ragapp ask "How do I ...?"    # answer from the most relevant passages
       ragapp search "topic"         # just the passages
       ragapp eval run qa.jsonl      # score answers against references
+      ragapp bench retrieval DIR    # nDCG/recall on a BEIR test collection
     """
     ctx.obj = workspace
 
 
-for command in (*documents.COMMANDS, *evals.COMMANDS, *workspace.COMMANDS):
+for command in (*documents.COMMANDS, *evals.COMMANDS, *bench.COMMANDS, *workspace.COMMANDS):
     cli.add_command(command)
 
 

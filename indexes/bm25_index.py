@@ -41,12 +41,7 @@ class Bm25Index:
 
     @classmethod
     def build(
-        cls,
-        ids: Sequence[int],
-        texts: Sequence[str],
-        k1: float = 1.2,
-        b: float = 0.75,
-        language: str = "english",
+        cls, ids: Sequence[int], texts: Sequence[str], k1: float = 1.2, b: float = 0.75, language: str = "english"
     ) -> Bm25Index:
         if len(ids) != len(texts):
             raise ValueError(f"{len(ids)} ids for {len(texts)} texts")
@@ -73,13 +68,7 @@ class Bm25Index:
         """Top `k` (chunk id, score) with a positive score; `allowed` (ids) restricts the search before ranking."""
         if self._retriever is None or k <= 0:
             return []
-        tokens = bm25s.tokenize(
-            [query],
-            stopwords="en",
-            stemmer=self._stemmer,
-            return_ids=False,
-            show_progress=False,
-        )
+        tokens = bm25s.tokenize([query], stopwords="en", stemmer=self._stemmer, return_ids=False, show_progress=False)
         token_ids = self._retriever.get_tokens_ids(tokens[0])
         if not token_ids:
             return []

@@ -87,11 +87,7 @@ class App:
     >>> app.ask("How do I remove deleted files from the index?").answer
     """
 
-    def __init__(
-        self,
-        workspace: str | Path | None = None,
-        config: dict[str, dict[str, Any]] | None = None,
-    ):
+    def __init__(self, workspace: str | Path | None = None, config: dict[str, dict[str, Any]] | None = None):
         self.workspace = Path(workspace) if workspace is not None else default_workspace()
         if self.workspace.exists() and not self.workspace.is_dir():
             raise WorkspaceError(f"workspace {self.workspace} exists and is not a folder")
@@ -174,10 +170,7 @@ class App:
                         keywords.sync()
                         pointer = keywords.pointer()
                         index = keywords.load()
-                except (
-                    WorkspaceError,
-                    OSError,
-                ):  # an ingest is running, or the workspace is read-only
+                except (WorkspaceError, OSError):  # an ingest is running, or the workspace is read-only
                     pass
                 index = index or keywords.build()
             self._search_keywords = (pointer, index)
@@ -244,20 +237,9 @@ class App:
         store = self.open_store(create=True)
         with self._ingest_lock():
             c = self.config
-            chunker = Chunker(
-                self.embedder.tokenizer,
-                c.chunking.chunk_tokens,
-                c.chunking.overlap_tokens,
-            )
+            chunker = Chunker(self.embedder.tokenizer, c.chunking.chunk_tokens, c.chunking.overlap_tokens)
             max_bytes = int(c.ingest.max_file_mb * 1e6)
-            yield Ingestor(
-                store,
-                self._index(store),
-                self._keywords(store),
-                self.embedder,
-                chunker,
-                max_bytes,
-            )
+            yield Ingestor(store, self._index(store), self._keywords(store), self.embedder, chunker, max_bytes)
 
     def search(
         self,
@@ -275,14 +257,7 @@ class App:
             raise UsageError("the query is empty")
         return self._search(self._require_chunks(), query, k, mode, Filters.of(filters))
 
-    def _search(
-        self,
-        store: Store,
-        query: str,
-        k: int | None,
-        mode: Mode | None,
-        filters: Filters,
-    ) -> list[SearchHit]:
+    def _search(self, store: Store, query: str, k: int | None, mode: Mode | None, filters: Filters) -> list[SearchHit]:
         from ragapp.search import SearchParts, search
 
         def vectors() -> WorkspaceIndex:
@@ -323,14 +298,13 @@ class App:
             raise UsageError("the question is empty")
         mark = time.perf_counter()
         hits = self._search(store, question, k, mode, filters)
+        if filters and not hits:
+            raise UsageError("no passage matches the filters; `ragapp search` with the same filters shows what does")
         retrieve_s = time.perf_counter() - mark
         generator = self.generator
         budget = min(self.config.generation.context_window, generator.context_window) - sampling.max_new_tokens
         messages, passages = fit_prompt(generator, self.config.prompt, question, hits, budget)
-        timings = {
-            "retrieve_s": retrieve_s,
-            "prompt_tokens": generator.count_tokens(messages),
-        }
+        timings = {"retrieve_s": retrieve_s, "prompt_tokens": generator.count_tokens(messages)}
         return _Prepared(question, hits, messages, passages, timings)
 
     def _answer(self, prepared: _Prepared, text: str) -> Answer:
@@ -351,20 +325,9 @@ class App:
             )
             for p in prepared.passages
         ]
-        timings = {
-            **prepared.timings,
-            "completion_tokens": self.generator.text_tokens(text),
-        }
+        timings = {**prepared.timings, "completion_tokens": self.generator.text_tokens(text)}
         model = self.generator.model_id
-        return Answer(
-            prepared.question,
-            text.strip(),
-            citations,
-            model,
-            timings,
-            prepared.hits,
-            prepared.messages,
-        )
+        return Answer(prepared.question, text.strip(), citations, model, timings, prepared.hits, prepared.messages)
 
     def ask(
         self,
@@ -441,10 +404,7 @@ class App:
             "workspace": str(self.workspace.resolve()),
             "exists": self.db_path.exists(),
             "schema_version": SCHEMA_VERSION,
-            "embedding": {
-                "model": c.embedding.model or "all-MiniLM-L6-v2 (shipped)",
-                "device": c.embedding.device,
-            },
+            "embedding": {"model": c.embedding.model or "all-MiniLM-L6-v2 (shipped)", "device": c.embedding.device},
             "generation": {
                 "backend": c.generation.backend,
                 "model": c.generation.model or "SmolLM2-135M-Instruct (shipped)",

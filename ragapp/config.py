@@ -156,9 +156,7 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
 
 
-def _merge(
-    layers: list[tuple[str, dict[str, Any]]],
-) -> tuple[dict[str, Any], dict[str, str]]:
+def _merge(layers: list[tuple[str, dict[str, Any]]]) -> tuple[dict[str, Any], dict[str, str]]:
     merged: dict[str, Any] = {}
     origin: dict[str, str] = {}
     for source, layer in layers:
@@ -194,30 +192,19 @@ class EffectiveConfig:
         out: dict[str, dict[str, dict[str, Any]]] = {}
         for section, values in self.config.model_dump().items():
             out[section] = {
-                key: {
-                    "value": value,
-                    "from": self.origin.get(f"{section}.{key}", "default"),
-                }
+                key: {"value": value, "from": self.origin.get(f"{section}.{key}", "default")}
                 for key, value in values.items()
             }
         return out
 
 
 def load_config(
-    workspace: Path,
-    overrides: dict[str, dict[str, Any]] | None = None,
-    environ: dict[str, str] | None = None,
+    workspace: Path, overrides: dict[str, dict[str, Any]] | None = None, environ: dict[str, str] | None = None
 ) -> EffectiveConfig:
     toml_path = workspace / CONFIG_FILE
     env = env_overrides(environ)
     env_sources = {f"{s}.{k}": f"{ENV_PREFIX}{s.upper()}_{k.upper()}" for s, keys in env.items() for k in keys}
-    merged, origin = _merge(
-        [
-            (str(toml_path), read_toml(toml_path)),
-            ("env", env),
-            ("flag", overrides or {}),
-        ]
-    )
+    merged, origin = _merge([(str(toml_path), read_toml(toml_path)), ("env", env), ("flag", overrides or {})])
     origin.update({k: v for k, v in env_sources.items() if origin.get(k) == "env"})
     try:
         config = Config.model_validate(merged)

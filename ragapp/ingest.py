@@ -112,10 +112,7 @@ class Ingestor:
         def work(known: dict[str, str]) -> None:
             for document in self._bar(documents, "document", report, progress):
                 report.files_seen += 1
-                content = json.dumps(
-                    [document.kind, document.title, document.text, document.metadata],
-                    default=str,
-                )
+                content = json.dumps([document.kind, document.title, document.text, document.metadata], default=str)
                 digest = hashlib.sha256(content.encode("utf-8", "surrogatepass")).hexdigest()
                 if known.get(document.source) == digest:
                     report.unchanged += 1
@@ -128,12 +125,7 @@ class Ingestor:
 
         return self._run(report, work, progress)
 
-    def _run(
-        self,
-        report: IngestReport,
-        work: Callable[[dict[str, str]], None],
-        progress: bool,
-    ) -> IngestReport:
+    def _run(self, report: IngestReport, work: Callable[[dict[str, str]], None], progress: bool) -> IngestReport:
         """The bookkeeping around every ingest: repair, record the run, embed, keep both indexes in step."""
         started = time.monotonic()
         self._started = started
@@ -150,33 +142,20 @@ class Ingestor:
             self._finish_run(report, "completed")
         except BaseException as exc:
             report.seconds = time.monotonic() - started
-            self._finish_run(
-                report,
-                "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed",
-            )
+            self._finish_run(report, "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed")
             raise
         return report
 
     def _bar(self, items: Iterable[T], unit: str, report: IngestReport, progress: bool) -> Iterator[T]:
         """Iterate with a progress bar; embed whenever a batch of chunks is waiting."""
         total = len(items) if isinstance(items, Sized) else None
-        bar = tqdm(
-            items,
-            total=total,
-            desc="ingest",
-            unit=unit,
-            disable=not progress,
-            dynamic_ncols=True,
-        )
+        bar = tqdm(items, total=total, desc="ingest", unit=unit, disable=not progress, dynamic_ncols=True)
         for item in bar:
             yield item
             if self._pending_unembedded(report) >= EMBED_BATCH:
                 self._embed_pending(report)
             rate = report.chunks_embedded / max(time.monotonic() - self._started, 1e-9)
-            bar.set_postfix_str(
-                f"{report.chunks_added} chunks, {rate:.1f} chunks/s embedded",
-                refresh=False,
-            )
+            bar.set_postfix_str(f"{report.chunks_added} chunks, {rate:.1f} chunks/s embedded", refresh=False)
         bar.close()
 
     # -- one file ---------------------------------------------------------------------------------
@@ -283,27 +262,11 @@ class Ingestor:
             run.status = status
             run.finished_at = utcnow()
             run.seconds = report.seconds
-            for name in (
-                "files_seen",
-                "added",
-                "updated",
-                "unchanged",
-                "removed",
-                "chunks_added",
-            ):
+            for name in ("files_seen", "added", "updated", "unchanged", "removed", "chunks_added"):
                 setattr(run, name, getattr(report, name))
             run.failed = len(report.problems)
-            for severity, problems in (
-                ("error", report.problems),
-                ("warning", report.warnings),
-            ):
+            for severity, problems in (("error", report.problems), ("warning", report.warnings)):
                 s.add_all(
-                    IngestProblem(
-                        run_id=run.id,
-                        source=p.source,
-                        severity=severity,
-                        reason=p.reason,
-                    )
-                    for p in problems
+                    IngestProblem(run_id=run.id, source=p.source, severity=severity, reason=p.reason) for p in problems
                 )
             s.commit()

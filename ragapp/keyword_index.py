@@ -73,11 +73,7 @@ class WorkspaceKeywords:
         index.save(self.workspace / new_name)
         self.store.set_meta(POINTER_KEY, new_name)
         self._remove_unreferenced(new_name)
-        log.info(
-            "keyword index rebuilt: %d chunks in %.1f s",
-            len(index),
-            time.monotonic() - started,
-        )
+        log.info("keyword index rebuilt: %d chunks in %.1f s", len(index), time.monotonic() - started)
         return True
 
     def _saved_ids(self, name: str | None) -> np.ndarray | None:
@@ -95,10 +91,7 @@ class WorkspaceKeywords:
             info = Bm25Index.info(self.workspace / name)
         except KeywordIndexError:
             return False
-        return bool(info.get("empty")) or (info.get("k1"), info.get("b")) == (
-            self.k1,
-            self.b,
-        )
+        return bool(info.get("empty")) or (info.get("k1"), info.get("b")) == (self.k1, self.b)
 
     def _remove_unreferenced(self, keep: str | None) -> None:
         for path in self.workspace.glob(f"{PREFIX}*"):

@@ -16,11 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 import numpy as np
 from wcmatch import glob as wcglob
 
-from indexes.fusion import (
-    maximal_marginal_relevance,
-    reciprocal_rank_fusion,
-    weighted_score_fusion,
-)
+from indexes.fusion import maximal_marginal_relevance, reciprocal_rank_fusion, weighted_score_fusion
 from ragapp.errors import UsageError
 from ragapp.generators.base import GenerationConfig, Generator
 
@@ -153,11 +149,7 @@ class SearchParts:
 
 
 def search(
-    parts: SearchParts,
-    query: str,
-    k: int,
-    mode: Mode | None = None,
-    filters: Filters | None = None,
+    parts: SearchParts, query: str, k: int, mode: Mode | None = None, filters: Filters | None = None
 ) -> list[SearchHit]:
     settings = parts.settings
     mode = mode or settings.mode
@@ -204,11 +196,7 @@ def search(
 
 
 def _dense(
-    parts: SearchParts,
-    query: str,
-    hypothetical: str | None,
-    depth: int,
-    allowed: np.ndarray | None,
+    parts: SearchParts, query: str, hypothetical: str | None, depth: int, allowed: np.ndarray | None
 ) -> list[tuple[int, float]]:
     embedder = parts.embedder()
     vector = embedder.embed([query] if hypothetical is None else [query, hypothetical])
@@ -220,11 +208,7 @@ def _dense(
 
 
 def _diversify(
-    parts: SearchParts,
-    query: str,
-    ranked: list[tuple[int, float]],
-    rows: dict[int, Any],
-    k: int,
+    parts: SearchParts, query: str, ranked: list[tuple[int, float]], rows: dict[int, Any], k: int
 ) -> list[tuple[int, float]]:
     """Reorder the candidates by MMR; chunks without a stored vector (not yet embedded) are embedded here."""
     from ragapp.store import embedding_text
@@ -290,13 +274,7 @@ def expand_query(generator: Generator, query: str, n: int) -> list[str]:
 def hypothetical_passage(generator: Generator, query: str) -> str:
     """HyDE (Gao et al. 2022): a passage that would answer `query`; its wording is closer to the documents'."""
     messages = [
-        {
-            "role": "system",
-            "content": "You write short, factual encyclopedia passages.",
-        },
-        {
-            "role": "user",
-            "content": f"Write a short passage that answers this question.\n\nQuestion: {query}",
-        },
+        {"role": "system", "content": "You write short, factual encyclopedia passages."},
+        {"role": "user", "content": f"Write a short passage that answers this question.\n\nQuestion: {query}"},
     ]
     return generator.generate(messages, _EXPANSION.model_copy(update={"max_new_tokens": 128})).strip()

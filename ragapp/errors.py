@@ -23,3 +23,11 @@ class EmptyWorkspace(RagappError):
 
 class WorkspaceError(RagappError):
     """The workspace cannot be opened as it is (newer schema, locked, unwritable)."""
+
+
+class GenerationError(RagappError):
+    """The generator cannot answer: its server is down or refused the request, its engine is missing..."""
+
+
+class ScoringUnsupported(GenerationError):
+    """The backend cannot score a reference text (its server returns no prompt log-probabilities)."""

@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 import ragapp
-from ragapp.cli import bench, documents, evals, workspace
+from ragapp.cli import bench, documents, evals, model, workspace
 from ragapp.errors import RagappError
 
 
@@ -50,11 +50,12 @@ def cli(ctx: click.Context, workspace: Path) -> None:
       ragapp search "topic"         # just the passages
       ragapp eval run qa.jsonl      # score answers against references
       ragapp bench retrieval DIR    # nDCG/recall on a BEIR test collection
+      ragapp model serve            # the model behind an OpenAI-compatible API (vLLM)
     """
     ctx.obj = workspace
 
 
-for command in (*documents.COMMANDS, *evals.COMMANDS, *bench.COMMANDS, *workspace.COMMANDS):
+for command in (*documents.COMMANDS, *evals.COMMANDS, *bench.COMMANDS, *model.COMMANDS, *workspace.COMMANDS):
     cli.add_command(command)
 
 

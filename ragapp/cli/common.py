@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 import click
 
 from ragapp.app import App
+from ragapp.generators import BACKENDS
 from ragapp.search import MODES
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -43,8 +44,15 @@ _GENERATION_OPTIONS = (
     click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), help="Nucleus sampling mass."),
     click.option("--seed", type=int, help="Seed for sampling; same seed, same answer."),
     click.option("--stop", multiple=True, metavar="TEXT", help="End the answer at TEXT (repeatable)."),
+    click.option(
+        "--backend",
+        type=click.Choice(BACKENDS),
+        help="transformers (in-process, default), vllm (in-process vLLM) or openai (a server, see --base-url).",
+    ),
+    click.option("--model", help="A .gguf file or model folder; with --backend openai, the served model's name."),
+    click.option("--base-url", metavar="URL", help="The OpenAI-compatible server for --backend openai."),
 )
-GENERATION_KEYS = ("max_new_tokens", "temperature", "top_k", "top_p", "seed", "stop")
+GENERATION_KEYS = ("max_new_tokens", "temperature", "top_k", "top_p", "seed", "stop", "backend", "model", "base_url")
 
 
 def generation_options(f: F) -> F:

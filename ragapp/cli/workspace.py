@@ -26,7 +26,9 @@ def status(as_json: bool) -> None:
         click.echo(f"Keywords:   BM25, {info['keyword_index']['bytes'] / 1e6:.1f} MB")
     click.echo(f"Embedding:  {info['embedding']['model']} on {info['embedding']['device']}")
     g = info["generation"]
-    click.echo(f"Generation: {g['backend']}: {g['model']} on {g['device']}")
+    where = g["base_url"] if g["backend"] == "openai" else f"{g['device']}, {g['dtype']}"
+    adapter = f" + LoRA {g['adapter']}" if g.get("adapter") else ""
+    click.echo(f"Generation: {g['backend']}: {g['model']}{adapter} ({where})")
     run = info["last_ingest"]
     if run:
         click.echo(

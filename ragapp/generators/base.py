@@ -58,3 +58,55 @@ class Generator(Protocol):
     def stream(self, messages: Sequence[Message], config: GenerationConfig) -> Iterator[str]: ...
 
     def generate_batch(self, conversations: Sequence[Sequence[Message]], config: GenerationConfig) -> list[str]: ...
+
+    def close(self) -> None:
+        """Free the model (and stop its engine processes); the generator cannot be used afterwards."""
+        ...
+
+
+def cut_at_stop(text: str, stops: Sequence[str]) -> str:
+    """`text` up to (not including) the earliest stop string."""
+    hits = [i for i in (text.find(s) for s in stops if s) if i >= 0]
+    return text[: min(hits)] if hits else text
+
+
+class StopFilter:
+    """Passes streamed text through, holding back a tail that could still grow into a stop string."""
+
+    def __init__(self, stops: Sequence[str]) -> None:
+        self.stops = [s for s in stops if s]
+        self.hold = max((len(s) for s in self.stops), default=1) - 1
+        self.text = ""
+        self.sent = 0
+        self.stopped = False
+
+    def push(self, piece: str) -> str:
+        """Add a piece; return what is now safe to emit. Sets `stopped` once a stop string appears."""
+        self.text += piece
+        # Nothing before `sent` can start a stop string: it was emitted only once `hold` more chars followed.
+        hits = [i for i in (self.text.find(s, self.sent) for s in self.stops) if i >= 0]
+        end = min(hits) if hits else max(self.sent, len(self.text) - self.hold)
+        self.stopped = bool(hits)
+        out, self.sent = self.text[self.sent : end], end
+        return out
+
+    def finish(self) -> str:
+        """The held-back tail once the stream has ended without a stop string."""
+        out, self.sent = ("" if self.stopped else self.text[self.sent :]), len(self.text)
+        return out
+
+
+def scoring_layout(prompt: list[int], target: list[int], window: int) -> tuple[list[int], list[int]]:
+    """Fit (prompt, target) token ids into `window` for `reference_nll`, the same way in every backend.
+
+    Over-long input loses the start of the prompt, never the text; a text longer than the window is scored
+    on its first tokens, after at least one prompt token. With no prompt the text is scored as plain text:
+    its first token is only context, as in Hugging Face's `labels=input_ids` loss.
+    """
+    if prompt:
+        target = target[: window - 1]
+        prompt = prompt[max(0, len(prompt) + len(target) - window) :]
+    else:
+        target = target[:window]
+        prompt, target = target[:1], target[1:]
+    return prompt, target

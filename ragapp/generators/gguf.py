@@ -137,6 +137,7 @@ def convert_gguf(gguf: Path, out: Path | None = None, progress: Callable[[str], 
     gguf = Path(gguf).expanduser().resolve()
     if not gguf.is_file():
         raise ModelNotFound(f"GGUF file not found: {gguf}")
+    check_gguf(gguf)
     target = Path(out).expanduser().resolve() if out is not None else cache_dir() / "models" / converted_name(gguf)
     if is_converted(target):
         return target
@@ -170,3 +171,22 @@ def resolve_model(spec: str | None) -> Path:
         f"generator model {spec!r} not found: give a .gguf file or a folder with config.json "
         "(a Hugging Face model saved locally); nothing is downloaded"
     )
+
+
+def model_name(spec: str | None) -> str:
+    """What a model is called in answers and by servers: the file's stem for a .gguf, else the folder's name."""
+    if not spec:
+        return DEFAULT_MODEL_NAME
+    path = Path(spec).expanduser().resolve()
+    return path.stem if path.suffix.lower() == ".gguf" else path.name
+
+
+def check_gguf(path: Path) -> None:
+    """A clear error for a file that is not GGUF at all (transformers' own is a deep traceback)."""
+    try:
+        with open(path, "rb") as handle:
+            magic = handle.read(4)
+    except OSError as exc:
+        raise ModelNotFound(f"cannot read {path}: {exc.strerror or exc}") from None
+    if magic != b"GGUF":
+        raise ModelNotFound(f"{path} is not a GGUF file (it does not start with the GGUF signature)")

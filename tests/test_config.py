@@ -54,6 +54,9 @@ def test_env_string_values_need_no_quotes(tmp_path: Path) -> None:
         ("[prompt]\ntemplate = 'no fields'\n", {}, "template must contain {context}"),
         ("retrieval = 3\n", {}, "retrieval: expected a [retrieval] table"),
         ("", {"RAGAPP_BOGUS_X": "1"}, "RAGAPP_BOGUS_X: unknown setting"),
+        ("[generation]\nbackend = 'llamacpp'\n", {}, "generation.backend: Input should be 'transformers', 'vllm' or 'openai'"),
+        ("", {"RAGAPP_GENERATION_DTYPE": "int4"}, "generation.dtype: Input should be 'float32', 'bfloat16' or 'float16'"),
+        ("[generation]\ntimeout = 0\n", {}, "generation.timeout: Input should be greater than 0"),
     ],
 )
 def test_bad_values_name_the_key(tmp_path: Path, toml: str, env: dict[str, str], expected: str) -> None:

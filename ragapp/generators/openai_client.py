@@ -223,15 +223,21 @@ class OpenAIGenerator:
         filt = StopFilter(config.stop)
         with self._errors("generating"):
             chunks = self.client.chat.completions.create(**self._request(messages, config), stream=True)
+            finished = False
             try:
                 for chunk in chunks:
                     piece = chunk.choices[0].delta.content if chunk.choices else None
+                    finished = finished or bool(chunk.choices and chunk.choices[0].finish_reason)
                     if piece:
                         out = filt.push(piece)
                         if out:
                             yield out
                         if filt.stopped:
                             return
+                if not finished:  # the connection ended cleanly, but the answer did not
+                    raise GenerationError(
+                        f"generating: the server at {self.base_url} closed the stream before the answer was finished"
+                    )
                 tail = filt.finish()
                 if tail:
                     yield tail

@@ -51,7 +51,7 @@ def engine_environment(env: MutableMapping[str, str], quiet: bool = False) -> Mu
         "TORCHINDUCTOR_CACHE_DIR": str(root / "torchinductor"),
     }
     if quiet:  # in-process: ragapp's own output matters more than vLLM's start-up log
-        defaults["VLLM_LOGGING_LEVEL"] = "WARNING"
+        defaults["VLLM_LOGGING_LEVEL"] = "ERROR"
     for key, value in defaults.items():
         env.setdefault(key, value)
     return env

@@ -144,6 +144,7 @@ def describe_metric(name: str) -> str:
         "bleu": "corpus BLEU, 0–1 (per item: sentence BLEU)",
         "bleu_bp": "corpus BLEU brevity penalty",
         "perplexity": "generator perplexity of the references, token-weighted",
+        "reward": "reward model score of the answer (higher is better; not on a 0–1 scale)",
         "latency_s": "mean seconds per question",
         "latency_p50_s": "median seconds per question",
         "latency_p95_s": "95th percentile seconds per question",

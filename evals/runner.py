@@ -157,6 +157,8 @@ def evaluate(
     store = app.open_store()
     app.search(dataset.examples[0].question, 1)  # fails early, before a run exists, on an empty workspace
     models = {"embedding": app.embedder.fingerprint, "generator": app.generator.model_id}
+    if app.reward_model is not None:
+        models["reward"] = app.reward_model.model_id
     runs = RunStore(store)
     run_id = _open_run(runs, app.workspace, "pipeline", dataset, name, config, models)
     done = runs.done_positions(run_id)
@@ -191,7 +193,18 @@ def _answer_batch(app: App, batch: list[Example], k: int, sampling: GenerationCo
                 answers.extend(app.ask_batch([example.question], k, sampling))
             except (RagappError, ValueError) as exc:
                 answers.append(f"{type(exc).__name__}: {exc}")
-    return [_score(app, e, a, k, stem) for e, a in zip(batch, answers, strict=True)]
+    return add_rewards(app, [_score(app, e, a, k, stem) for e, a in zip(batch, answers, strict=True)])
+
+
+def add_rewards(app: App, items: list[ItemResult]) -> list[ItemResult]:
+    """The configured reward model's score of each answer to its question, as the `reward` metric."""
+    reward_model = app.reward_model
+    answered = [i for i in items if i.error is None]
+    if reward_model is not None and answered:
+        scores = reward_model.score([i.question for i in answered], [i.prediction for i in answered])
+        for item, score in zip(answered, scores, strict=True):
+            item.metrics["reward"] = score
+    return items
 
 
 def _score(app: App, example: Example, answer: Answer | str, k: int, stem: bool) -> ItemResult:
@@ -234,14 +247,16 @@ def _score(app: App, example: Example, answer: Answer | str, k: int, stem: bool)
 def score_predictions(
     app: App, dataset: Dataset | str | Path, name: str | None = None, stem: bool = True, progress: bool = False
 ) -> RunResult:
-    """Score answers produced elsewhere (`prediction` beside the reference); no model is loaded.
+    """Score answers produced elsewhere (`prediction` beside the reference); no generator is loaded
+    (the reward model is, when one is configured).
 
     The run is stored in `app`'s workspace (created if needed) so it can be listed, compared and reported.
     """
     if isinstance(dataset, (str, Path)):
         dataset = load_dataset(dataset, need_prediction=True)
     runs = RunStore(app.open_store(create=True))
-    run_id = _open_run(runs, app.workspace, "score", dataset, name, {"rouge_stem": stem}, {})
+    models = {"reward": app.reward_model.model_id} if app.reward_model is not None else {}
+    run_id = _open_run(runs, app.workspace, "score", dataset, name, {"rouge_stem": stem}, models)
     done = runs.done_positions(run_id)
     session = _Session(runs, run_id, app.workspace)
     todo = [e for e in dataset.examples if e.position not in done]
@@ -257,7 +272,7 @@ def score_predictions(
                 items.append(
                     ItemResult(e.position, e.item_id, e.question, e.reference, e.prediction, e.sources, [], metrics)
                 )
-            runs.save_items(run_id, items)
+            runs.save_items(run_id, add_rewards(app, items))
             bar.update(len(batch))
     assert session.result is not None
     return session.result

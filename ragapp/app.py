@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from ragapp.ingest import Ingestor, IngestReport
     from ragapp.keyword_index import WorkspaceKeywords
     from ragapp.prompt import Passage
+    from ragapp.reward import RewardModel
     from ragapp.vector_index import WorkspaceIndex
 
 DB_FILE = "ragapp.db"
@@ -52,18 +53,23 @@ class Answer:
     citations: list[Citation]
     model: str
     timings: dict[str, float] = field(default_factory=dict)
+    reward: float | None = None  # the reward model's score, when one chose the answer (`best_of`)
+    candidates: list[dict[str, Any]] = field(default_factory=list)  # every sampled answer and its reward
     # What produced the answer, for evaluation and debugging; not part of `to_dict()`.
     hits: list[SearchHit] = field(default_factory=list, repr=False)
     messages: list[Message] = field(default_factory=list, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "question": self.question,
             "answer": self.answer,
             "citations": [vars(c) for c in self.citations],
             "model": self.model,
             "timings": {k: round(v, 4) for k, v in self.timings.items()},
         }
+        if self.reward is not None:
+            out.update(reward=self.reward, candidates=self.candidates)
+        return out
 
 
 @dataclass
@@ -88,6 +94,13 @@ def _vllm_device() -> str:
     return "none (vLLM is not installed)"
 
 
+def _samples(sampling: GenerationConfig, n: int) -> list[GenerationConfig]:
+    """`n` sampling settings that differ in seed (same seed, same answer on every backend)."""
+    temperature = sampling.temperature if sampling.temperature > 0 else 0.7
+    seed = sampling.seed if sampling.seed is not None else 0
+    return [sampling.model_copy(update={"temperature": temperature, "seed": seed + i}) for i in range(n)]
+
+
 def default_workspace() -> Path:
     return Path(os.environ.get("RAGAPP_WORKSPACE") or DEFAULT_WORKSPACE)
 
@@ -109,6 +122,7 @@ class App:
         self._store: Store | None = None
         self._embedder: Embedder | None = None
         self._generator: Generator | None = None
+        self._reward_model: RewardModel | None = None
         self._search_index: tuple[tuple[int, int] | None, WorkspaceIndex] | None = None
         self._search_keywords: tuple[str | None, Bm25Index] | None = None
 
@@ -141,6 +155,15 @@ class App:
         if self._generator is None:
             self._generator = load_generator(*self.config.generation.backend_key())
         return self._generator
+
+    @property
+    def reward_model(self) -> RewardModel | None:
+        """The configured reward model (`reward.model`), loaded on first use; None when none is configured."""
+        if self._reward_model is None and self.config.reward.model:
+            from ragapp.reward import load_reward_model
+
+            self._reward_model = load_reward_model(self.config.reward.model)
+        return self._reward_model
 
     def _index(self, store: Store) -> WorkspaceIndex:
         from ragapp.vector_index import WorkspaceIndex
@@ -319,6 +342,20 @@ class App:
         timings = {"retrieve_s": retrieve_s, "prompt_tokens": generator.count_tokens(messages)}
         return _Prepared(question, hits, messages, passages, timings)
 
+    def prompt_messages(
+        self,
+        question: str,
+        k: int | None = None,
+        mode: Mode | None = None,
+        filters: Filters | dict[str, Any] | None = None,
+    ) -> list[Message]:
+        """The chat `ask` would send the generator for `question` (retrieved passages included).
+
+        Fine-tuning on question/answer pairs trains on exactly these prompts.
+        """
+        store = self._require_chunks()
+        return self._prepare(store, question, k, self.sampling(), mode, Filters.of(filters)).messages
+
     def _answer(self, prepared: _Prepared, text: str) -> Answer:
         from ragapp.prompt import cited_numbers
 
@@ -349,13 +386,21 @@ class App:
         on_token: Callable[[str], None] | None = None,
         mode: Mode | None = None,
         filters: Filters | dict[str, Any] | None = None,
+        best_of: int = 1,
     ) -> Answer:
         """Retrieve, expand the prompt with numbered passages, generate; `on_token` receives streamed text.
 
-        `mode` and `filters` choose and restrict the passages as in `search`.
+        `mode` and `filters` choose and restrict the passages as in `search`. `best_of` > 1 samples that
+        many answers (at temperature 0.7 if the settings are greedy) and returns the one the reward model
+        (`reward.model`) scores highest; nothing is streamed then.
         """
         if not question.strip():
             raise UsageError("the question is empty")
+        if best_of < 1:
+            raise UsageError("best_of must be at least 1")
+        reward_model = self.reward_model if best_of > 1 else None
+        if best_of > 1 and reward_model is None:
+            raise UsageError("--best-of needs a reward model: set reward.model (train one with `ragapp reward train`)")
         started = time.perf_counter()
         store = self._require_chunks()
         filters = Filters.of(filters)
@@ -367,7 +412,13 @@ class App:
         sampling = self.sampling(generation)
         prepared = self._prepare(store, question, k, sampling, mode, filters)
         mark = time.perf_counter()
-        if on_token is None:
+        candidates: list[dict[str, Any]] = []
+        if reward_model is not None:
+            texts = [generator.generate(prepared.messages, s) for s in _samples(sampling, best_of)]
+            scores = reward_model.score([question] * len(texts), texts)
+            candidates = [{"answer": t.strip(), "reward": r} for t, r in zip(texts, scores, strict=True)]
+            text = texts[max(range(len(texts)), key=scores.__getitem__)]
+        elif on_token is None:
             text = generator.generate(prepared.messages, sampling)
         else:
             pieces = []
@@ -378,7 +429,11 @@ class App:
         prepared.timings["generate_s"] = time.perf_counter() - mark
         prepared.timings["load_s"] = load_s
         prepared.timings["total_s"] = time.perf_counter() - started
-        return self._answer(prepared, text)
+        answer = self._answer(prepared, text)
+        if candidates:
+            answer.candidates = candidates
+            answer.reward = max(c["reward"] for c in candidates)
+        return answer
 
     def ask_batch(
         self,
@@ -418,6 +473,7 @@ class App:
             "schema_version": SCHEMA_VERSION,
             "embedding": {"model": c.embedding.model or "all-MiniLM-L6-v2 (shipped)", "device": c.embedding.device},
             "generation": self.generation_info(),
+            "reward": {"model": c.reward.model or None},
         }
         index_path = self.workspace / INDEX_FILE
         out["index"] = {

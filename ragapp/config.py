@@ -124,6 +124,12 @@ class PromptSettings(_Section):
         return self
 
 
+class RewardSettings(_Section):
+    # A reward model folder written by `ragapp reward train`; "" = none. With one, `ragapp eval run` adds a
+    # `reward` metric and `ragapp ask --best-of N` keeps the best-scored of N sampled answers.
+    model: str = ""
+
+
 class Config(_Section):
     embedding: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
     chunking: ChunkingSettings = Field(default_factory=ChunkingSettings)
@@ -132,6 +138,7 @@ class Config(_Section):
     retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
     generation: GenerationSettings = Field(default_factory=GenerationSettings)
     prompt: PromptSettings = Field(default_factory=PromptSettings)
+    reward: RewardSettings = Field(default_factory=RewardSettings)
 
 
 SECTIONS = tuple(Config.model_fields)

@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 import ragapp
-from ragapp.cli import bench, documents, evals, model, workspace
+from ragapp.cli import bench, documents, evals, model, training, workspace
 from ragapp.errors import RagappError
 
 
@@ -51,11 +51,14 @@ def cli(ctx: click.Context, workspace: Path) -> None:
       ragapp eval run qa.jsonl      # score answers against references
       ragapp bench retrieval DIR    # nDCG/recall on a BEIR test collection
       ragapp model serve            # the model behind an OpenAI-compatible API (vLLM)
+      ragapp finetune data.jsonl    # adapt the model (LoRA, soft prompt, full); align, reward: see --help
     """
     ctx.obj = workspace
 
 
-for command in (*documents.COMMANDS, *evals.COMMANDS, *bench.COMMANDS, *model.COMMANDS, *workspace.COMMANDS):
+for command in (
+    *documents.COMMANDS, *evals.COMMANDS, *bench.COMMANDS, *model.COMMANDS, *training.COMMANDS, *workspace.COMMANDS
+):
     cli.add_command(command)
 
 

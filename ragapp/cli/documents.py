@@ -113,6 +113,12 @@ def search(query: str, k: int | None, mode: Mode | None, filters: tuple[str, ...
 @retrieval_options
 @generation_options
 @click.option("--no-stream", is_flag=True, help="Print the answer at the end instead of as it is written.")
+@click.option(
+    "--best-of",
+    type=click.IntRange(1, 64),
+    default=1,
+    help="Sample N answers and print the one the reward model (reward.model) scores highest.",
+)
 @json_option
 def ask(
     question: str,
@@ -120,13 +126,14 @@ def ask(
     mode: Mode | None,
     filters: tuple[str, ...],
     no_stream: bool,
+    best_of: int,
     as_json: bool,
     **sampling: Any,
 ) -> None:
     """Answer QUESTION from the most relevant passages, citing them as [1], [2], ..."""
     flags = generation_flags(sampling)
     app = open_app({"generation": flags})
-    streaming = not (as_json or no_stream)
+    streaming = not (as_json or no_stream or best_of > 1)
 
     streamed: list[str] = []
 
@@ -134,7 +141,9 @@ def ask(
         streamed.append(piece)
         click.echo(piece, nl=False)
 
-    answer = app.ask(question, k, on_token=show if streaming else None, mode=mode, filters=Filters.parse(filters))
+    answer = app.ask(
+        question, k, on_token=show if streaming else None, mode=mode, filters=Filters.parse(filters), best_of=best_of
+    )
     if as_json:
         emit_json(answer.to_dict())
         return
@@ -142,6 +151,9 @@ def ask(
         click.echo("" if "".join(streamed).endswith("\n") else "\n")
     else:
         click.echo(answer.answer + "\n")
+    if answer.candidates:
+        scores = ", ".join(f"{c['reward']:.2f}" for c in answer.candidates)
+        click.echo(f"(best of {len(answer.candidates)} by reward: {scores})", err=True)
     print_sources(answer)
 
 

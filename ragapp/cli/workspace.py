@@ -27,8 +27,10 @@ def status(as_json: bool) -> None:
     click.echo(f"Embedding:  {info['embedding']['model']} on {info['embedding']['device']}")
     g = info["generation"]
     where = g["base_url"] if g["backend"] == "openai" else f"{g['device']}, {g['dtype']}"
-    adapter = f" + LoRA {g['adapter']}" if g.get("adapter") else ""
+    adapter = f" + adapter {g['adapter']}" if g.get("adapter") else ""
     click.echo(f"Generation: {g['backend']}: {g['model']}{adapter} ({where})")
+    if info["reward"]["model"]:
+        click.echo(f"Reward:     {info['reward']['model']}")
     run = info["last_ingest"]
     if run:
         click.echo(

@@ -11,7 +11,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ragapp.generators.adapters import read_adapter
+from ragapp.generators.adapters import LORA, PROMPT_TUNING, read_adapter
 from ragapp.generators.base import GenerationConfig, Message, StopFilter, cut_at_stop, scoring_layout
 from ragapp.generators.gguf import model_name, resolve_model
 
@@ -40,7 +40,7 @@ class TransformersGenerator:
         self.threads = threads
         self.model_id = model_name(model)
         # A LoRA adapter (peft folder) applied on top of the model; checked now, loaded with the model.
-        self.adapter = read_adapter(adapter) if adapter else None
+        self.adapter = read_adapter(adapter, kinds=(LORA, PROMPT_TUNING)) if adapter else None
         if self.adapter:
             self.model_id += f"+{self.adapter.name}"
         self.model_path: Path | None = None

@@ -32,7 +32,7 @@ from ragapp.finetune import (
     training_times,
     use_progress,
 )
-from ragapp.training_data import split, write_jsonl
+from ragapp.training_data import write_jsonl
 
 METHODS = ("dpo",)
 REPORT_FILE = "ragapp-align.json"
@@ -111,16 +111,12 @@ def align(
     started = time.perf_counter()
     base_path, tokenizer = load_base(base)
 
-    from ragapp.reward import read_rankings
+    from ragapp.reward import read_rankings, split_pairs
 
     rankings = read_rankings(data)
     for message in rankings.notes:
         note(message)
-    parts = split(sorted({p.prompt for p in rankings.pairs}), lambda prompt: prompt, validation, test, seed)
-    side = {prompt: name for name in ("train", "validation", "test") for prompt in getattr(parts, name)}
-    by_split: dict[str, list[Any]] = {"train": [], "validation": [], "test": []}
-    for pair in rankings.pairs:
-        by_split[side[pair.prompt]].append(pair)
+    by_split = split_pairs(rankings, validation, test, seed)
 
     from peft import LoraConfig
     from trl import DPOConfig, DPOTrainer

@@ -74,6 +74,16 @@ def test_status_names_the_generation_backend(tmp_path: Path) -> None:
     assert generation["device"] in ("cpu", "cuda", "none (vLLM is not installed)")
 
 
+def test_best_of_without_a_reward_model_says_what_to_do(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    code, _, err = run("-w", str(tmp_path / "ws"), "ask", "--best-of", "3", "Anything?")
+    assert code == 2 and "--best-of needs a reward model: set reward.model" in err
+    monkeypatch.setenv("RAGAPP_REWARD_MODEL", str(tmp_path / "no-such-reward-model"))
+    code, out, _ = run("-w", str(tmp_path / "ws"), "status", "--json")
+    assert code == 0 and json.loads(out)["reward"]["model"] == str(tmp_path / "no-such-reward-model")
+    code, _, err = run("-w", str(tmp_path / "ws"), "ask", "--best-of", "3", "Anything?")
+    assert code != 0 and "no-such-reward-model" in err and "Traceback" not in err
+
+
 def test_status_of_a_missing_workspace_does_not_create_it(tmp_path: Path) -> None:
     code, out, _ = run("-w", str(tmp_path / "ws"), "status", "--json")
     assert code == 0

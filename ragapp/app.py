@@ -53,11 +53,11 @@ class Answer:
     citations: list[Citation]
     model: str
     timings: dict[str, float] = field(default_factory=dict)
-    reward: float | None = None  # the reward model's score, when one chose the answer (`best_of`)
-    candidates: list[dict[str, Any]] = field(default_factory=list)  # every sampled answer and its reward
     # What produced the answer, for evaluation and debugging; not part of `to_dict()`.
     hits: list[SearchHit] = field(default_factory=list, repr=False)
     messages: list[Message] = field(default_factory=list, repr=False)
+    reward: float | None = None  # the reward model's score, when one chose the answer (`best_of`)
+    candidates: list[dict[str, Any]] = field(default_factory=list)  # every sampled answer and its reward
 
     def to_dict(self) -> dict[str, Any]:
         out = {
@@ -376,7 +376,9 @@ class App:
         ]
         timings = {**prepared.timings, "completion_tokens": self.generator.text_tokens(text)}
         model = self.generator.model_id
-        return Answer(prepared.question, text.strip(), citations, model, timings, prepared.hits, prepared.messages)
+        return Answer(
+            prepared.question, text.strip(), citations, model, timings, hits=prepared.hits, messages=prepared.messages
+        )
 
     def ask(
         self,

@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 import ragapp
-from ragapp.cli import bench, documents, evals, model, training, workspace
+from ragapp.cli import bench, documents, evals, model, reward, training, workspace
 from ragapp.errors import RagappError
 
 
@@ -57,7 +57,13 @@ def cli(ctx: click.Context, workspace: Path) -> None:
 
 
 for command in (
-    *documents.COMMANDS, *evals.COMMANDS, *bench.COMMANDS, *model.COMMANDS, *training.COMMANDS, *workspace.COMMANDS
+    *documents.COMMANDS,
+    *evals.COMMANDS,
+    *bench.COMMANDS,
+    *model.COMMANDS,
+    *training.COMMANDS,
+    *reward.COMMANDS,
+    *workspace.COMMANDS,
 ):
     cli.add_command(command)
 

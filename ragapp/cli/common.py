@@ -28,6 +28,15 @@ def emit_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
 
 
+def note(message: str) -> None:
+    """A remark on stderr that does not stop the command (a skipped line, say)."""
+    click.echo(f"Note: {message}", err=True)
+
+
+def losses(values: list[float]) -> str:
+    return " → ".join(f"{v:.3f}" for v in values)
+
+
 def shown_path(source: str) -> str:
     """Paths under the current folder are shown relative to it; others as stored."""
     try:

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from ragapp.cli.common import emit_json, json_option, open_app
+from ragapp.cli.common import emit_json, json_option, losses, note, open_app
 
 _SHARED = (
     click.option("--base", help="Model to start from: a .gguf file or model folder (default: the shipped SmolLM2)."),
@@ -52,19 +52,11 @@ def _default_out(data: Path, method: str) -> Path:
     return workspace / "models" / f"{data.stem}-{method}"
 
 
-def _note(message: str) -> None:
-    click.echo(f"Note: {message}", err=True)
-
-
 def _use_hint(out: str, method: str) -> str:
     if method == "full":
         return f'use it: generation.model = "{out}"'
     hint = f'use it: generation.adapter = "{out}"'
     return hint + (f"  or  ragapp model serve --lora {Path(out).name}={out}" if method == "lora" else "")
-
-
-def _losses(values: list[float]) -> str:
-    return " → ".join(f"{v:.3f}" for v in values)
 
 
 @click.command()
@@ -114,7 +106,7 @@ def finetune(data: Path, method: str, templates: Path | None, max_length: int, o
         templates=templates,
         max_length=max_length,
         progress=not as_json,
-        on_note=_note,
+        on_note=note,
         **kw,
     )
     if as_json:
@@ -132,9 +124,9 @@ def finetune(data: Path, method: str, templates: Path | None, max_length: int, o
     )
     if len(report.tasks) > 1:
         click.echo("tasks: " + ", ".join(f"{name} {n}" for name, n in sorted(report.tasks.items())))
-    click.echo(f"train loss per epoch: {_losses(report.train_loss)}")
+    click.echo(f"train loss per epoch: {losses(report.train_loss)}")
     if report.validation_loss:
-        click.echo(f"validation loss: {_losses(report.validation_loss)} (before training, then after each epoch)")
+        click.echo(f"validation loss: {losses(report.validation_loss)} (before training, then after each epoch)")
     if report.test_loss_before is not None and report.test_loss_after is not None:
         click.echo(f"test loss: {report.test_loss_before:.3f} → {report.test_loss_after:.3f}")
     click.echo(f"saved: {report.out}")
@@ -180,7 +172,7 @@ def align(data: Path, method: str, beta: float, out: Path | None, learning_rate:
         beta=beta,
         learning_rate=learning_rate or 5e-5,
         progress=not as_json,
-        on_note=_note,
+        on_note=note,
         **kw,
     )
     if as_json:
@@ -191,9 +183,9 @@ def align(data: Path, method: str, beta: float, out: Path | None, learning_rate:
         f"Aligned with DPO (β={beta}) on {p['train']} pairs (validation {p['validation']}, test {p['test']}): "
         f"{report.steps} steps, {report.seconds_per_step:.2f} s/step, {report.seconds:.0f} s in all"
     )
-    click.echo(f"train loss per epoch: {_losses(report.train_loss)} (ln 2 = 0.693 before training)")
+    click.echo(f"train loss per epoch: {losses(report.train_loss)} (ln 2 = 0.693 before training)")
     if report.validation_loss:
-        click.echo(f"validation loss per epoch: {_losses(report.validation_loss)}")
+        click.echo(f"validation loss per epoch: {losses(report.validation_loss)}")
     if report.test:
         t = report.test
         click.echo(

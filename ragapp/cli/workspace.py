@@ -19,7 +19,9 @@ def status(as_json: bool) -> None:
         return
     click.echo(f"Workspace:  {info['workspace']}" + ("" if info["exists"] else " (not created yet)"))
     click.echo(f"Documents:  {info['documents']}")
-    click.echo(f"Chunks:     {info['chunks']}" + (f" ({info['pending']} waiting to be indexed)" if info["pending"] else ""))
+    click.echo(
+        f"Chunks:     {info['chunks']}" + (f" ({info['pending']} waiting to be indexed)" if info["pending"] else "")
+    )
     index = info["index"]
     click.echo(f"Index:      {index['kind']}, {index['bytes'] / 1e6:.1f} MB")
     if "keyword_index" in info:

@@ -179,14 +179,19 @@ def test_only_reward_model_folders_load(tmp_path: Path) -> None:
 
 
 def doc_sections(chars: int = 150) -> list[tuple[str, str]]:
-    """(heading, the first `chars` characters of its text) of every documentation section long enough."""
-    sections = []
+    """(heading, the first `chars` characters of its text) of every documentation section long enough.
+
+    A heading used by several pages ("From Python") counts once: each prompt must be distinct.
+    """
+    sections: list[tuple[str, str]] = []
+    seen: set[str] = set()
     for md in sorted(DOCS.glob("*.md")):
         parts = re.split(r"^#{2,3} +(.+)$", md.read_text(encoding="utf-8"), flags=re.M)
         for heading, body in zip(parts[1::2], parts[2::2], strict=True):
             lines = [line for line in body.splitlines() if line.strip() and not line.startswith("```")]
             text = re.sub(r"\s+", " ", " ".join(lines)).strip()
-            if len(text) >= chars:
+            if len(text) >= chars and heading.strip() not in seen:
+                seen.add(heading.strip())
                 sections.append((heading.strip(), text[:chars].rsplit(" ", 1)[0]))
     return sections
 

@@ -185,6 +185,18 @@ def _rewards(model: Any, tokenizer: Any, prompts: Sequence[str], completions: Se
     return model(**batch).logits.squeeze(-1)
 
 
+def _margins(model: Any, tokenizer: Any, pairs: Sequence[Pair], max_length: int) -> Any:
+    """r_chosen − r_rejected for each pair, chosen and rejected scored in one batch."""
+    r = _rewards(
+        model,
+        tokenizer,
+        [p.prompt for p in pairs] * 2,
+        [p.chosen for p in pairs] + [p.rejected for p in pairs],
+        max_length,
+    )
+    return r[: len(pairs)] - r[len(pairs) :]
+
+
 def _evaluate(model: Any, tokenizer: Any, pairs: Sequence[Pair], max_length: int, batch_size: int) -> dict[str, float]:
     """Mean pairwise loss and the share of pairs with r_chosen > r_rejected (a tie counts as wrong)."""
     import torch
@@ -195,14 +207,7 @@ def _evaluate(model: Any, tokenizer: Any, pairs: Sequence[Pair], max_length: int
     with torch.inference_mode():
         for start in range(0, len(pairs), batch_size):
             chunk = pairs[start : start + batch_size]
-            r = _rewards(
-                model,
-                tokenizer,
-                [p.prompt for p in chunk] * 2,
-                [p.chosen for p in chunk] + [p.rejected for p in chunk],
-                max_length,
-            )
-            margin = r[: len(chunk)] - r[len(chunk) :]
+            margin = _margins(model, tokenizer, chunk, max_length)
             losses += float(-F.logsigmoid(margin).sum())
             wins += int((margin > 0).sum())
     return {"loss": losses / len(pairs), "accuracy": wins / len(pairs)}
@@ -316,14 +321,7 @@ def train_reward(
             for idx in torch.randperm(len(train), generator=order).split(batch_size):
                 chunk = [train[i] for i in idx.tolist()]
                 mark = time.perf_counter()
-                r = _rewards(
-                    model,
-                    tokenizer,
-                    [p.prompt for p in chunk] * 2,
-                    [p.chosen for p in chunk] + [p.rejected for p in chunk],
-                    max_length,
-                )
-                loss = -F.logsigmoid(r[: len(chunk)] - r[len(chunk) :]).mean()
+                loss = -F.logsigmoid(_margins(model, tokenizer, chunk, max_length)).mean()
                 optimizer.zero_grad()
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -201,7 +201,7 @@ class App:
             index = keywords.load()
             if index is None:
                 try:
-                    with self._ingest_lock():
+                    with self.ingest_lock():
                         keywords.sync()
                         pointer = keywords.pointer()
                         index = keywords.load()
@@ -218,7 +218,7 @@ class App:
         return store
 
     @contextmanager
-    def _ingest_lock(self) -> Iterator[None]:
+    def ingest_lock(self) -> Iterator[None]:
         fd = os.open(self.workspace / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             try:
@@ -264,13 +264,29 @@ class App:
         with self._ingestor() as ingestor:
             return ingestor.run_documents(documents, progress=progress)
 
+    def documents(self, ids: Iterable[int] | None = None) -> list[dict[str, Any]]:
+        """The ingested documents (id, source, kind, title, size, chunks, metadata, updated_at)."""
+        if not self.db_path.exists():
+            return []
+        return self.open_store().document_list(ids)
+
+    def remove_documents(self, ids: Iterable[int]) -> IngestReport:
+        """Remove documents by id from the store and both indexes (their files are not touched)."""
+        wanted = sorted(set(ids))
+        found = {d["id"]: d["source"] for d in self.documents(wanted)}
+        missing = [str(i) for i in wanted if i not in found]
+        if missing:
+            raise UsageError(f"no document with id {', '.join(missing)} in {self.workspace}")
+        with self._ingestor() as ingestor:
+            return ingestor.remove(list(found.values()))
+
     @contextmanager
     def _ingestor(self) -> Iterator[Ingestor]:
         from ragapp.chunking import Chunker
         from ragapp.ingest import Ingestor
 
         store = self.open_store(create=True)
-        with self._ingest_lock():
+        with self.ingest_lock():
             c = self.config
             chunker = Chunker(self.embedder.tokenizer, c.chunking.chunk_tokens, c.chunking.overlap_tokens)
             max_bytes = int(c.ingest.max_file_mb * 1e6)

@@ -130,6 +130,18 @@ class RewardSettings(_Section):
     model: str = ""
 
 
+class ServerSettings(_Section):
+    """`ragapp serve`: the HTTP API, its limits and the generation queue."""
+
+    host: str = "127.0.0.1"  # anything else needs an API key (`ragapp keys create`)
+    port: int = Field(8080, ge=0, le=65535)
+    queue_size: int = Field(8, ge=1, le=1024)  # generation requests waiting or running; beyond: 503 + Retry-After
+    max_request_kb: int = Field(1024, ge=1)  # JSON bodies
+    max_upload_mb: float = Field(50.0, gt=0)  # one upload request (each file also obeys ingest.max_file_mb)
+    history_turns: int = Field(4, ge=0, le=50)  # previous turns used to rewrite a follow-up question
+    cors_origins: list[str] = Field(default_factory=list)  # sites that may call the API from a browser (widget)
+
+
 class Config(_Section):
     embedding: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
     chunking: ChunkingSettings = Field(default_factory=ChunkingSettings)
@@ -139,6 +151,7 @@ class Config(_Section):
     generation: GenerationSettings = Field(default_factory=GenerationSettings)
     prompt: PromptSettings = Field(default_factory=PromptSettings)
     reward: RewardSettings = Field(default_factory=RewardSettings)
+    server: ServerSettings = Field(default_factory=ServerSettings)
 
 
 SECTIONS = tuple(Config.model_fields)

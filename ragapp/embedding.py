@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 import importlib.util
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,10 +48,19 @@ class Embedder:
         self.batch_size = batch_size
         self.model: SentenceTransformer = SentenceTransformer(str(folder), device=device, local_files_only=True)
         self.dim = int(self.model.get_embedding_dimension())
+        # One model serves every thread of a server (searches, an ingest job). A fast tokenizer is not
+        # safe to share across threads ("Already borrowed"), so encoding is serialised and chunking
+        # counts tokens with a copy of its own.
+        self._lock = threading.Lock()
+        self._counting_tokenizer: Any = None
 
     @property
     def tokenizer(self) -> Any:
-        return self.model.tokenizer
+        """The model's tokenizer, for counting tokens (a private copy: never the one `embed` uses)."""
+        if self._counting_tokenizer is None:
+            with self._lock:
+                self._counting_tokenizer = copy.deepcopy(self.model.tokenizer)
+        return self._counting_tokenizer
 
     @property
     def fingerprint(self) -> str:
@@ -59,9 +70,14 @@ class Embedder:
     def embed(self, texts: list[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        vectors = self.model.encode(
-            texts, batch_size=self.batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
-        )
+        with self._lock:
+            vectors = self.model.encode(
+                texts,
+                batch_size=self.batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
         return np.ascontiguousarray(vectors, dtype=np.float32)
 
 

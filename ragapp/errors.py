@@ -31,3 +31,11 @@ class GenerationError(RagappError):
 
 class ScoringUnsupported(GenerationError):
     """The backend cannot score a reference text (its server returns no prompt log-probabilities)."""
+
+
+class NotFound(RagappError):
+    """A named thing (collection, document, conversation, job) does not exist."""
+
+
+class Conflict(RagappError):
+    """The request clashes with the current state (the collection exists already, an ingest is running...)."""

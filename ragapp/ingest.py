@@ -125,6 +125,18 @@ class Ingestor:
 
         return self._run(report, work, progress)
 
+    def remove(self, sources: Sequence[str]) -> IngestReport:
+        """Remove documents (by source) with their chunks from SQL and both indexes."""
+        report = IngestReport(paths=["(removal)"])
+
+        def work(known: dict[str, str]) -> None:
+            ids = self.store.delete_documents(sources)
+            self.index.remove(ids)
+            report.removed += len([s for s in sources if s in known])
+            report.chunks_removed += len(ids)
+
+        return self._run(report, work, progress=False)
+
     def _run(self, report: IngestReport, work: Callable[[dict[str, str]], None], progress: bool) -> IngestReport:
         """The bookkeeping around every ingest: repair, record the run, embed, keep both indexes in step."""
         started = time.monotonic()

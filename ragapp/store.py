@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from connectors import Document
     from ragapp.chunking import Chunk
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 def utcnow() -> datetime:
@@ -163,11 +163,68 @@ class EvalItemRow(Base):
     error: Mapped[str | None] = mapped_column(Text)
 
 
+class ApiKeyRow(Base):
+    """An HTTP API key. Only a hash of the secret is stored; rows are revoked, never deleted, so a
+    workspace that ever had a key keeps requiring one."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), default="")
+    prefix: Mapped[str] = mapped_column(String(16))  # the secret's first characters, to recognise it in lists
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    collections: Mapped[list[str]] = mapped_column(JSON, default=list)
+    admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ConversationRow(Base):
+    __tablename__ = "conversations"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    collection: Mapped[str] = mapped_column(String(64), index=True)
+    key_id: Mapped[int | None] = mapped_column(Integer)  # who started it; other keys cannot read it
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    turns: Mapped[list[TurnRow]] = relationship(cascade="all, delete-orphan", order_by="TurnRow.id")
+
+
+class TurnRow(Base):
+    """One question and its answer; `standalone` is the question rewritten without the history."""
+
+    __tablename__ = "conversation_turns"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    conversation_id: Mapped[str] = mapped_column(ForeignKey("conversations.id", ondelete="CASCADE"), index=True)
+    question: Mapped[str] = mapped_column(Text)
+    standalone: Mapped[str] = mapped_column(Text)
+    answer: Mapped[str] = mapped_column(Text)
+    citations: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class IngestJobRow(Base):
+    """Uploaded files waiting for (or done with) ingestion; the queue survives a server restart."""
+
+    __tablename__ = "ingest_jobs"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    collection: Mapped[str] = mapped_column(String(64), index=True)
+    status: Mapped[str] = mapped_column(String(16), default="queued")  # queued | running | completed | failed
+    files: Mapped[list[str]] = mapped_column(JSON, default=list)
+    report: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
 # version -> step that brings a database at version-1 to it. Each step names its own tables, so a
 # step means the same thing whenever it runs, however many tables later versions add.
 Migration = Callable[[Session], None]
 _V1_TABLES = ("meta", "documents", "chunks", "ingest_runs", "ingest_problems")
 _V2_TABLES = ("eval_runs", "eval_items")
+_V3_TABLES = ("api_keys", "conversations", "conversation_turns", "ingest_jobs")
 
 
 def _create(*names: str) -> Migration:
@@ -177,7 +234,7 @@ def _create(*names: str) -> Migration:
     return step
 
 
-MIGRATIONS: dict[int, Migration] = {1: _create(*_V1_TABLES), 2: _create(*_V2_TABLES)}
+MIGRATIONS: dict[int, Migration] = {1: _create(*_V1_TABLES), 2: _create(*_V2_TABLES), 3: _create(*_V3_TABLES)}
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -377,6 +434,32 @@ class Store:
             s.execute(delete(DocumentRow).where(DocumentRow.source.in_(sources)))
             s.commit()
         return ids
+
+    def document_list(self, ids: Iterable[int] | None = None) -> list[dict[str, Any]]:
+        """Documents (all, or those with `ids`) with their chunk counts, in id order."""
+        query = (
+            select(DocumentRow, func.count(ChunkRow.id))
+            .outerjoin(ChunkRow)
+            .group_by(DocumentRow.id)
+            .order_by(DocumentRow.id)
+        )
+        if ids is not None:
+            query = query.where(DocumentRow.id.in_(list(ids)))
+        with self.session() as s:
+            rows = s.execute(query).all()
+        return [
+            {
+                "id": doc.id,
+                "source": doc.source,
+                "kind": doc.kind,
+                "title": doc.title,
+                "size": doc.size,
+                "chunks": n,
+                "metadata": doc.doc_metadata,
+                "updated_at": doc.updated_at.isoformat(timespec="seconds"),
+            }
+            for doc, n in rows
+        ]
 
     def last_run(self) -> IngestRun | None:
         with self.session() as s:

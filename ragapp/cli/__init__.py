@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 import ragapp
-from ragapp.cli import bench, documents, evals, model, reward, training, workspace
+from ragapp.cli import bench, documents, evals, model, reward, serve, training, workspace
 from ragapp.errors import RagappError
 
 
@@ -50,6 +50,7 @@ def cli(ctx: click.Context, workspace: Path) -> None:
       ragapp search "topic"         # just the passages
       ragapp eval run qa.jsonl      # score answers against references
       ragapp bench retrieval DIR    # nDCG/recall on a BEIR test collection
+      ragapp serve                  # the HTTP API (OpenAI-compatible RAG chat) and a chat widget
       ragapp model serve            # the model behind an OpenAI-compatible API (vLLM)
       ragapp finetune data.jsonl    # adapt the model (LoRA, soft prompt, full); align, reward: see --help
     """
@@ -63,6 +64,7 @@ for command in (
     *model.COMMANDS,
     *training.COMMANDS,
     *reward.COMMANDS,
+    *serve.COMMANDS,
     *workspace.COMMANDS,
 ):
     cli.add_command(command)

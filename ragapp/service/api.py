@@ -1,0 +1,599 @@
+"""The HTTP API: a thin FastAPI layer over `App`, one per collection.
+
+Retrieval-only requests run on the server's thread pool; anything that generates goes through the
+bounded generation queue (one at a time, 503 + Retry-After when full). Errors are JSON in OpenAI's
+shape, `{"error": {"message", "type", "code"}}`, whatever raised them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import shutil
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, File, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+import ragapp
+from connectors.filesystem import SUPPORTED_SUFFIXES
+from ragapp.app import Answer, App
+from ragapp.errors import (
+    Conflict,
+    EmptyWorkspace,
+    GenerationError,
+    NotFound,
+    RagappError,
+    UsageError,
+    WorkspaceError,
+)
+from ragapp.search import Filters
+from ragapp.service import schemas as s
+from ragapp.service.collections import DEFAULT, Collections
+from ragapp.service.conversations import Conversations, Turn, condense, history_from_messages
+from ragapp.service.jobs import Jobs
+from ragapp.service.keys import ApiKey, KeyStore
+from ragapp.service.limits import BodyLimit, GenerationQueue, QueueFull
+from ragapp.service.telemetry import CONTENT_TYPE, Telemetry
+
+UPLOAD_PATH = re.compile(r"/v1/collections/[^/]+/documents")
+ERRORS = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    409: "conflict_error",
+    413: "request_too_large",
+    415: "unsupported_media_type",
+    422: "invalid_request_error",
+    502: "generation_error",
+    503: "overloaded_error",
+}
+STATUS_OF: list[tuple[type[RagappError], int]] = [
+    (NotFound, 404),
+    (UsageError, 400),
+    (Conflict, 409),
+    (EmptyWorkspace, 409),
+    (WorkspaceError, 409),
+    (GenerationError, 502),
+]
+RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": s.Error, "description": ERRORS[code]} for code in (400, 401, 403, 404, 409, 413, 422, 503)
+}
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.headers = headers or {}
+
+
+def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    body = {"error": {"message": message, "type": ERRORS.get(status, "server_error"), "code": status}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+class Service:
+    """Everything a server process holds: collections, keys, conversations, jobs, queue, metrics."""
+
+    def __init__(self, workspace: Path):
+        self.root = App(workspace)
+        self.settings = self.root.config.server
+        self.store = self.root.open_store(create=True)
+        self.collections = Collections(workspace)
+        self.keys = KeyStore(self.store)
+        self.conversations = Conversations(self.store)
+        self.jobs = Jobs(self.store, self.collections)
+        self.queue = GenerationQueue(self.settings.queue_size)
+        self.telemetry = Telemetry()
+
+    def close(self) -> None:
+        self.jobs.stop()
+        self.queue.close()
+        self.collections.close()
+        self.root.close()
+
+    # -- access -----------------------------------------------------------------------------------
+
+    def principal(self, request: Request) -> ApiKey | None:
+        """The caller's key; None when the workspace has no keys (then the server listens on loopback only)."""
+        if not self.keys.required():
+            return None
+        header = request.headers.get("authorization", "")
+        scheme, _, secret = header.partition(" ")
+        if scheme.lower() != "bearer" or not secret.strip():
+            raise ApiError(401, "an API key is required: send `Authorization: Bearer <key>`", {"WWW-Authenticate": "Bearer"})
+        key = self.keys.verify(secret.strip())
+        if key is None:
+            raise ApiError(401, "the API key is not valid (unknown or revoked)", {"WWW-Authenticate": "Bearer"})
+        return key
+
+    def readable(self, key: ApiKey | None, collection: str) -> App:
+        if key is not None and not key.can_read(collection):
+            raise ApiError(403, f"this API key cannot read collection {collection!r}")
+        return self.collections.app(collection)
+
+    @staticmethod
+    def admin(key: ApiKey | None) -> None:
+        if key is not None and not key.admin:
+            raise ApiError(403, "this needs an admin API key (`ragapp keys create --admin`)")
+
+    def body_limit(self, method: str, path: str) -> int:
+        if method == "POST" and UPLOAD_PATH.fullmatch(path):
+            return int(self.settings.max_upload_mb * 1e6)
+        return self.settings.max_request_kb * 1024
+
+    # -- answering --------------------------------------------------------------------------------
+
+    def answer(
+        self,
+        app: App,
+        question: str,
+        history: list[Turn],
+        retrieval: s.Retrieval,
+        generation: dict[str, Any],
+        on_token: Callable[[str], None] | None = None,
+    ) -> tuple[Answer, str]:
+        """(answer, standalone question); runs on the generation thread."""
+        mark = time.perf_counter()
+        standalone = condense(app.generator, history, question) if history else question
+        condense_s = time.perf_counter() - mark
+        answer = app.ask(
+            standalone,
+            retrieval.k,
+            generation=generation,
+            on_token=on_token,
+            mode=retrieval.mode,
+            filters=Filters.of(retrieval.filters),
+        )
+        answer.timings["condense_s"] = condense_s
+        return answer, standalone
+
+    def record(self, collection: str, key: ApiKey | None, conversation_id: str | None, question: str,
+               standalone: str, answer: Answer) -> str:
+        conversation_id = conversation_id or self.conversations.start(collection, key.id if key else None)
+        citations = [vars(c) for c in answer.citations]
+        self.conversations.add(conversation_id, question, standalone, answer.answer, citations)
+        tokens = self.telemetry.tokens
+        tokens.labels("prompt").inc(answer.timings.get("prompt_tokens", 0))
+        tokens.labels("completion").inc(answer.timings.get("completion_tokens", 0))
+        return conversation_id
+
+    async def generate(self, work: Callable[[], Any]) -> Any:
+        return await asyncio.wrap_future(self.submit(work))
+
+    def submit(self, work: Callable[[], Any]) -> Any:
+        try:
+            future = self.queue.submit(work)
+        except QueueFull as exc:
+            self.telemetry.rejected.inc()
+            raise ApiError(503, str(exc), {"Retry-After": str(exc.retry_after)}) from None
+        finally:
+            self.telemetry.queue_depth.set(self.queue.depth)
+        future.add_done_callback(lambda _: self.telemetry.queue_depth.set(self.queue.depth))
+        return future
+
+
+def _status(exc: RagappError) -> int:
+    return next((code for kind, code in STATUS_OF if isinstance(exc, kind)), 500)
+
+
+class _Metrics:
+    """ASGI middleware counting requests by route template and timing them to their last byte."""
+
+    def __init__(self, app: Any, telemetry: Callable[[], Telemetry]):
+        self.app = app
+        self.telemetry = telemetry
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = [500]
+
+        async def watch(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            t = self.telemetry()
+            t.requests.labels(scope["method"], route, str(status[0])).inc()
+            t.latency.labels(route).observe(time.perf_counter() - started)
+
+
+def _widget_file(name: str) -> str:
+    return resources.files("ragapp.service").joinpath("widget", name).read_text(encoding="utf-8")
+
+
+def create_app(workspace: Path) -> FastAPI:
+    service = Service(workspace)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        service.jobs.start()
+        try:
+            yield
+        finally:
+            await asyncio.to_thread(service.close)
+
+    api = FastAPI(
+        title="ragapp",
+        version=ragapp.__version__,
+        summary="Answers with numbered citations from your documents; OpenAI-compatible chat.",
+        lifespan=lifespan,
+        responses=RESPONSES,
+    )
+    api.state.service = service
+    api.add_middleware(BodyLimit, limit_for=service.body_limit)
+    if service.settings.cors_origins:
+        api.add_middleware(
+            CORSMiddleware,
+            allow_origins=service.settings.cors_origins,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["authorization", "content-type"],
+        )
+    api.add_middleware(_Metrics, telemetry=lambda: service.telemetry)
+
+    @api.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return error_response(exc.status, str(exc), exc.headers)
+
+    @api.exception_handler(RagappError)
+    async def _ragapp_error(_: Request, exc: RagappError) -> JSONResponse:
+        return error_response(_status(exc), str(exc))
+
+    @api.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        if any(e.get("type") == "json_invalid" for e in errors):
+            return error_response(400, "the body is not valid JSON")
+        parts = []
+        for e in errors[:5]:
+            where = ".".join(str(p) for p in e.get("loc", ()) if p != "body")
+            parts.append(f"{where}: {e.get('msg')}" if where else str(e.get("msg")))
+        return error_response(422, "; ".join(parts))
+
+    @api.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return error_response(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+
+    @api.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        return error_response(500, f"internal error: {type(exc).__name__}")
+
+    # -- health and metrics -----------------------------------------------------------------------
+
+    @api.get("/healthz", response_model=s.Health, tags=["operations"])
+    def healthz() -> dict[str, Any]:
+        """Liveness and readiness: the database answers. Needs no key."""
+        return {"status": "ok", "collections": len(service.collections.names()), "generation_queue": service.queue.depth}
+
+    @api.get("/metrics", tags=["operations"], response_class=Response, responses={200: {"content": {CONTENT_TYPE: {}}}})
+    def metrics(key: Key) -> Response:
+        """Prometheus metrics (an admin key when keys are configured)."""
+        service.admin(key)
+        return Response(service.telemetry.render(), media_type=CONTENT_TYPE)
+
+    # -- retrieval and answers --------------------------------------------------------------------
+
+    @api.post("/v1/search", response_model=s.SearchResponse, tags=["answers"])
+    def search(body: s.SearchRequest, key: Key) -> dict[str, Any]:
+        """The passages most relevant to `query`, best first; no generation."""
+        app = service.readable(key, body.collection)
+        mark = time.perf_counter()
+        hits = app.search(body.query, body.k, mode=body.mode, filters=body.filters)
+        took = time.perf_counter() - mark
+        return {"query": body.query, "collection": body.collection, "hits": [h.to_dict() for h in hits],
+                "timings": {"search_s": round(took, 4)}}
+
+    @api.post("/v1/query", response_model=s.QueryResponse, tags=["answers"])
+    async def query(body: s.QueryRequest, key: Key) -> dict[str, Any]:
+        """Answer a question with numbered citations; pass `conversation_id` back to ask a follow-up."""
+        app = service.readable(key, body.collection)
+        key_id = key.id if key else None
+        history = (
+            service.conversations.history(body.conversation_id, body.collection, key_id, service.settings.history_turns)
+            if body.conversation_id
+            else []
+        )
+        queued = time.perf_counter()
+
+        def work() -> tuple[Answer, str, float]:
+            waited = time.perf_counter() - queued
+            answer, standalone = service.answer(app, body.question, history, body, body.generation())
+            return answer, standalone, waited
+
+        answer, standalone, waited = await service.generate(work)
+        conversation_id = service.record(body.collection, key, body.conversation_id, body.question, standalone, answer)
+        out = answer.to_dict()
+        out.update(
+            question=body.question,
+            standalone_question=standalone,
+            conversation_id=conversation_id,
+            collection=body.collection,
+            chunks=[h.to_dict() for h in answer.hits],
+        )
+        out["timings"]["queue_s"] = round(waited, 4)
+        return out
+
+    @api.post(
+        "/v1/chat/completions",
+        response_model=s.ChatResponse,
+        tags=["openai"],
+        responses={200: {"content": {"text/event-stream": {}}, "description": "JSON, or SSE chunks when stream"}},
+    )
+    async def chat(body: s.ChatRequest, key: Key) -> Any:
+        """OpenAI-compatible chat: the last user message is answered from collection `model` with RAG.
+
+        Earlier user/assistant messages (or the stored turns of `conversation_id`) are the history used to
+        rewrite a follow-up. Citations come in the extra field `citations` (in the last chunk when streaming).
+        """
+        collection = body.model
+        app = service.readable(key, collection)
+        last = body.messages[-1]
+        question = last.text().strip()
+        if last.role != "user" or not question:
+            raise ApiError(400, "the last message must be a user message with text")
+        key_id = key.id if key else None
+        if body.conversation_id:
+            history = service.conversations.history(
+                body.conversation_id, collection, key_id, service.settings.history_turns
+            )
+        else:
+            turns = history_from_messages([{"role": m.role, "content": m.text()} for m in body.messages[:-1]])
+            history = turns[len(turns) - service.settings.history_turns :] if service.settings.history_turns else []
+        generation = body.generation()
+        completion_id = "chatcmpl-" + uuid.uuid4().hex
+        created = int(time.time())
+        retrieval = s.Retrieval(k=body.k, mode=body.mode, filters=body.filters)
+
+        def finish_reason(answer: Answer) -> str:
+            limit = generation.get("max_new_tokens") or app.config.generation.max_new_tokens
+            return "length" if answer.timings.get("completion_tokens", 0) >= limit else "stop"
+
+        def usage(answer: Answer) -> dict[str, int]:
+            p, c = int(answer.timings.get("prompt_tokens", 0)), int(answer.timings.get("completion_tokens", 0))
+            return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+
+        if not body.stream:
+            answer, standalone = await service.generate(
+                lambda: service.answer(app, question, history, retrieval, generation)
+            )
+            conversation_id = service.record(collection, key, body.conversation_id, question, standalone, answer)
+            return {
+                "id": completion_id,
+                "created": created,
+                "model": collection,
+                "choices": [
+                    {"index": 0, "message": {"role": "assistant", "content": answer.answer},
+                     "finish_reason": finish_reason(answer)}
+                ],
+                "usage": usage(answer),
+                "citations": [vars(c) for c in answer.citations],
+                "conversation_id": conversation_id,
+            }
+
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        gone = threading.Event()
+
+        def put(kind: str, value: Any) -> None:
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(events.put_nowait, (kind, value))
+
+        def on_token(piece: str) -> None:
+            if gone.is_set():  # the client hung up: stop generating for nobody
+                raise _ClientGone
+            put("token", piece)
+
+        def work() -> None:
+            try:
+                put("done", service.answer(app, question, history, retrieval, generation, on_token=on_token))
+            except _ClientGone:
+                pass
+            except BaseException as exc:
+                put("error", exc)
+
+        service.submit(work)  # a full queue is a 503 now, before any byte of the stream
+
+        def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
+            data = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": collection,
+                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}
+            return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+        async def stream() -> AsyncIterator[str]:
+            try:
+                yield chunk({"role": "assistant", "content": ""})
+                started = False
+                while True:
+                    kind, value = await events.get()
+                    if kind == "token":
+                        if not started:  # the answer is stripped; so is its stream
+                            value = value.lstrip()
+                            started = bool(value)
+                        if value:
+                            yield chunk({"content": value})
+                    elif kind == "done":
+                        answer, standalone = value
+                        conversation_id = service.record(
+                            collection, key, body.conversation_id, question, standalone, answer
+                        )
+                        yield chunk({}, finish_reason(answer), usage=usage(answer),
+                                    citations=[vars(c) for c in answer.citations], conversation_id=conversation_id)
+                        break
+                    else:
+                        status = _status(value) if isinstance(value, RagappError) else 500
+                        message = str(value) if isinstance(value, RagappError) else f"internal error: {type(value).__name__}"
+                        error = {"message": message, "type": ERRORS.get(status, "server_error"), "code": status}
+                        yield f"data: {json.dumps({'error': error})}\n\n"
+                        break
+                yield "data: [DONE]\n\n"
+            finally:
+                gone.set()
+
+        return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+    @api.get("/v1/models", response_model=s.ModelList, tags=["openai"])
+    def models(key: Key) -> dict[str, Any]:
+        """The collections this key can read, as OpenAI models: pass one as `model`."""
+        names = [n for n in service.collections.names() if key is None or key.can_read(n)]
+        return {"data": [{"id": n, "created": 0} for n in names]}
+
+    @api.get("/v1/conversations/{conversation_id}", response_model=s.Conversation, tags=["answers"])
+    def conversation(conversation_id: str, key: Key, collection: str = DEFAULT) -> dict[str, Any]:
+        """The stored turns of a conversation (only the key that started it can read it)."""
+        service.readable(key, collection)
+        turns = service.conversations.turns(conversation_id, collection, key.id if key else None)
+        return {"id": conversation_id, "collection": collection, "turns": turns}
+
+    # -- collections and documents ----------------------------------------------------------------
+
+    def info(name: str) -> dict[str, Any]:
+        app = service.collections.app(name)
+        counts = app.open_store().counts() if app.db_path.exists() else {"documents": 0, "chunks": 0}
+        return {"name": name, "documents": counts["documents"], "chunks": counts["chunks"]}
+
+    @api.get("/v1/collections", response_model=s.CollectionList, tags=["collections"])
+    def list_collections(key: Key) -> dict[str, Any]:
+        """The collections this key can read."""
+        names = [n for n in service.collections.names() if key is None or key.can_read(n)]
+        return {"collections": [info(n) for n in names]}
+
+    @api.post("/v1/collections", response_model=s.CollectionInfo, status_code=201, tags=["collections"])
+    def create_collection(body: s.CollectionRequest, key: Key) -> dict[str, Any]:
+        """A new empty collection (admin)."""
+        service.admin(key)
+        service.collections.create(body.name)
+        return info(body.name)
+
+    @api.delete("/v1/collections/{collection}", status_code=204, tags=["collections"])
+    def delete_collection(collection: str, key: Key) -> Response:
+        """Delete a collection with its documents, files and conversations (admin)."""
+        service.admin(key)
+        if service.jobs.busy(collection):
+            raise ApiError(409, f"collection {collection!r} has ingest jobs queued or running; delete it when they are done")
+        service.collections.delete(collection)
+        service.conversations.drop_collection(collection)
+        return Response(status_code=204)
+
+    @api.get("/v1/collections/{collection}/documents", response_model=s.DocumentList, tags=["collections"])
+    def list_documents(collection: str, key: Key) -> dict[str, Any]:
+        """The documents of a collection, with their ids."""
+        app = service.readable(key, collection)
+        return {"collection": collection, "documents": app.documents()}
+
+    @api.post("/v1/collections/{collection}/documents", response_model=s.Job, status_code=202, tags=["collections"])
+    def upload(collection: str, key: Key, files: Annotated[list[UploadFile], File(description="Files to ingest")]) -> dict[str, Any]:
+        """Upload files (admin); they are ingested in the background: poll `GET /v1/jobs/{id}`.
+
+        Every file is checked first (a plain name, a supported type, within ingest.max_file_mb); one bad file
+        refuses the whole upload and nothing is written.
+        """
+        service.admin(key)
+        app = service.readable(key, collection)
+        limit = int(app.config.ingest.max_file_mb * 1e6)
+        names = [_upload_name(f.filename or "") for f in files]
+        if len(set(names)) != len(names):
+            raise ApiError(400, "two uploaded files have the same name")
+        for f, name in zip(files, names, strict=True):
+            size = f.size if f.size is not None else len(f.file.read())
+            if size > limit:
+                raise ApiError(413, f"{name}: {size} bytes is over ingest.max_file_mb ({app.config.ingest.max_file_mb} MB)")
+        job_id = service.jobs.new_id()
+        staged = service.jobs.staging(collection, job_id)
+        staged.mkdir(parents=True)
+        try:
+            for f, name in zip(files, names, strict=True):
+                f.file.seek(0)
+                with open(staged / name, "xb") as out:
+                    shutil.copyfileobj(f.file, out)
+            return service.jobs.submit(job_id, collection, names)
+        except BaseException:
+            shutil.rmtree(staged, ignore_errors=True)
+            raise
+
+    @api.delete("/v1/collections/{collection}/documents/{document_id}", response_model=s.Removed, tags=["collections"])
+    def delete_document(collection: str, document_id: int, key: Key) -> dict[str, Any]:
+        """Remove a document from the collection's store and indexes (admin); an uploaded file is deleted too."""
+        service.admin(key)
+        app = service.readable(key, collection)
+        found = app.documents([document_id])
+        if not found:
+            raise ApiError(404, f"no document {document_id} in collection {collection!r}")
+        report = app.remove_documents([document_id])
+        source = Path(found[0]["source"])
+        if source.parent == (app.workspace / "uploads").resolve():
+            source.unlink(missing_ok=True)
+        return {"removed": report.removed, "chunks_removed": report.chunks_removed}
+
+    @api.get("/v1/jobs/{job_id}", response_model=s.Job, tags=["collections"])
+    def job(job_id: str, key: Key) -> dict[str, Any]:
+        """An ingest job: queued, running, completed (with its ingest report) or failed (with the error)."""
+        found = service.jobs.get(job_id)
+        if key is not None and not key.can_read(found["collection"]):
+            raise ApiError(404, f"no job {job_id!r}")
+        return found
+
+    # -- the widget -------------------------------------------------------------------------------
+
+    @api.get("/widget", response_class=HTMLResponse, tags=["widget"])
+    def widget_page() -> HTMLResponse:
+        """A chat page over the API (`?collection=NAME&key=KEY`); the same UI as `/widget.js`."""
+        return HTMLResponse(_widget_file("index.html"))
+
+    @api.get("/widget.js", tags=["widget"], response_class=Response,
+             responses={200: {"content": {"text/javascript": {}}}})
+    def widget_script() -> Response:
+        """`<script src=".../widget.js" data-collection="NAME" data-key="KEY"></script>` adds a chat box to a page."""
+        return Response(_widget_file("widget.js"), media_type="text/javascript")
+
+    return api
+
+
+def _principal(request: Request) -> ApiKey | None:
+    service: Service = request.app.state.service
+    return service.principal(request)
+
+
+Key = Annotated[ApiKey | None, Depends(_principal)]
+
+
+class _ClientGone(Exception):
+    pass
+
+
+def _upload_name(name: str) -> str:
+    """An upload's name as given, if it is a plain supported file name; traversal and oddities are refused."""
+    if (
+        not name
+        or name in (".", "..")
+        or "/" in name
+        or "\\" in name
+        or name.startswith(".")
+        or any(ord(c) < 32 or c == "\x7f" for c in name)
+        or len(name.encode("utf-8", "surrogatepass")) > 255
+    ):
+        raise ApiError(400, f"upload name {name!r} is not a plain file name")
+    suffix = Path(name).suffix.lower()
+    if suffix not in SUPPORTED_SUFFIXES:
+        kinds = ", ".join(sorted(SUPPORTED_SUFFIXES))
+        raise ApiError(415, f"{name}: unsupported file type {suffix or '(no extension)'!r} (supported: {kinds})")
+    return name

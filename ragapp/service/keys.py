@@ -1,0 +1,97 @@
+"""API keys: random secrets shown once, stored as SHA-256 hashes, each scoped to collections or admin.
+
+The secrets are 256 random bits, so a plain SHA-256 is enough (a slow password hash protects guessable
+secrets; these are not). Keys are revoked, never deleted: once a workspace has had a key, every request
+needs one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import func, select
+
+from ragapp.store import ApiKeyRow, Store, utcnow
+
+KEY_PREFIX = "rag_"
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    id: int
+    name: str
+    prefix: str
+    collections: tuple[str, ...]
+    admin: bool
+    created_at: datetime
+    revoked: bool
+
+    def can_read(self, collection: str) -> bool:
+        return self.admin or collection in self.collections
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "prefix": self.prefix,
+            "collections": list(self.collections),
+            "admin": self.admin,
+            "created_at": self.created_at.isoformat(timespec="seconds"),
+            "revoked": self.revoked,
+        }
+
+
+def _hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _key(row: ApiKeyRow) -> ApiKey:
+    return ApiKey(
+        row.id, row.name, row.prefix, tuple(row.collections), row.admin, row.created_at, row.revoked_at is not None
+    )
+
+
+class KeyStore:
+    def __init__(self, store: Store):
+        self.store = store
+
+    def create(self, collections: Sequence[str] = (), admin: bool = False, name: str = "") -> tuple[str, ApiKey]:
+        """A new key: (the secret, to hand over once, and its record)."""
+        secret = KEY_PREFIX + secrets.token_urlsafe(32)
+        row = ApiKeyRow(
+            name=name, prefix=secret[:12], key_hash=_hash(secret), collections=sorted(set(collections)), admin=admin
+        )
+        with self.store.session() as s:
+            s.add(row)
+            s.commit()
+            return secret, _key(row)
+
+    def verify(self, secret: str) -> ApiKey | None:
+        """The live key with this secret, or None."""
+        with self.store.session() as s:
+            row = s.scalar(select(ApiKeyRow).where(ApiKeyRow.key_hash == _hash(secret)))
+        return _key(row) if row is not None and row.revoked_at is None else None
+
+    def required(self) -> bool:
+        """Whether requests need a key: yes as soon as any key was ever created."""
+        with self.store.session() as s:
+            return bool(s.scalar(select(func.count()).select_from(ApiKeyRow)))
+
+    def list(self) -> list[ApiKey]:
+        with self.store.session() as s:
+            return [_key(r) for r in s.scalars(select(ApiKeyRow).order_by(ApiKeyRow.id))]
+
+    def revoke(self, key_id: int) -> bool:
+        """Revoke a key; False when there is no such key (revoking twice is fine)."""
+        with self.store.session() as s:
+            row = s.get(ApiKeyRow, key_id)
+            if row is None:
+                return False
+            if row.revoked_at is None:
+                row.revoked_at = utcnow()
+                s.commit()
+            return True

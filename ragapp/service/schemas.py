@@ -1,0 +1,252 @@
+"""Request and response bodies of the HTTP API (they are also its OpenAPI schema)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Mode = Literal["dense", "bm25", "hybrid"]
+FilterValue = str | int | list[str | int]
+Text = Annotated[str, Field(min_length=1, max_length=20_000)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Retrieval(_Strict):
+    k: int | None = Field(None, ge=1, le=100, description="How many passages (default: retrieval.k).")
+    mode: Mode | None = Field(None, description="dense, bm25 or hybrid (default: retrieval.mode).")
+    filters: dict[str, FilterValue] | None = Field(
+        None,
+        description='Only passages from matching documents: source (glob), kind, document (id) or meta.NAME, e.g. '
+        '{"kind": "pdf", "meta.team": ["infra", "ops"]}.',
+    )
+
+
+class Sampling(_Strict):
+    max_tokens: int | None = Field(None, ge=1, le=4096, description="Longest answer in tokens.")
+    temperature: float | None = Field(None, ge=0, le=2, description="0 = greedy.")
+    top_p: float | None = Field(None, gt=0, le=1)
+    seed: int | None = Field(None, ge=0, le=2**31 - 1)
+
+    def generation(self) -> dict[str, Any]:
+        values = {"max_new_tokens": self.max_tokens, "temperature": self.temperature, "top_p": self.top_p}
+        values["seed"] = self.seed
+        return {k: v for k, v in values.items() if v is not None}
+
+
+class SearchRequest(Retrieval):
+    query: Text
+    collection: str = "default"
+
+
+class Hit(BaseModel):
+    chunk_id: int
+    score: float
+    text: str
+    source: str
+    title: str | None
+    heading: str | None
+    anchor: str | None
+    page: int | None
+    start: int
+    end: int
+
+
+class SearchResponse(BaseModel):
+    query: str
+    collection: str
+    hits: list[Hit]
+    timings: dict[str, float]
+
+
+class QueryRequest(Retrieval, Sampling):
+    question: Text
+    collection: str = "default"
+    conversation_id: str | None = Field(None, max_length=64, description="Continue this conversation.")
+
+
+class Citation(BaseModel):
+    n: int = Field(description="The number the answer cites it by: [n].")
+    source: str
+    page: int | None
+    anchor: str | None
+    heading: str | None
+    chunk_id: int
+    score: float
+    cited: bool = Field(description="Whether the answer refers to [n].")
+    text: str
+
+
+class QueryResponse(BaseModel):
+    answer: str
+    question: str
+    standalone_question: str = Field(description="The question as retrieved for (follow-ups are rewritten).")
+    conversation_id: str
+    collection: str
+    model: str
+    citations: list[Citation]
+    chunks: list[Hit] = Field(description="Every retrieved passage, best first (citations are those in the prompt).")
+    timings: dict[str, float]
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[dict[str, Any]] | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, list):  # content parts: the text ones count
+            return "".join(str(p.get("text", "")) for p in self.content if p.get("type") == "text")
+        return self.content or ""
+
+
+class ChatRequest(BaseModel):
+    """OpenAI's chat completion request; fields it has and ragapp does not use are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+    model: str = Field("default", description="The collection to answer from.")
+    messages: list[ChatMessage] = Field(min_length=1, max_length=200)
+    stream: bool = False
+    max_tokens: int | None = Field(None, ge=1, le=4096)
+    max_completion_tokens: int | None = Field(None, ge=1, le=4096)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    seed: int | None = Field(None, ge=0, le=2**31 - 1)
+    stop: str | list[str] | None = None
+    n: int = Field(1, ge=1, le=1, description="Only one choice is generated.")
+    # ragapp's extras
+    conversation_id: str | None = Field(None, max_length=64, description="ragapp: continue a stored conversation.")
+    k: int | None = Field(None, ge=1, le=100, description="ragapp: how many passages.")
+    mode: Mode | None = Field(None, description="ragapp: retrieval mode.")
+    filters: dict[str, FilterValue] | None = Field(None, description="ragapp: retrieval filters (see /v1/search).")
+
+    def generation(self) -> dict[str, Any]:
+        values: dict[str, Any] = {
+            "max_new_tokens": self.max_completion_tokens or self.max_tokens,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "seed": self.seed,
+        }
+        if self.stop is not None:
+            values["stop"] = [self.stop] if isinstance(self.stop, str) else self.stop
+        return {k: v for k, v in values.items() if v is not None}
+
+
+class ChatChoiceMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: ChatChoiceMessage
+    finish_reason: Literal["stop", "length"]
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class ChatResponse(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+    citations: list[Citation] = Field(description="ragapp: the numbered passages the answer's [n] refer to.")
+    conversation_id: str = Field(description="ragapp: send it back to continue the conversation.")
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "ragapp"
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class CollectionRequest(_Strict):
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9_-]*$")
+
+
+class CollectionInfo(BaseModel):
+    name: str
+    documents: int
+    chunks: int
+
+
+class CollectionList(BaseModel):
+    collections: list[CollectionInfo]
+
+
+class DocumentInfo(BaseModel):
+    id: int
+    source: str
+    kind: str
+    title: str | None
+    size: int
+    chunks: int
+    metadata: dict[str, Any]
+    updated_at: str
+
+
+class DocumentList(BaseModel):
+    collection: str
+    documents: list[DocumentInfo]
+
+
+class Job(BaseModel):
+    id: str
+    collection: str
+    status: Literal["queued", "running", "completed", "failed"]
+    files: list[str]
+    report: dict[str, Any]
+    error: str | None
+    created_at: str | None
+    started_at: str | None
+    finished_at: str | None
+
+
+class Removed(BaseModel):
+    removed: int
+    chunks_removed: int
+
+
+class ConversationTurn(BaseModel):
+    question: str
+    standalone_question: str
+    answer: str
+    citations: list[dict[str, Any]]
+    created_at: str
+
+
+class Conversation(BaseModel):
+    id: str
+    collection: str
+    turns: list[ConversationTurn]
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    collections: int
+    generation_queue: int
+
+
+class ErrorBody(BaseModel):
+    message: str
+    type: str
+    code: int
+
+
+class Error(BaseModel):
+    error: ErrorBody

@@ -1,0 +1,87 @@
+"""`ragapp serve` as a user starts it: a subprocess on 127.0.0.1, a free port, stopped with SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from tests.conftest import default_sigint
+
+RAGAPP = [sys.executable, "-m", "ragapp"]
+
+
+@dataclass
+class Server:
+    url: str
+    process: subprocess.Popen[str]
+    log: Path
+
+    def client(self, key: str | None = None, timeout: float = 120.0) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+
+
+def ragapp(workspace: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run(
+        [*RAGAPP, "--workspace", str(workspace), *args], capture_output=True, text=True, timeout=timeout, env=env
+    )
+
+
+@contextmanager
+def serving(workspace: Path, *args: str, env: dict[str, str] | None = None, startup: float = 120) -> Iterator[Server]:
+    """A running server over `workspace` (extra `args` go to `ragapp serve`); healthy when yielded."""
+    log = workspace.parent / f"serve-{workspace.name}-{time.monotonic_ns()}.log"
+    out = log.open("w")
+    process = subprocess.Popen(
+        [*RAGAPP, "--workspace", str(workspace), "serve", "--host", "127.0.0.1", "--port", "0", *args],
+        stdout=subprocess.PIPE,
+        stderr=out,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})},
+        preexec_fn=default_sigint,
+        start_new_session=True,
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        found = re.search(r"at (http://127\.0\.0\.1:\d+)", line)
+        if not found:
+            process.wait(10)
+            raise AssertionError(f"ragapp serve did not start: {line!r}\n{log.read_text()}")
+        url = found.group(1)
+        deadline = time.monotonic() + startup
+        while True:
+            try:
+                if httpx.get(url + "/healthz", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"ragapp serve never became healthy:\n{log.read_text()}")
+            time.sleep(0.2)
+        yield Server(url, process, log)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(10)
+        out.close()
+
+
+def sse_events(response: httpx.Response) -> list[str]:
+    """The `data:` payloads of a server-sent event stream, in order."""
+    return [line[len("data: ") :] for line in response.iter_lines() if line.startswith("data: ")]

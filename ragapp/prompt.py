@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ragapp.config import PromptSettings
-from ragapp.errors import RagappError
+from ragapp.errors import UsageError
 from ragapp.generators import Generator, Message
 from ragapp.search import SearchHit
 
@@ -53,7 +53,8 @@ def fit_prompt(
         return generator.count_tokens(build_messages(settings, question, ps))
 
     if size([]) > budget:
-        raise RagappError(f"the question and prompt template alone exceed the {budget}-token budget")
+        # The caller's input is too long (a 400 over HTTP, like any other bad request).
+        raise UsageError(f"the question and prompt template alone exceed the {budget}-token budget")
     while passages and size(passages) > budget:
         if size(passages[:-1]) > budget:
             passages.pop()

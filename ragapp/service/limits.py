@@ -84,25 +84,32 @@ class BodyLimit:
             await _too_large(send, limit)
             return
         seen = 0
+        exceeded = False
         started = False
 
         async def counting_receive() -> dict[str, Any]:
-            nonlocal seen
+            nonlocal seen, exceeded
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit:
+                    exceeded = True
                     raise BodyTooLarge
             return message
 
-        async def tracking_send(message: dict[str, Any]) -> None:
+        async def guarded_send(message: dict[str, Any]) -> None:
+            # The framework may catch BodyTooLarge and answer something else (a 400): answer 413 instead.
             nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
+            if exceeded:
+                if not started:
+                    started = True
+                    await _too_large(send, limit)
+                return
+            started = started or message["type"] == "http.response.start"
             await send(message)
 
         try:
-            await self.app(scope, counting_receive, tracking_send)
+            await self.app(scope, counting_receive, guarded_send)
         except BodyTooLarge:
             if not started:
                 await _too_large(send, limit)

@@ -405,6 +405,8 @@ def create_app(workspace: Path) -> FastAPI:
             put("token", piece)
 
         def work() -> None:
+            if gone.is_set():  # hung up while waiting in the queue
+                return
             try:
                 put("done", service.answer(app, question, history, retrieval, generation, on_token=on_token))
             except _ClientGone:

@@ -353,7 +353,13 @@ class App:
             raise UsageError("no passage matches the filters; `ragapp search` with the same filters shows what does")
         retrieve_s = time.perf_counter() - mark
         generator = self.generator
-        budget = min(self.config.generation.context_window, generator.context_window) - sampling.max_new_tokens
+        window = min(self.config.generation.context_window, generator.context_window)
+        budget = window - sampling.max_new_tokens
+        if budget <= 0:
+            raise UsageError(
+                f"an answer of up to {sampling.max_new_tokens} tokens leaves no room for the prompt in the "
+                f"{window}-token context window: ask for fewer new tokens"
+            )
         messages, passages = fit_prompt(generator, self.config.prompt, question, hits, budget)
         timings = {"retrieve_s": retrieve_s, "prompt_tokens": generator.count_tokens(messages)}
         return _Prepared(question, hits, messages, passages, timings)

@@ -8,6 +8,7 @@ hostile text are shown; everything else talks to the real server.
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import threading
@@ -92,14 +93,19 @@ def origin(site: HostPages) -> str:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, host_site: HostPages) -> Iterator[Server]:
-    """`ragapp serve` over a workspace of ragapp's docs; short answers; the host site may call it."""
+def docs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of ragapp's own documentation (the answers' sources)."""
     if not any(DOCS.glob("*.md")):
         pytest.skip(f"no documentation in {DOCS}")
-    base = tmp_path_factory.mktemp("widget")
-    docs = base / "docs"
-    shutil.copytree(DOCS, docs)
-    workspace = base / "ws"
+    folder = tmp_path_factory.mktemp("widget") / "docs"
+    shutil.copytree(DOCS, folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def server(docs: Path, host_site: HostPages) -> Iterator[Server]:
+    """`ragapp serve` over a workspace of ragapp's docs; short answers; the host site may call it."""
+    workspace = docs.parent / "ws"
     workspace.mkdir()
     (workspace / "ragapp.toml").write_text(
         f'[generation]\nmax_new_tokens = 24\n\n[server]\ncors_origins = ["{origin(host_site)}"]\n'
@@ -164,22 +170,35 @@ def stored_turns(server: Server, conversation_id: str) -> list[dict[str, Any]]:
     return response.json()["turns"]
 
 
-def in_docs(passage: str) -> bool:
-    """The passage's longest line is text of one of ragapp's doc files."""
+def words(text: str) -> str:
+    return re.sub(r"[\W_]+", " ", text).strip()
+
+
+def in_docs(passage: str, docs: Path) -> bool:
+    """The passage's longest line is text of one of the doc files."""
     line = max(passage.splitlines(), key=len).strip()
-    return len(line) > 20 and any(line in p.read_text(encoding="utf-8") for p in DOCS.glob("*.md"))
+    return len(line) > 20 and any(line in p.read_text(encoding="utf-8") for p in docs.glob("*.md"))
 
 
-def test_widget_page_streams_an_answer_with_citations(server: Server, page: Any, tmp_path: Path) -> None:
+def test_widget_page_streams_an_answer_with_citations(server: Server, docs: Path, page: Any, tmp_path: Path) -> None:
+    calls: list[Any] = []
+    page.on("response", lambda r: calls.append(r) if r.request.method == "POST" and "/v1/chat/" in r.url else None)
     page.goto(f"{server.url}/widget?collection=default")
     assert page.get_by_test_id("ragapp-widget").get_attribute("data-mode") == "page"
     assert page.get_by_test_id("ragapp-launcher").count() == 0  # full page: no launcher
     page.evaluate(WATCH)
     answer = ask(page, QUESTION)
 
+    # text was shown while the answer streamed, before any source, growing with each piece the server sent
+    [response] = calls
+    assert response.headers["content-type"].startswith("text/event-stream")
+    events = [json.loads(line[6:]) for line in response.text().splitlines() if line.startswith("data: {")]
+    pieces = [e["choices"][0]["delta"].get("content") for e in events]
+    pieces = [p for p in pieces if p]
+    assert pieces and events[-1]["choices"][0]["finish_reason"] in ("stop", "length")
     samples = page.evaluate("window.__samples")
-    streaming = [length for state, length, sources in samples if state == "streaming" and length > 0 and not sources]
-    assert len(set(streaming)) >= 2, samples  # text grew at least twice while streaming, before any sources
+    streaming = {length for state, length, sources in samples if state == "streaming" and length > 0 and not sources}
+    assert len(streaming) >= min(2, len(pieces)), (pieces, samples)
     assert page.get_by_test_id("ragapp-send").is_enabled()
 
     conversation_id = page.get_by_test_id("ragapp-widget").get_attribute("data-conversation-id")
@@ -187,7 +206,7 @@ def test_widget_page_streams_an_answer_with_citations(server: Server, page: Any,
     [turn] = stored_turns(server, conversation_id)
     assert turn["question"] == QUESTION
     shown = answer.get_by_test_id("ragapp-answer-text").text_content()
-    assert shown.replace("`", "") == turn["answer"].strip().replace("`", "")  # code spans drop their backticks
+    assert words(shown) == words(turn["answer"])  # `code` and [1, 2] are shown as code and [1][2]
     citations = {c["n"]: c for c in turn["citations"]}
     assert citations
 
@@ -209,7 +228,7 @@ def test_widget_page_streams_an_answer_with_citations(server: Server, page: Any,
     passage = answer.locator(f"[data-testid=ragapp-passage][data-n='{n}']")
     passage.wait_for(state="visible")
     assert passage.text_content() == citations[n]["text"]
-    assert in_docs(passage.text_content())
+    assert in_docs(passage.text_content(), docs)
     assert answer.get_by_test_id("ragapp-passage").filter(visible=True).count() == 1
     # another source replaces it
     other = next(k for k in citations if k != n) if len(citations) > 1 else None
@@ -225,7 +244,9 @@ def test_widget_page_streams_an_answer_with_citations(server: Server, page: Any,
     assert page.problems == []
 
 
-def test_widget_embeds_on_another_origin(server: Server, host_site: HostPages, page: Any) -> None:
+def test_widget_embeds_on_another_origin(
+    server: Server, docs: Path, host_site: HostPages, page: Any, tmp_path: Path
+) -> None:
     host_site.pages["/embed.html"] = f"""<!doctype html><html><head><title>Some site</title>
 <link rel="icon" href="data:,">
 <style>div {{ color: red; font-size: 30px }} button {{ background: red; border-radius: 0 }}
@@ -267,8 +288,11 @@ def test_widget_embeds_on_another_origin(server: Server, host_site: HostPages, p
     assert answer.get_by_test_id("ragapp-source").count() >= 1
     assert answer.evaluate("a => getComputedStyle(a).color") != "rgb(255, 0, 0)"
     answer.get_by_test_id("ragapp-source-toggle").first.click()
-    assert in_docs(answer.get_by_test_id("ragapp-passage").first.text_content())
+    assert in_docs(answer.get_by_test_id("ragapp-passage").first.text_content(), docs)
     assert send.is_enabled()
+
+    page.screenshot(path=str(tmp_path / "embed.png"))
+    assert (tmp_path / "embed.png").read_bytes().startswith(b"\x89PNG")
 
     [response] = calls
     assert response.status == 200
@@ -308,8 +332,6 @@ def test_follow_up_continues_the_conversation(server: Server, page: Any) -> None
 
 
 def _sse(*chunks: dict[str, Any] | str) -> str:
-    import json
-
     return "".join(f"data: {c if isinstance(c, str) else json.dumps(c)}\n\n" for c in chunks)
 
 
@@ -374,6 +396,6 @@ def test_errors_and_hostile_text_are_shown_as_text(server: Server, page: Any) ->
     }""") == 0
     assert page.get_by_test_id("ragapp-widget").get_attribute("data-conversation-id") == "c-1"
     assert [p for p in page.problems if "503" not in p] == []  # the browser logs the 503 itself
-    assert re.fullmatch(r"Bearer secret-key", seen[-1].headers["authorization"])
+    assert seen[-1].headers["authorization"] == "Bearer secret-key"
     bodies = [r.post_data_json for r in seen]
     assert [len(b["messages"]) for b in bodies] == [1, 1, 1]  # failed questions are not kept as history

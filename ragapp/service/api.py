@@ -69,9 +69,15 @@ STATUS_OF: list[tuple[type[RagappError], int]] = [
     (WorkspaceError, 409),
     (GenerationError, 502),
 ]
-RESPONSES: dict[int | str, dict[str, Any]] = {
-    code: {"model": s.Error, "description": ERRORS[code]} for code in (400, 401, 403, 404, 409, 413, 422, 503)
-}
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for error statuses: each an `Error` body."""
+    return {code: {"model": s.Error, "description": ERRORS[code]} for code in codes}
+
+
+# Every route can answer these; routes declare their own extras (415 upload, 502 generation).
+RESPONSES = error_responses(400, 401, 403, 404, 409, 413, 422, 503)
 
 
 class ApiError(Exception):
@@ -249,6 +255,7 @@ def create_app(workspace: Path) -> FastAPI:
             allow_origins=service.settings.cors_origins,
             allow_methods=["GET", "POST", "DELETE"],
             allow_headers=["authorization", "content-type"],
+            expose_headers=["Retry-After"],  # the widget tells the user when to try again
         )
     api.add_middleware(_Metrics, telemetry=lambda: service.telemetry)
 
@@ -276,8 +283,14 @@ def create_app(workspace: Path) -> FastAPI:
         return error_response(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
 
     @api.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-        return error_response(500, f"internal error: {type(exc).__name__}")
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # This handler runs outside the CORS middleware: add its header, or a browser sees no message.
+        response = error_response(500, f"internal error: {type(exc).__name__}")
+        origin = request.headers.get("origin")
+        if origin and origin in service.settings.cors_origins:
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Vary"] = "Origin"
+        return response
 
     # -- health and metrics -----------------------------------------------------------------------
 
@@ -304,7 +317,7 @@ def create_app(workspace: Path) -> FastAPI:
         return {"query": body.query, "collection": body.collection, "hits": [h.to_dict() for h in hits],
                 "timings": {"search_s": round(took, 4)}}
 
-    @api.post("/v1/query", response_model=s.QueryResponse, tags=["answers"])
+    @api.post("/v1/query", response_model=s.QueryResponse, tags=["answers"], responses=error_responses(502))
     async def query(body: s.QueryRequest, key: Key) -> dict[str, Any]:
         """Answer a question with numbered citations; pass `conversation_id` back to ask a follow-up."""
         app = service.readable(key, body.collection)
@@ -338,7 +351,8 @@ def create_app(workspace: Path) -> FastAPI:
         "/v1/chat/completions",
         response_model=s.ChatResponse,
         tags=["openai"],
-        responses={200: {"content": {"text/event-stream": {}}, "description": "JSON, or SSE chunks when stream"}},
+        responses={200: {"content": {"text/event-stream": {}}, "description": "JSON, or SSE chunks when stream"},
+                   **error_responses(502)},
     )
     async def chat(body: s.ChatRequest, key: Key) -> Any:
         """OpenAI-compatible chat: the last user message is answered from collection `model` with RAG.
@@ -502,7 +516,8 @@ def create_app(workspace: Path) -> FastAPI:
         app = service.readable(key, collection)
         return {"collection": collection, "documents": app.documents()}
 
-    @api.post("/v1/collections/{collection}/documents", response_model=s.Job, status_code=202, tags=["collections"])
+    @api.post("/v1/collections/{collection}/documents", response_model=s.Job, status_code=202, tags=["collections"],
+              responses=error_responses(415))
     def upload(collection: str, key: Key, files: Annotated[list[UploadFile], File(description="Files to ingest")]) -> dict[str, Any]:
         """Upload files (admin); they are ingested in the background: poll `GET /v1/jobs/{id}`.
 

@@ -6,6 +6,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ragapp.app import Citation
+from ragapp.search import SearchHit
+
 Mode = Literal["dense", "bm25", "hybrid"]
 FilterValue = str | int | list[str | int]
 Text = Annotated[str, Field(min_length=1, max_length=20_000)]
@@ -42,23 +45,10 @@ class SearchRequest(Retrieval):
     collection: str = "default"
 
 
-class Hit(BaseModel):
-    chunk_id: int
-    score: float
-    text: str
-    source: str
-    title: str | None
-    heading: str | None
-    anchor: str | None
-    page: int | None
-    start: int
-    end: int
-
-
 class SearchResponse(BaseModel):
     query: str
     collection: str
-    hits: list[Hit]
+    hits: list[SearchHit]
     timings: dict[str, float]
 
 
@@ -66,18 +56,6 @@ class QueryRequest(Retrieval, Sampling):
     question: Text
     collection: str = "default"
     conversation_id: str | None = Field(None, max_length=64, description="Continue this conversation.")
-
-
-class Citation(BaseModel):
-    n: int = Field(description="The number the answer cites it by: [n].")
-    source: str
-    page: int | None
-    anchor: str | None
-    heading: str | None
-    chunk_id: int
-    score: float
-    cited: bool = Field(description="Whether the answer refers to [n].")
-    text: str
 
 
 class QueryResponse(BaseModel):
@@ -88,7 +66,7 @@ class QueryResponse(BaseModel):
     collection: str
     model: str
     citations: list[Citation]
-    chunks: list[Hit] = Field(description="Every retrieved passage, best first (citations are those in the prompt).")
+    chunks: list[SearchHit] = Field(description="Every retrieved passage, best first (citations are those in the prompt).")
     timings: dict[str, float]
 
 

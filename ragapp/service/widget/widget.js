@@ -66,9 +66,11 @@
     " font-size:12.5px;white-space:pre-wrap;max-height:220px;overflow-y:auto}",
     ".passage[hidden]{display:none}",
     ".note{display:block;margin-top:4px;color:#6b7280;font-size:12px;font-style:italic}",
-    ".error{align-self:stretch;background:#fef2f2;border:1px solid #fecaca;color:#991b1b;padding:9px 13px;border-radius:10px;white-space:pre-wrap}",
+    ".error{align-self:stretch;background:#fef2f2;border:1px solid #fecaca;color:#991b1b;padding:9px 13px;",
+    " border-radius:10px;white-space:pre-wrap}",
     ".form{display:flex;gap:8px;padding:10px;border-top:1px solid #e5e7eb;background:#fff}",
-    ".form textarea{flex:1;resize:none;font:inherit;padding:8px 10px;border:1px solid #d1d5db;border-radius:10px;height:40px;max-height:120px;color:inherit}",
+    ".form textarea{flex:1;resize:none;font:inherit;color:inherit;padding:8px 10px;border:1px solid #d1d5db;",
+    " border-radius:10px;height:40px}",
     ".form textarea:focus{outline:2px solid #93c5fd;border-color:#2563eb}",
     ".send{border:0;border-radius:10px;background:#2563eb;color:#fff;padding:0 16px;font-weight:600}",
     ".send:disabled{background:#9ca3af;cursor:default}",
@@ -82,7 +84,9 @@
       else if (name === "class") node.className = attrs[name];
       else node.setAttribute(name, attrs[name] === true ? "" : attrs[name]);
     }
-    (children || []).forEach(function (c) { if (c) node.appendChild(typeof c === "string" ? document.createTextNode(c) : c); });
+    (children || []).forEach(function (c) {
+      if (c) node.appendChild(typeof c === "string" ? document.createTextNode(c) : c);
+    });
     return node;
   }
 

@@ -31,6 +31,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,9 +43,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import httpx  # noqa: E402
+import httpx
 
-from tests.servers import Server, ragapp, serving  # noqa: E402
+from tests.servers import Server, ragapp, serving
 
 # Fixed, varied questions about ragapp's docs (from the headings of docs/*.md).
 QUESTIONS = [
@@ -178,55 +179,71 @@ def chunk_count(workspace: Path) -> int:
 # -- retrieval --------------------------------------------------------------------------------------
 
 
-async def search_level(url: str, clients: int, per_client: int, k: int, time_limit: float, timeout: float) -> Run:
-    run = Run(f"http c={clients}", clients)
-    deadline = time.perf_counter() + time_limit
+async def all_at_once(
+    url: str,
+    clients: int,
+    timeout: float,
+    on_error: Callable[[str, str], None],
+    work: Callable[[int, httpx.AsyncClient], Awaitable[None]],
+) -> float:
+    """Run `work(i, http)` for `clients` clients, each with one connection opened before the clock starts
+    (the runs measure requests, not TCP handshakes), all released at once; returns the seconds taken."""
     ready, connected = asyncio.Event(), asyncio.Event()
     count = [0]
 
     async def client(i: int) -> None:
         limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
         async with httpx.AsyncClient(base_url=url, timeout=timeout, limits=limits) as http:
-            try:  # connect before the clock starts: the runs measure requests, not TCP handshakes
+            try:
                 await http.get("/healthz")
             except httpx.HTTPError as exc:
-                run.error("connect", repr(exc))
+                on_error("connect", repr(exc))
             count[0] += 1
             if count[0] == clients:
                 connected.set()
             await ready.wait()
-            for j in range(per_client):
-                if time.perf_counter() > deadline:
-                    run.stopped_early = True
-                    return
-                q = QUESTIONS[(i * 7 + j) % len(QUESTIONS)]
-                mark = time.perf_counter()
-                try:
-                    response = await http.post("/v1/search", json={"query": q, "k": k})
-                except httpx.HTTPError as exc:
-                    run.error(f"transport {type(exc).__name__}", repr(exc))
-                    continue
-                took = time.perf_counter() - mark
-                if response.status_code != 200:
-                    run.error(f"HTTP {response.status_code}", response.text)
-                    continue
-                try:
-                    body = response.json()
-                    hits = body["hits"]
-                    if not isinstance(hits, list) or not hits or len(hits) > k:
-                        raise ValueError(f"{len(hits)} hits")
-                except (ValueError, KeyError, TypeError) as exc:
-                    run.error("bad body", f"{exc}: {response.text}")
-                    continue
-                run.latencies.append(took)
-                run.server_s.append(float(body.get("timings", {}).get("search_s", math.nan)))
+            await work(i, http)
 
     tasks = [asyncio.create_task(client(i)) for i in range(clients)]
     await connected.wait()
     started = time.perf_counter()
     ready.set()
     await asyncio.gather(*tasks)
-    run.seconds = time.perf_counter() - started
+    return time.perf_counter() - started
+
+
+async def search_level(url: str, clients: int, per_client: int, k: int, time_limit: float, timeout: float) -> Run:
+    run = Run(f"http c={clients}", clients)
+    deadline = time.perf_counter() + time_limit
+
+    async def client(i: int, http: httpx.AsyncClient) -> None:
+        for j in range(per_client):
+            if time.perf_counter() > deadline:
+                run.stopped_early = True
+                return
+            q = QUESTIONS[(i * 7 + j) % len(QUESTIONS)]
+            mark = time.perf_counter()
+            try:
+                response = await http.post("/v1/search", json={"query": q, "k": k})
+            except httpx.HTTPError as exc:
+                run.error(f"transport {type(exc).__name__}", repr(exc))
+                continue
+            took = time.perf_counter() - mark
+            if response.status_code != 200:
+                run.error(f"HTTP {response.status_code}", response.text)
+                continue
+            try:
+                body = response.json()
+                hits = body["hits"]
+                if not isinstance(hits, list) or not hits or len(hits) > k:
+                    raise ValueError(f"{len(hits)} hits")
+            except (ValueError, KeyError, TypeError) as exc:
+                run.error("bad body", f"{exc}: {response.text}")
+                continue
+            run.latencies.append(took)
+            run.server_s.append(float(body.get("timings", {}).get("search_s", math.nan)))
+
+    run.seconds = await all_at_once(url, clients, timeout, run.error, client)
     return run
 
 
@@ -323,8 +340,6 @@ def check_503(response: httpx.Response) -> tuple[int | None, str | None]:
 
 async def generation_burst(url: str, clients: int, queue_size: int, args: argparse.Namespace) -> Burst:
     burst = Burst(clients, queue_size)
-    ready, connected = asyncio.Event(), asyncio.Event()
-    count = [0]
     deadline = time.perf_counter() + args.gen_time_limit
 
     async def ask(http: httpx.AsyncClient, q: str) -> httpx.Response | None:
@@ -348,63 +363,48 @@ async def generation_burst(url: str, clients: int, queue_size: int, args: argpar
         burst.completion_tokens.append(int(data.get("usage", {}).get("completion_tokens", -1)))
         return True
 
-    async def client(i: int) -> None:
+    async def client(i: int, http: httpx.AsyncClient) -> None:
         q = QUESTIONS[(i * 3) % len(QUESTIONS)]
-        limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
-        async with httpx.AsyncClient(base_url=url, timeout=args.gen_timeout, limits=limits) as http:
-            try:
-                await http.get("/healthz")
-            except httpx.HTTPError as exc:
-                burst.error("connect", repr(exc))
-            count[0] += 1
-            if count[0] == clients:
-                connected.set()
-            await ready.wait()
-            mark = time.perf_counter()
-            response = await ask(http, q)
-            if response is None:
-                return
-            took = time.perf_counter() - mark
-            if response.status_code == 200:
-                burst.ok_first += accepted(response, took)
-                return
-            if response.status_code != 503:
-                burst.error(f"HTTP {response.status_code}", response.text)
-                return
-            burst.rejected_first += 1
+        mark = time.perf_counter()
+        response = await ask(http, q)
+        if response is None:
+            return
+        took = time.perf_counter() - mark
+        if response.status_code == 200:
+            burst.ok_first += accepted(response, took)
+            return
+        if response.status_code != 503:
+            burst.error(f"HTTP {response.status_code}", response.text)
+            return
+        burst.rejected_first += 1
+        seconds, problem = check_503(response)
+        if problem:
+            burst.bad_503.append(problem)
+        if seconds is not None:
+            burst.retry_after.append(seconds)
+        wait = min(seconds or 1, args.max_retry_wait)
+        if time.perf_counter() + wait > deadline:
+            burst.error("no retry (time limit)", f"Retry-After {seconds}")
+            return
+        await asyncio.sleep(wait)
+        mark = time.perf_counter()
+        response = await ask(http, q)
+        if response is None:
+            return
+        took = time.perf_counter() - mark
+        if response.status_code == 200:
+            burst.ok_retry += accepted(response, took)
+        elif response.status_code == 503:
+            burst.rejected_retry += 1
             seconds, problem = check_503(response)
             if problem:
                 burst.bad_503.append(problem)
             if seconds is not None:
                 burst.retry_after.append(seconds)
-            wait = min(seconds or 1, args.max_retry_wait)
-            if time.perf_counter() + wait > deadline:
-                burst.error("no retry (time limit)", f"Retry-After {seconds}")
-                return
-            await asyncio.sleep(wait)
-            mark = time.perf_counter()
-            response = await ask(http, q)
-            if response is None:
-                return
-            took = time.perf_counter() - mark
-            if response.status_code == 200:
-                burst.ok_retry += accepted(response, took)
-            elif response.status_code == 503:
-                burst.rejected_retry += 1
-                seconds, problem = check_503(response)
-                if problem:
-                    burst.bad_503.append(problem)
-                if seconds is not None:
-                    burst.retry_after.append(seconds)
-            else:
-                burst.error(f"HTTP {response.status_code} (retry)", response.text)
+        else:
+            burst.error(f"HTTP {response.status_code} (retry)", response.text)
 
-    tasks = [asyncio.create_task(client(i)) for i in range(clients)]
-    await connected.wait()  # every client connected and waiting: then all send at once
-    started = time.perf_counter()
-    ready.set()
-    await asyncio.gather(*tasks)
-    burst.seconds = time.perf_counter() - started
+    burst.seconds = await all_at_once(url, clients, args.gen_timeout, burst.error, client)
     return burst
 
 
@@ -427,13 +427,21 @@ def main() -> int:
     parser.add_argument("--corpus", type=Path, default=ROOT / "docs", help="what to ingest (default: docs/)")
     parser.add_argument("--reingest", action="store_true", help="ingest --corpus even into a non-empty --workspace")
     parser.add_argument("--levels", default="1,10,50", help="concurrent retrieval clients, comma-separated")
-    parser.add_argument("--requests", type=int, default=200,
-                        help="search requests per level, split over its clients (at least --min-per-client each)")
+    parser.add_argument(
+        "--requests",
+        type=int,
+        default=200,
+        help="search requests per level, split over its clients (at least --min-per-client each)",
+    )
     parser.add_argument("--min-per-client", type=int, default=6)
     parser.add_argument("--repeats", type=int, default=3, help="runs of every retrieval level (medians are printed)")
     parser.add_argument("--k", type=int, default=4, help="passages per search (HTTP and in-process)")
-    parser.add_argument("--level-time-limit", type=float, default=60,
-                        help="seconds; a level's clients (and the baseline) stop sending after")
+    parser.add_argument(
+        "--level-time-limit",
+        type=float,
+        default=60,
+        help="seconds; a level's clients (and the baseline) stop sending after",
+    )
     parser.add_argument("--timeout", type=float, default=60, help="seconds per search request")
     parser.add_argument("--queue-size", type=int, default=4, help="server.queue_size")
     parser.add_argument("--max-new-tokens", type=int, default=16, help="generation.max_new_tokens")
@@ -522,10 +530,13 @@ def main() -> int:
                 alive(server, "generation burst")
                 bursts.append(burst)
                 g = burst.summary()
-                print(f"  burst {rep + 1}: {args.gen_clients} clients, {g['ok_first']} × 200, "
-                      f"{g['rejected_first']} × 503 (Retry-After {sorted(set(burst.retry_after))}); retries: "
-                      f"{g['ok_retry']} × 200, {g['rejected_retry']} × 503; other errors {g['other_errors']}; "
-                      f"{g['seconds']:.1f} s", flush=True)
+                print(
+                    f"  burst {rep + 1}: {args.gen_clients} clients, {g['ok_first']} × 200, "
+                    f"{g['rejected_first']} × 503 (Retry-After {sorted(set(burst.retry_after))}); retries: "
+                    f"{g['ok_retry']} × 200, {g['rejected_retry']} × 503; other errors {g['other_errors']}; "
+                    f"{g['seconds']:.1f} s",
+                    flush=True,
+                )
                 for sample in burst.samples + burst.bad_503[:5]:
                     print(f"      {sample}")
             with server.client() as http:
@@ -573,8 +584,10 @@ def main() -> int:
     ok = errors == 0 and top >= LEVEL_GOAL
     goals.append(ok)
     verdict = "PASS" if ok else ("FAIL" if errors else "NOT MEASURED")
-    print(f"{verdict}: {top} concurrent retrieval clients, {errors} errors over "
-          f"{sum(r.requests for r in level_runs[top])} requests (goal: {LEVEL_GOAL} clients, zero errors)")
+    print(
+        f"{verdict}: {top} concurrent retrieval clients, {errors} errors over "
+        f"{sum(r.requests for r in level_runs[top])} requests (goal: {LEVEL_GOAL} clients, zero errors)"
+    )
 
     gen: list[dict[str, Any]] = [x.summary() for x in bursts]
     if bursts:
@@ -595,15 +608,19 @@ def main() -> int:
         ok = queued and refused and well_formed and clean
         goals.append(ok)
         least = min(args.queue_size, args.gen_clients)
-        print(f"{'PASS' if ok else 'FAIL'}: generation queued, not dropped (≥ {least} accepted per burst: "
-              f"{'yes' if queued else 'no'}); the rest 503 with a positive Retry-After and a JSON error "
-              f"({'yes' if well_formed else 'no'}); other errors 0 ({'yes' if clean else 'no'})")
+        print(
+            f"{'PASS' if ok else 'FAIL'}: generation queued, not dropped (≥ {least} accepted per burst: "
+            f"{'yes' if queued else 'no'}); the rest 503 with a positive Retry-After and a JSON error "
+            f"({'yes' if well_formed else 'no'}); other errors 0 ({'yes' if clean else 'no'})"
+        )
 
     load_after = load()
     busiest = max(float(x) for x in (load_before + " " + load_after).split() if x.replace(".", "").isdigit())
     if busiest > (os.cpu_count() or 1):
-        print(f"\nnote: the load average reached {busiest:g} on {os.cpu_count()} CPUs: other work shared the machine, "
-              "so the speeds are noisy (errors and status codes are not)")
+        print(
+            f"\nnote: the load average reached {busiest:g} on {os.cpu_count()} CPUs: other work shared the machine, "
+            "so the speeds are noisy (errors and status codes are not)"
+        )
     print(f"\nserver exit status {exit_code}; tracebacks in its log: {tracebacks}; log copied to {log_copy}")
     print(f"load average before: {load_before}, after: {load_after}")
     if args.json:

@@ -23,18 +23,9 @@ from evals import report
 from evals.report import format_metric, render_report, worst_items, write_report
 from evals.results import ItemResult, Problem, RunResult
 from evals.summary import aggregate
+from tests.conftest import CHROMIUM, CHROMIUM_ARGS
 
 HOSTILE = "Is <script>alert(1)</script> & \"quoted\" text safe?"
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--headless",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
 
 def _citations(rng: random.Random, expected: str, found: bool) -> list[dict[str, Any]]:

@@ -80,8 +80,15 @@ def test_health_models_and_openapi(client: httpx.Client) -> None:
     assert client.get("/healthz").json() == {"status": "ok", "collections": 1, "generation_queue": 0}
     assert [m["id"] for m in client.get("/v1/models").json()["data"]] == ["default"]
     schema = client.get("/openapi.json").json()
-    for path in ("/v1/chat/completions", "/v1/query", "/v1/search", "/v1/collections", "/v1/jobs/{job_id}",
-                 "/v1/collections/{collection}/documents", "/v1/collections/{collection}/documents/{document_id}"):
+    for path in (
+        "/v1/chat/completions",
+        "/v1/query",
+        "/v1/search",
+        "/v1/collections",
+        "/v1/jobs/{job_id}",
+        "/v1/collections/{collection}/documents",
+        "/v1/collections/{collection}/documents/{document_id}",
+    ):
         assert path in schema["paths"], path
 
 
@@ -91,8 +98,9 @@ def test_search_returns_ranked_passages(client: httpx.Client) -> None:
     assert any("--sync" in h["text"] for h in body["hits"])
     scores = [h["score"] for h in body["hits"]]
     assert scores == sorted(scores, reverse=True)
-    only_bm25 = client.post("/v1/search", json={"query": "sync", "k": 2, "mode": "bm25",
-                                                "filters": {"source": "*ingesting.md"}}).json()
+    only_bm25 = client.post(
+        "/v1/search", json={"query": "sync", "k": 2, "mode": "bm25", "filters": {"source": "*ingesting.md"}}
+    ).json()
     assert only_bm25["hits"] and all(h["source"].endswith("ingesting.md") for h in only_bm25["hits"])
 
 
@@ -164,9 +172,14 @@ def test_follow_ups_are_rewritten_and_stored(client: httpx.Client) -> None:
     assert turns[1]["standalone_question"] == body["standalone_question"]
     assert turns[1]["answer"] == body["answer"] and turns[1]["citations"]
     # chat completions: the same conversation continues through `conversation_id`
-    chat = client.post("/v1/chat/completions", json={
-        "messages": [{"role": "user", "content": "Thanks. Is that documented?"}], "conversation_id": cid, "max_tokens": 8,
-    }).json()
+    chat = client.post(
+        "/v1/chat/completions",
+        json={
+            "messages": [{"role": "user", "content": "Thanks. Is that documented?"}],
+            "conversation_id": cid,
+            "max_tokens": 8,
+        },
+    ).json()
     assert chat["conversation_id"] == cid
     assert len(client.get(f"/v1/conversations/{cid}").json()["turns"]) == 3
     error_of(client.post("/v1/query", json={"question": "q", "conversation_id": "nope"}), 404)
@@ -200,8 +213,11 @@ def test_metrics_count_requests_latency_and_tokens(client: httpx.Client) -> None
     assert client.get("/metrics").headers["content-type"].startswith("text/plain")
     assert 'ragapp_requests_total{method="POST",route="/v1/search",status="200"}' in text
     assert 'ragapp_request_seconds_bucket{le="0.5",route="/v1/search"}' in text
-    tokens = {line.split("{")[1].split("}")[0]: float(line.split()[-1])
-              for line in text.splitlines() if line.startswith("ragapp_tokens_total")}
+    tokens = {
+        line.split("{")[1].split("}")[0]: float(line.split()[-1])
+        for line in text.splitlines()
+        if line.startswith("ragapp_tokens_total")
+    }
     assert tokens['kind="prompt"'] > 0 and tokens['kind="completion"'] > 0
 
 
@@ -227,14 +243,21 @@ def test_collection_lifecycle_upload_search_delete(client: httpx.Client, open_se
     hits = client.post("/v1/search", json={"query": "how often is the blue pump serviced", "collection": "team"}).json()
     assert hits["hits"][0]["text"].startswith("# Pumps") or "90 days" in hits["hits"][0]["text"]
     assert all(Path(h["source"]).parent.name == "uploads" for h in hits["hits"])  # nothing from `default`
-    chat = client.post("/v1/chat/completions", json={
-        "model": "team", "messages": [{"role": "user", "content": "When is the blue pump serviced?"}], "max_tokens": 12,
-    }).json()
+    chat = client.post(
+        "/v1/chat/completions",
+        json={
+            "model": "team",
+            "messages": [{"role": "user", "content": "When is the blue pump serviced?"}],
+            "max_tokens": 12,
+        },
+    ).json()
     assert any("90 days" in c["text"] for c in chat["citations"])
 
     # the same name again replaces the document; the job report says updated
-    again = client.post("/v1/collections/team/documents",
-                        files=[("files", ("pumps.md", b"# Pumps\n\nNow serviced every 30 days.\n", "text/markdown"))])
+    again = client.post(
+        "/v1/collections/team/documents",
+        files=[("files", ("pumps.md", b"# Pumps\n\nNow serviced every 30 days.\n", "text/markdown"))],
+    )
     assert wait_for_job(client, again.json()["id"])["report"]["updated"] == 1
 
     documents = client.get("/v1/collections/team/documents").json()["documents"]
@@ -268,7 +291,9 @@ def test_upload_problems_are_reported_in_the_job(client: httpx.Client) -> None:
     client.delete("/v1/collections/messy")
 
 
-def test_bad_uploads_are_refused_whole_and_write_nothing(client: httpx.Client, open_server: tuple[Server, Path]) -> None:
+def test_bad_uploads_are_refused_whole_and_write_nothing(
+    client: httpx.Client, open_server: tuple[Server, Path]
+) -> None:
     ws = open_server[1]
     client.post("/v1/collections", json={"name": "strict"})
     folder = ws / "collections" / "strict"
@@ -307,16 +332,26 @@ def test_malformed_and_wrongly_typed_requests(client: httpx.Client) -> None:
     error_of(client.post("/v1/search", json={"query": "x", "k": "many"}), 422)
     error_of(client.post("/v1/search", json={"query": "x", "mode": "magic"}), 422)
     error_of(client.post("/v1/search", json={"query": "x", "typo": 1}), 422)  # own endpoints: unknown fields refused
-    assert "unknown filter key" in error_of(client.post("/v1/search", json={"query": "x", "filters": {"colour": "red"}}), 400)
+    assert "unknown filter key" in error_of(
+        client.post("/v1/search", json={"query": "x", "filters": {"colour": "red"}}), 400
+    )
     error_of(client.post("/v1/search", json=["query"]), 422)
     error_of(client.post("/v1/chat/completions", json={"messages": []}), 422)
     error_of(client.post("/v1/chat/completions", json={"messages": [{"role": "robot", "content": "hi"}]}), 422)
     error_of(client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}], "n": 2}), 422)
-    error_of(client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": -1}), 422)
+    error_of(
+        client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": -1}),
+        422,
+    )
     last_assistant = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}
-    assert "last message must be a user message" in error_of(client.post("/v1/chat/completions", json=last_assistant), 400)
+    assert "last message must be a user message" in error_of(
+        client.post("/v1/chat/completions", json=last_assistant), 400
+    )
     error_of(client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "   "}]}), 400)
-    error_of(client.post("/v1/chat/completions", json={"model": "nope", "messages": [{"role": "user", "content": "hi"}]}), 404)
+    error_of(
+        client.post("/v1/chat/completions", json={"model": "nope", "messages": [{"role": "user", "content": "hi"}]}),
+        404,
+    )
     error_of(client.post("/v1/query", json={"question": "x" * 20_001}), 422)
     error_of(client.post("/v1/collections", json={"name": "../etc"}), 422)
     error_of(client.get("/v1/jobs/unknown"), 404)
@@ -327,6 +362,7 @@ def test_malformed_and_wrongly_typed_requests(client: httpx.Client) -> None:
 def test_oversized_bodies_get_413(client: httpx.Client) -> None:
     big = {"query": "x" * 70_000}  # over server.max_request_kb = 64
     assert "over 65536 bytes" in error_of(client.post("/v1/search", json=big), 413)
+
     # a body that lies about its size (chunked, no Content-Length) is cut off just the same
     def chunks() -> Iterator[bytes]:
         yield b'{"query": "'
@@ -340,7 +376,9 @@ def test_oversized_bodies_get_413(client: httpx.Client) -> None:
 
 def test_empty_collection_is_a_clear_conflict(client: httpx.Client) -> None:
     client.post("/v1/collections", json={"name": "blank"})
-    assert "nothing ingested yet" in error_of(client.post("/v1/search", json={"query": "x", "collection": "blank"}), 409)
+    assert "nothing ingested yet" in error_of(
+        client.post("/v1/search", json={"query": "x", "collection": "blank"}), 409
+    )
     error_of(client.post("/v1/query", json={"question": "x", "collection": "blank"}), 409)
     client.delete("/v1/collections/blank")
 
@@ -376,8 +414,12 @@ def test_requests_need_a_valid_key(keyed: tuple[Server, dict[str, str]]) -> None
     server, secrets = keyed
     with server.client() as anonymous:
         assert anonymous.get("/healthz").status_code == 200  # health needs no key
-        for method, path, body in (("POST", "/v1/search", {"query": "code"}), ("GET", "/v1/collections", None),
-                                   ("GET", "/v1/models", None), ("GET", "/metrics", None)):
+        for method, path, body in (
+            ("POST", "/v1/search", {"query": "code"}),
+            ("GET", "/v1/collections", None),
+            ("GET", "/v1/models", None),
+            ("GET", "/metrics", None),
+        ):
             response = anonymous.request(method, path, json=body)
             assert "API key is required" in error_of(response, 401)
             assert response.headers["www-authenticate"] == "Bearer"

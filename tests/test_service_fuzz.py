@@ -114,15 +114,26 @@ ANSWERS = [
     ("/v1/query", 200, {"question": "How do I ingest a folder of PDFs?", "k": 2}),
     # The longest question the schema allows: too long for the model's window, which is the client's error.
     ("/v1/query", 400, {"question": "why " * 5000}),
-    ("/v1/chat/completions", 200, {
-        "model": "default",
-        "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is hybrid search?"}],
-    }),
-    ("/v1/chat/completions", 200, {
-        "messages": [{"role": "user", "content": [{"type": "text", "text": "How do I evaluate retrieval?"}]}],
-        "stream": True,
-        "max_completion_tokens": 2,
-    }),
+    (
+        "/v1/chat/completions",
+        200,
+        {
+            "model": "default",
+            "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "What is hybrid search?"},
+            ],
+        },
+    ),
+    (
+        "/v1/chat/completions",
+        200,
+        {
+            "messages": [{"role": "user", "content": [{"type": "text", "text": "How do I evaluate retrieval?"}]}],
+            "stream": True,
+            "max_completion_tokens": 2,
+        },
+    ),
 ]
 
 

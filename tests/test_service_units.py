@@ -95,7 +95,8 @@ def test_generation_queue_rejects_beyond_its_size() -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["../evil.md", "..", ".", "a/b.md", "/etc/passwd.txt", "a\\b.md", ".hidden.md", "x\x00.md", "", "é" * 200 + ".md"]
+    "name",
+    ["../evil.md", "..", ".", "a/b.md", "/etc/passwd.txt", "a\\b.md", ".hidden.md", "x\x00.md", "", "é" * 200 + ".md"],
 )
 def test_upload_names_that_are_not_plain_file_names_are_refused(name: str) -> None:
     with pytest.raises(ApiError) as refused:
@@ -128,7 +129,8 @@ def test_condense_rewrites_follow_ups_only() -> None:
     assert condense(generator, [], "What is it?") == "What is it?"  # type: ignore[arg-type]
     assert generator.prompts == []  # no history: no generation
     history = [Turn("What does --sync do?", "It removes documents whose files are gone [1].")]
-    assert condense(generator, history, "How do I undo it?") == "How do I undo ragapp ingest --sync?"  # type: ignore[arg-type]
+    rewritten = condense(generator, history, "How do I undo it?")  # type: ignore[arg-type]
+    assert rewritten == "How do I undo ragapp ingest --sync?"
     prompt = generator.prompts[0][-1]["content"]
     assert "User: What does --sync do?" in prompt and "Last question: How do I undo it?" in prompt
     assert condense(ScriptedGenerator("  "), history, "And then?") == "And then?"  # type: ignore[arg-type]

@@ -17,24 +17,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
-from tests.conftest import DOCS
+from tests.conftest import CHROMIUM, CHROMIUM_ARGS, DOCS
 from tests.servers import Server, ragapp, serving
 
 pytestmark = pytest.mark.slow
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--headless",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 QUESTION = "How do I remove documents whose files were deleted?"
 ANSWER_TIMEOUT_MS = 120_000
 BLUE = "rgb(37, 99, 235)"
@@ -62,7 +51,7 @@ class HostPages(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     server: HostPages
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         page = self.server.pages.get(self.path.split("?")[0])
         body = (page or "not found").encode()
         self.send_response(200 if page else 404)
@@ -304,9 +293,14 @@ def test_widget_embeds_on_another_origin(
 
     # an origin the server does not list gets no CORS grant: the browser refuses the answer
     with server.client() as client:
-        refused = client.options("/v1/chat/completions", headers={
-            "Origin": "http://elsewhere.example", "Access-Control-Request-Method": "POST",
-            "Access-Control-Request-Headers": "content-type"})
+        refused = client.options(
+            "/v1/chat/completions",
+            headers={
+                "Origin": "http://elsewhere.example",
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "content-type",
+            },
+        )
     assert "access-control-allow-origin" not in refused.headers
 
 
@@ -339,19 +333,51 @@ def test_errors_and_hostile_text_are_shown_as_text(server: Server, page: Any) ->
     """Made-up server answers (Playwright routes): errors, an in-stream error, and HTML in every field."""
     hostile = '<img src=x onerror="window.__pwned=1"><b>bold</b>'
     replies: list[dict[str, Any]] = [
-        {"status": 503, "headers": {"Retry-After": "7"}, "content_type": "application/json",
-         "body": '{"error": {"message": "the generation queue is full", "type": "overloaded_error", "code": 503}}'},
-        {"status": 200, "content_type": "text/event-stream", "body": _sse(
-            {"choices": [{"index": 0, "delta": {"content": "Half an ans"}, "finish_reason": None}]},
-            {"error": {"message": "generation failed: " + hostile, "type": "generation_error", "code": 502}},
-            "[DONE]")},
-        {"status": 200, "content_type": "text/event-stream", "body": _sse(
-            {"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]},
-            {"choices": [{"index": 0, "delta": {"content": hostile + " see [1] and [2, 9]"}, "finish_reason": None}]},
-            {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}], "conversation_id": "c-1",
-             "citations": [{"n": 1, "source": "/srv/docs/<script>.md", "page": 3, "anchor": None, "heading": hostile,
-                            "chunk_id": 1, "score": 0.5, "cited": True, "text": hostile}]},
-            "[DONE]")},
+        {
+            "status": 503,
+            "headers": {"Retry-After": "7"},
+            "content_type": "application/json",
+            "body": '{"error": {"message": "the generation queue is full", "type": "overloaded_error", "code": 503}}',
+        },
+        {
+            "status": 200,
+            "content_type": "text/event-stream",
+            "body": _sse(
+                {"choices": [{"index": 0, "delta": {"content": "Half an ans"}, "finish_reason": None}]},
+                {"error": {"message": "generation failed: " + hostile, "type": "generation_error", "code": 502}},
+                "[DONE]",
+            ),
+        },
+        {
+            "status": 200,
+            "content_type": "text/event-stream",
+            "body": _sse(
+                {"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]},
+                {
+                    "choices": [
+                        {"index": 0, "delta": {"content": hostile + " see [1] and [2, 9]"}, "finish_reason": None}
+                    ]
+                },
+                {
+                    "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+                    "conversation_id": "c-1",
+                    "citations": [
+                        {
+                            "n": 1,
+                            "source": "/srv/docs/<script>.md",
+                            "page": 3,
+                            "anchor": None,
+                            "heading": hostile,
+                            "chunk_id": 1,
+                            "score": 0.5,
+                            "cited": True,
+                            "text": hostile,
+                        }
+                    ],
+                },
+                "[DONE]",
+            ),
+        },
     ]
 
     def reply(route: Any) -> None:
@@ -390,10 +416,13 @@ def test_errors_and_hostile_text_are_shown_as_text(server: Server, page: Any) ->
     assert answer.get_by_test_id("ragapp-source").get_attribute("data-cited") == "true"
     assert "<script>.md (p. 3)" in answer.get_by_test_id("ragapp-source").text_content()
     # no element came from the server's text
-    assert page.evaluate("""() => {
+    assert (
+        page.evaluate("""() => {
       const root = document.querySelector('[data-testid=ragapp-widget]').shadowRoot;
       return root.querySelectorAll('img, b, script').length + (window.__pwned || 0);
-    }""") == 0
+    }""")
+        == 0
+    )
     assert page.get_by_test_id("ragapp-widget").get_attribute("data-conversation-id") == "c-1"
     assert [p for p in page.problems if "503" not in p] == []  # the browser logs the 503 itself
     assert seen[-1].headers["authorization"] == "Bearer secret-key"

@@ -67,8 +67,8 @@ def serve(host: str | None, port: int | None) -> None:
     shown = f"[{settings.host}]" if ":" in settings.host else settings.host
     api = create_app(app.workspace)
     server = uvicorn.Server(uvicorn.Config(api, log_level="warning", timeout_graceful_shutdown=10))
-    click.echo(f"Serving {app.workspace} at http://{shown}:{bound_port} ({'API keys required' if keyed else 'no API key needed'}; "
-               f"chat widget at /widget)")
+    access = "API keys required" if keyed else "no API key needed"
+    click.echo(f"Serving {app.workspace} at http://{shown}:{bound_port} ({access}; chat widget at /widget)")
     server.run(sockets=[sock])
 
 
@@ -81,8 +81,12 @@ def keys() -> None:
 
 
 @keys.command("create")
-@click.option("--collection", "collections", multiple=True, metavar="NAME", help="A collection it may read (repeatable).")
-@click.option("--admin", is_flag=True, help="Read every collection, create and delete them, upload and remove documents.")
+@click.option(
+    "--collection", "collections", multiple=True, metavar="NAME", help="A collection it may read (repeatable)."
+)
+@click.option(
+    "--admin", is_flag=True, help="Read every collection, create and delete them, upload and remove documents."
+)
 @click.option("--name", default="", help="A note to recognise the key by (who or what uses it).")
 @json_option
 def create_key(collections: tuple[str, ...], admin: bool, name: str, as_json: bool) -> None:
@@ -121,8 +125,14 @@ def list_keys(as_json: bool) -> None:
         click.echo("No API keys: `ragapp serve` listens on loopback only and asks for none.")
         return
     rows = [
-        [str(k.id), k.prefix + "…", "admin" if k.admin else ", ".join(k.collections), k.name,
-         k.created_at.isoformat(timespec="seconds"), "revoked" if k.revoked else "active"]
+        [
+            str(k.id),
+            k.prefix + "…",
+            "admin" if k.admin else ", ".join(k.collections),
+            k.name,
+            k.created_at.isoformat(timespec="seconds"),
+            "revoked" if k.revoked else "active",
+        ]
         for k in found
     ]
     click.echo(table(rows, ["id", "key", "reads", "name", "created", "status"]))

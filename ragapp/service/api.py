@@ -121,7 +121,9 @@ class Service:
         header = request.headers.get("authorization", "")
         scheme, _, secret = header.partition(" ")
         if scheme.lower() != "bearer" or not secret.strip():
-            raise ApiError(401, "an API key is required: send `Authorization: Bearer <key>`", {"WWW-Authenticate": "Bearer"})
+            raise ApiError(
+                401, "an API key is required: send `Authorization: Bearer <key>`", {"WWW-Authenticate": "Bearer"}
+            )
         key = self.keys.verify(secret.strip())
         if key is None:
             raise ApiError(401, "the API key is not valid (unknown or revoked)", {"WWW-Authenticate": "Bearer"})
@@ -168,8 +170,15 @@ class Service:
         answer.timings["condense_s"] = condense_s
         return answer, standalone
 
-    def record(self, collection: str, key: ApiKey | None, conversation_id: str | None, question: str,
-               standalone: str, answer: Answer) -> str:
+    def record(
+        self,
+        collection: str,
+        key: ApiKey | None,
+        conversation_id: str | None,
+        question: str,
+        standalone: str,
+        answer: Answer,
+    ) -> str:
         conversation_id = conversation_id or self.conversations.start(collection, key.id if key else None)
         citations = [vars(c) for c in answer.citations]
         self.conversations.add(conversation_id, question, standalone, answer.answer, citations)
@@ -297,7 +306,11 @@ def create_app(workspace: Path) -> FastAPI:
     @api.get("/healthz", response_model=s.Health, tags=["operations"])
     def healthz() -> dict[str, Any]:
         """Liveness and readiness: the database answers. Needs no key."""
-        return {"status": "ok", "collections": len(service.collections.names()), "generation_queue": service.queue.depth}
+        return {
+            "status": "ok",
+            "collections": len(service.collections.names()),
+            "generation_queue": service.queue.depth,
+        }
 
     @api.get("/metrics", tags=["operations"], response_class=Response, responses={200: {"content": {CONTENT_TYPE: {}}}})
     def metrics(key: Key) -> Response:
@@ -314,8 +327,12 @@ def create_app(workspace: Path) -> FastAPI:
         mark = time.perf_counter()
         hits = app.search(body.query, body.k, mode=body.mode, filters=body.filters)
         took = time.perf_counter() - mark
-        return {"query": body.query, "collection": body.collection, "hits": [h.to_dict() for h in hits],
-                "timings": {"search_s": round(took, 4)}}
+        return {
+            "query": body.query,
+            "collection": body.collection,
+            "hits": [h.to_dict() for h in hits],
+            "timings": {"search_s": round(took, 4)},
+        }
 
     @api.post("/v1/query", response_model=s.QueryResponse, tags=["answers"], responses=error_responses(502))
     async def query(body: s.QueryRequest, key: Key) -> dict[str, Any]:
@@ -351,8 +368,10 @@ def create_app(workspace: Path) -> FastAPI:
         "/v1/chat/completions",
         response_model=s.ChatResponse,
         tags=["openai"],
-        responses={200: {"content": {"text/event-stream": {}}, "description": "JSON, or SSE chunks when stream"},
-                   **error_responses(502)},
+        responses={
+            200: {"content": {"text/event-stream": {}}, "description": "JSON, or SSE chunks when stream"},
+            **error_responses(502),
+        },
     )
     async def chat(body: s.ChatRequest, key: Key) -> Any:
         """OpenAI-compatible chat: the last user message is answered from collection `model` with RAG.
@@ -397,8 +416,11 @@ def create_app(workspace: Path) -> FastAPI:
                 "created": created,
                 "model": collection,
                 "choices": [
-                    {"index": 0, "message": {"role": "assistant", "content": answer.answer},
-                     "finish_reason": finish_reason(answer)}
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": answer.answer},
+                        "finish_reason": finish_reason(answer),
+                    }
                 ],
                 "usage": usage(answer),
                 "citations": [vars(c) for c in answer.citations],
@@ -431,8 +453,14 @@ def create_app(workspace: Path) -> FastAPI:
         service.submit(work)  # a full queue is a 503 now, before any byte of the stream
 
         def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
-            data = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": collection,
-                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}
+            data = {
+                "id": completion_id,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": collection,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+                **extra,
+            }
             return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
 
         async def stream() -> AsyncIterator[str]:
@@ -452,12 +480,19 @@ def create_app(workspace: Path) -> FastAPI:
                         conversation_id = service.record(
                             collection, key, body.conversation_id, question, standalone, answer
                         )
-                        yield chunk({}, finish_reason(answer), usage=usage(answer),
-                                    citations=[vars(c) for c in answer.citations], conversation_id=conversation_id)
+                        yield chunk(
+                            {},
+                            finish_reason(answer),
+                            usage=usage(answer),
+                            citations=[vars(c) for c in answer.citations],
+                            conversation_id=conversation_id,
+                        )
                         break
                     else:
                         status = _status(value) if isinstance(value, RagappError) else 500
-                        message = str(value) if isinstance(value, RagappError) else f"internal error: {type(value).__name__}"
+                        message = (
+                            str(value) if isinstance(value, RagappError) else f"internal error: {type(value).__name__}"
+                        )
                         error = {"message": message, "type": ERRORS.get(status, "server_error"), "code": status}
                         yield f"data: {json.dumps({'error': error})}\n\n"
                         break
@@ -505,7 +540,9 @@ def create_app(workspace: Path) -> FastAPI:
         """Delete a collection with its documents, files and conversations (admin)."""
         service.admin(key)
         if service.jobs.busy(collection):
-            raise ApiError(409, f"collection {collection!r} has ingest jobs queued or running; delete it when they are done")
+            raise ApiError(
+                409, f"collection {collection!r} has ingest jobs queued or running; delete it when they are done"
+            )
         service.collections.delete(collection)
         service.conversations.drop_collection(collection)
         return Response(status_code=204)
@@ -516,9 +553,16 @@ def create_app(workspace: Path) -> FastAPI:
         app = service.readable(key, collection)
         return {"collection": collection, "documents": app.documents()}
 
-    @api.post("/v1/collections/{collection}/documents", response_model=s.Job, status_code=202, tags=["collections"],
-              responses=error_responses(415))
-    def upload(collection: str, key: Key, files: Annotated[list[UploadFile], File(description="Files to ingest")]) -> dict[str, Any]:
+    @api.post(
+        "/v1/collections/{collection}/documents",
+        response_model=s.Job,
+        status_code=202,
+        tags=["collections"],
+        responses=error_responses(415),
+    )
+    def upload(
+        collection: str, key: Key, files: Annotated[list[UploadFile], File(description="Files to ingest")]
+    ) -> dict[str, Any]:
         """Upload files (admin); they are ingested in the background: poll `GET /v1/jobs/{id}`.
 
         Every file is checked first (a plain name, a supported type, within ingest.max_file_mb); one bad file
@@ -533,7 +577,9 @@ def create_app(workspace: Path) -> FastAPI:
         for f, name in zip(files, names, strict=True):
             size = f.size if f.size is not None else len(f.file.read())
             if size > limit:
-                raise ApiError(413, f"{name}: {size} bytes is over ingest.max_file_mb ({app.config.ingest.max_file_mb} MB)")
+                raise ApiError(
+                    413, f"{name}: {size} bytes is over ingest.max_file_mb ({app.config.ingest.max_file_mb} MB)"
+                )
         job_id = service.jobs.new_id()
         staged = service.jobs.staging(collection, job_id)
         staged.mkdir(parents=True)
@@ -576,8 +622,9 @@ def create_app(workspace: Path) -> FastAPI:
         """A chat page over the API (`?collection=NAME&key=KEY`); the same UI as `/widget.js`."""
         return HTMLResponse(_widget_file("index.html"))
 
-    @api.get("/widget.js", tags=["widget"], response_class=Response,
-             responses={200: {"content": {"text/javascript": {}}}})
+    @api.get(
+        "/widget.js", tags=["widget"], response_class=Response, responses={200: {"content": {"text/javascript": {}}}}
+    )
     def widget_script() -> Response:
         """`<script src=".../widget.js" data-collection="NAME" data-key="KEY"></script>` adds a chat box to a page."""
         return Response(_widget_file("widget.js"), media_type="text/javascript")

@@ -26,7 +26,9 @@ STAGING = ".staging"  # uploads accepted but not yet ingested, one folder per jo
 
 def check_name(name: str) -> str:
     if not NAME.fullmatch(name):
-        raise UsageError(f"collection name {name!r}: use 1-64 of a-z, 0-9, '-' and '_', starting with a letter or digit")
+        raise UsageError(
+            f"collection name {name!r}: use 1-64 of a-z, 0-9, '-' and '_', starting with a letter or digit"
+        )
     return name
 
 
@@ -41,7 +43,9 @@ class Collections:
 
     def names(self) -> list[str]:
         parent = self.root / FOLDER
-        others = sorted(p.name for p in parent.iterdir() if p.is_dir() and NAME.fullmatch(p.name)) if parent.is_dir() else []
+        others = (
+            sorted(p.name for p in parent.iterdir() if p.is_dir() and NAME.fullmatch(p.name)) if parent.is_dir() else []
+        )
         return [DEFAULT, *others]
 
     def exists(self, name: str) -> bool:

@@ -80,7 +80,10 @@ class Conversations:
         with self.store.session() as s:
             self._row(s, conversation_id, collection, key_id)
             rows = s.scalars(
-                select(TurnRow).where(TurnRow.conversation_id == conversation_id).order_by(TurnRow.id.desc()).limit(last)
+                select(TurnRow)
+                .where(TurnRow.conversation_id == conversation_id)
+                .order_by(TurnRow.id.desc())
+                .limit(last)
             ).all()
         return [Turn(r.question, r.answer) for r in reversed(rows)] if last else []
 

@@ -23,7 +23,7 @@ class Retrieval(_Strict):
     mode: Mode | None = Field(None, description="dense, bm25 or hybrid (default: retrieval.mode).")
     filters: dict[str, FilterValue] | None = Field(
         None,
-        description='Only passages from matching documents: source (glob), kind, document (id) or meta.NAME, e.g. '
+        description="Only passages from matching documents: source (glob), kind, document (id) or meta.NAME, e.g. "
         '{"kind": "pdf", "meta.team": ["infra", "ops"]}.',
     )
 
@@ -66,7 +66,9 @@ class QueryResponse(BaseModel):
     collection: str
     model: str
     citations: list[Citation]
-    chunks: list[SearchHit] = Field(description="Every retrieved passage, best first (citations are those in the prompt).")
+    chunks: list[SearchHit] = Field(
+        description="Every retrieved passage, best first (citations are those in the prompt)."
+    )
     timings: dict[str, float]
 
 

@@ -119,6 +119,24 @@ def test_stop_strings_truncate_and_are_excluded(gen: TransformersGenerator) -> N
 
 
 @pytest.mark.slow
+def test_stop_strings_match_generated_text_only(gen: TransformersGenerator) -> None:
+    """The chat template ends with a newline: a reply that starts "Question:" must not end on "\nQuestion:"."""
+    import torch
+
+    from ragapp.generators.transformers_local import _stop_in_new_text
+
+    prompt = gen.tokenizer("<|im_start|>assistant\n", add_special_tokens=False)["input_ids"]
+    stop = _stop_in_new_text(gen.tokenizer, len(prompt), ["\nQuestion:"])
+
+    def ends(reply: str) -> bool:
+        ids = prompt + gen.tokenizer(reply, add_special_tokens=False)["input_ids"]
+        return bool(stop(torch.tensor([ids]), None)[0])
+
+    assert not ends("Question: what is it?")  # only the prompt's newline precedes it
+    assert ends("It is blue.\nQuestion:")
+    assert not ends("It is blue.")
+
+
 @pytest.mark.parametrize("stop", [[], ["Paris"], ["capital of"]])
 def test_stream_joins_to_generate(gen: TransformersGenerator, stop: list[str]) -> None:
     config = GREEDY.model_copy(update={"stop": stop})

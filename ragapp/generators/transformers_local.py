@@ -21,6 +21,28 @@ if TYPE_CHECKING:
 _DTYPES = ("float32", "bfloat16", "float16")
 
 
+def _stop_in_new_text(tokenizer: Any, prompt_len: int, stops: list[str]) -> Any:
+    """A StoppingCriteria that ends a row once its *generated* text contains a stop string.
+
+    transformers' own `stop_strings` also match across the end of the prompt: the chat template ends
+    with a newline, so a reply starting "Question:" ended at once on the stop "\nQuestion:". vLLM only
+    looks at generated text; so does this.
+    """
+    import torch
+    from transformers import StoppingCriteria
+
+    tail = max(len(s) for s in stops) + 4  # tokens: every token has at least one character, plus slack
+
+    class StopInNewText(StoppingCriteria):
+        def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
+            new = input_ids[:, prompt_len:]
+            texts = tokenizer.batch_decode(new[:, -tail:], skip_special_tokens=True)
+            done = [any(stop in text for stop in stops) for text in texts]
+            return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+    return StopInNewText()
+
+
 class TransformersGenerator:
     """`Generator` backed by `AutoModelForCausalLM.generate`; one generation at a time per instance."""
 
@@ -163,7 +185,8 @@ class TransformersGenerator:
             kwargs.update(temperature=config.temperature, top_k=config.top_k, top_p=config.top_p)
         stops = [s for s in config.stop if s]
         if stops:  # ends each sequence as soon as a stop string is complete (text is cut again in _decode)
-            kwargs.update(stop_strings=stops, tokenizer=self.tokenizer)
+            criteria = [*extra.get("stopping_criteria", []), _stop_in_new_text(self.tokenizer, prompt_len, stops)]
+            kwargs["stopping_criteria"] = criteria
         with self._lock, torch.inference_mode():
             # fork_rng: a seeded call leaves the caller's global RNG state as it was.
             with torch.random.fork_rng(devices=[], enabled=not config.greedy and config.seed is not None):

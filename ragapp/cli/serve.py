@@ -40,7 +40,7 @@ def serve(host: str | None, port: int | None) -> None:
     """Serve the HTTP API: OpenAI-compatible chat, query, search, collections, a chat widget.
 
     \b
-    Endpoints (OpenAPI at /docs and /openapi.json):
+    Endpoints (OpenAPI schema at /openapi.json):
       POST /v1/chat/completions     OpenAI chat; `model` = collection; stream: true for SSE
       POST /v1/query, /v1/search    answer with citations / passages only
       /v1/collections[/NAME/documents]   manage collections, upload files (background jobs)

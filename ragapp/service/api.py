@@ -255,6 +255,10 @@ def create_app(workspace: Path) -> FastAPI:
         summary="Answers with numbered citations from your documents; OpenAI-compatible chat.",
         lifespan=lifespan,
         responses=RESPONSES,
+        # FastAPI's /docs and /redoc pages load their scripts from a CDN, which an offline server cannot
+        # reach; the schema itself is served at /openapi.json.
+        docs_url=None,
+        redoc_url=None,
     )
     api.state.service = service
     api.add_middleware(BodyLimit, limit_for=service.body_limit)

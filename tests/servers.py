@@ -82,6 +82,23 @@ def serving(workspace: Path, *args: str, env: dict[str, str] | None = None, star
         out.close()
 
 
+def descendants(pid: int) -> set[int]:
+    """Every live process below `pid`, from /proc (children first found by parent id)."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z":
+            parents[int(stat.parent.name)] = int(fields[1])
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
 def sse_events(response: httpx.Response) -> list[str]:
     """The `data:` payloads of a server-sent event stream, in order."""
     return [line[len("data: ") :] for line in response.iter_lines() if line.startswith("data: ")]

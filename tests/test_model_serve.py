@@ -27,6 +27,7 @@ from ragapp.generators.openai_client import OpenAIGenerator
 from ragapp.generators.transformers_local import TransformersGenerator
 from tests.conftest import DOCS, default_sigint
 from tests.lora import make_adapter
+from tests.servers import descendants
 
 pytestmark = pytest.mark.slow
 needs_vllm = pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vLLM is not installed (make setup)")
@@ -39,23 +40,6 @@ GREEDY = GenerationConfig(max_new_tokens=32, stop=[])
 
 def run(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*RAGAPP, *args], capture_output=True, text=True, cwd=cwd, timeout=timeout)
-
-
-def descendants(pid: int) -> set[int]:
-    """Every live process below `pid`, from /proc (children first found by parent id)."""
-    parents: dict[int, int] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] != "Z":
-            parents[int(stat.parent.name)] = int(fields[1])
-    found, frontier = set(), {pid}
-    while frontier:
-        frontier = {child for child, parent in parents.items() if parent in frontier} - found
-        found |= frontier
-    return found
 
 
 def alive(pids: set[int]) -> set[int]:

@@ -38,6 +38,7 @@ from ragapp.errors import (
     UsageError,
     WorkspaceError,
 )
+from ragapp.generators import close_loaded
 from ragapp.search import Filters
 from ragapp.service import schemas as s
 from ragapp.service.collections import DEFAULT, Collections
@@ -111,6 +112,7 @@ class Service:
         self.queue.close()
         self.collections.close()
         self.root.close()
+        close_loaded()  # uvicorn ends a signalled process without atexit: stop vLLM's engine now
 
     # -- access -----------------------------------------------------------------------------------
 

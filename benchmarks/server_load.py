@@ -363,13 +363,25 @@ async def generation_burst(url: str, clients: int, queue_size: int, args: argpar
         burst.completion_tokens.append(int(data.get("usage", {}).get("completion_tokens", -1)))
         return True
 
-    async def client(i: int, http: httpx.AsyncClient) -> None:
-        q = QUESTIONS[(i * 3) % len(QUESTIONS)]
+    async def timed(http: httpx.AsyncClient, q: str) -> tuple[httpx.Response | None, float]:
         mark = time.perf_counter()
         response = await ask(http, q)
+        return response, time.perf_counter() - mark
+
+    def refused(response: httpx.Response) -> int | None:
+        """Record a 503 (and whether it is well formed); its Retry-After in seconds."""
+        seconds, problem = check_503(response)
+        if problem:
+            burst.bad_503.append(problem)
+        if seconds is not None:
+            burst.retry_after.append(seconds)
+        return seconds
+
+    async def client(i: int, http: httpx.AsyncClient) -> None:
+        q = QUESTIONS[(i * 3) % len(QUESTIONS)]
+        response, took = await timed(http, q)
         if response is None:
             return
-        took = time.perf_counter() - mark
         if response.status_code == 200:
             burst.ok_first += accepted(response, took)
             return
@@ -377,30 +389,20 @@ async def generation_burst(url: str, clients: int, queue_size: int, args: argpar
             burst.error(f"HTTP {response.status_code}", response.text)
             return
         burst.rejected_first += 1
-        seconds, problem = check_503(response)
-        if problem:
-            burst.bad_503.append(problem)
-        if seconds is not None:
-            burst.retry_after.append(seconds)
+        seconds = refused(response)
         wait = min(seconds or 1, args.max_retry_wait)
         if time.perf_counter() + wait > deadline:
             burst.error("no retry (time limit)", f"Retry-After {seconds}")
             return
         await asyncio.sleep(wait)
-        mark = time.perf_counter()
-        response = await ask(http, q)
+        response, took = await timed(http, q)
         if response is None:
             return
-        took = time.perf_counter() - mark
         if response.status_code == 200:
             burst.ok_retry += accepted(response, took)
         elif response.status_code == 503:
             burst.rejected_retry += 1
-            seconds, problem = check_503(response)
-            if problem:
-                burst.bad_503.append(problem)
-            if seconds is not None:
-                burst.retry_after.append(seconds)
+            refused(response)
         else:
             burst.error(f"HTTP {response.status_code} (retry)", response.text)
 

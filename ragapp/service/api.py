@@ -159,7 +159,7 @@ class Service:
     ) -> tuple[Answer, str]:
         """(answer, standalone question); runs on the generation thread."""
         mark = time.perf_counter()
-        standalone = condense(app.generator, history, question) if history else question
+        standalone = condense(app.generator, history, question)
         condense_s = time.perf_counter() - mark
         answer = app.ask(
             standalone,

@@ -88,9 +88,12 @@ class ApiError(Exception):
         self.headers = headers or {}
 
 
+def error_body(status: int, message: str) -> dict[str, Any]:
+    return {"error": {"message": message, "type": ERRORS.get(status, "server_error"), "code": status}}
+
+
 def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    body = {"error": {"message": message, "type": ERRORS.get(status, "server_error"), "code": status}}
-    return JSONResponse(body, status_code=status, headers=headers)
+    return JSONResponse(error_body(status, message), status_code=status, headers=headers)
 
 
 class Service:
@@ -135,6 +138,16 @@ class Service:
         if key is not None and not key.can_read(collection):
             raise ApiError(403, f"this API key cannot read collection {collection!r}")
         return self.collections.app(collection)
+
+    def visible(self, key: ApiKey | None) -> list[str]:
+        """The collections `key` can read."""
+        return [n for n in self.collections.names() if key is None or key.can_read(n)]
+
+    def history(self, key: ApiKey | None, collection: str, conversation_id: str | None) -> list[Turn]:
+        """The recent turns of a stored conversation (none without one); 404 for someone else's."""
+        if not conversation_id:
+            return []
+        return self.conversations.history(conversation_id, collection, _key_id(key), self.settings.history_turns)
 
     @staticmethod
     def admin(key: ApiKey | None) -> None:
@@ -181,7 +194,7 @@ class Service:
         standalone: str,
         answer: Answer,
     ) -> str:
-        conversation_id = conversation_id or self.conversations.start(collection, key.id if key else None)
+        conversation_id = conversation_id or self.conversations.start(collection, _key_id(key))
         citations = [vars(c) for c in answer.citations]
         self.conversations.add(conversation_id, question, standalone, answer.answer, citations)
         tokens = self.telemetry.tokens
@@ -344,12 +357,7 @@ def create_app(workspace: Path) -> FastAPI:
     async def query(body: s.QueryRequest, key: Key) -> dict[str, Any]:
         """Answer a question with numbered citations; pass `conversation_id` back to ask a follow-up."""
         app = service.readable(key, body.collection)
-        key_id = key.id if key else None
-        history = (
-            service.conversations.history(body.conversation_id, body.collection, key_id, service.settings.history_turns)
-            if body.conversation_id
-            else []
-        )
+        history = service.history(key, body.collection, body.conversation_id)
         queued = time.perf_counter()
 
         def work() -> tuple[Answer, str, float]:
@@ -391,11 +399,8 @@ def create_app(workspace: Path) -> FastAPI:
         question = last.text().strip()
         if last.role != "user" or not question:
             raise ApiError(400, "the last message must be a user message with text")
-        key_id = key.id if key else None
         if body.conversation_id:
-            history = service.conversations.history(
-                body.conversation_id, collection, key_id, service.settings.history_turns
-            )
+            history = service.history(key, collection, body.conversation_id)
         else:
             turns = history_from_messages([{"role": m.role, "content": m.text()} for m in body.messages[:-1]])
             history = turns[len(turns) - service.settings.history_turns :] if service.settings.history_turns else []
@@ -499,8 +504,7 @@ def create_app(workspace: Path) -> FastAPI:
                         message = (
                             str(value) if isinstance(value, RagappError) else f"internal error: {type(value).__name__}"
                         )
-                        error = {"message": message, "type": ERRORS.get(status, "server_error"), "code": status}
-                        yield f"data: {json.dumps({'error': error})}\n\n"
+                        yield f"data: {json.dumps(error_body(status, message))}\n\n"
                         break
                 yield "data: [DONE]\n\n"
             finally:
@@ -511,14 +515,13 @@ def create_app(workspace: Path) -> FastAPI:
     @api.get("/v1/models", response_model=s.ModelList, tags=["openai"])
     def models(key: Key) -> dict[str, Any]:
         """The collections this key can read, as OpenAI models: pass one as `model`."""
-        names = [n for n in service.collections.names() if key is None or key.can_read(n)]
-        return {"data": [{"id": n, "created": 0} for n in names]}
+        return {"data": [{"id": n, "created": 0} for n in service.visible(key)]}
 
     @api.get("/v1/conversations/{conversation_id}", response_model=s.Conversation, tags=["answers"])
     def conversation(conversation_id: str, key: Key, collection: str = DEFAULT) -> dict[str, Any]:
         """The stored turns of a conversation (only the key that started it can read it)."""
         service.readable(key, collection)
-        turns = service.conversations.turns(conversation_id, collection, key.id if key else None)
+        turns = service.conversations.turns(conversation_id, collection, _key_id(key))
         return {"id": conversation_id, "collection": collection, "turns": turns}
 
     # -- collections and documents ----------------------------------------------------------------
@@ -531,8 +534,7 @@ def create_app(workspace: Path) -> FastAPI:
     @api.get("/v1/collections", response_model=s.CollectionList, tags=["collections"])
     def list_collections(key: Key) -> dict[str, Any]:
         """The collections this key can read."""
-        names = [n for n in service.collections.names() if key is None or key.can_read(n)]
-        return {"collections": [info(n) for n in names]}
+        return {"collections": [info(n) for n in service.visible(key)]}
 
     @api.post("/v1/collections", response_model=s.CollectionInfo, status_code=201, tags=["collections"])
     def create_collection(body: s.CollectionRequest, key: Key) -> dict[str, Any]:
@@ -636,6 +638,10 @@ def create_app(workspace: Path) -> FastAPI:
         return Response(_widget_file("widget.js"), media_type="text/javascript")
 
     return api
+
+
+def _key_id(key: ApiKey | None) -> int | None:
+    return key.id if key is not None else None
 
 
 def _principal(request: Request) -> ApiKey | None:

@@ -142,6 +142,20 @@ class ServerSettings(_Section):
     cors_origins: list[str] = Field(default_factory=list)  # sites that may call the API from a browser (widget)
 
 
+class AgentSettings(_Section):
+    """`ragapp agent`: the tool-using agent and the database its sql_query tool may read."""
+
+    # tools: the model's native tool calls (generation.backend = openai: vLLM with a tool-call parser, OpenAI);
+    # react: a text protocol (Action / Action Input / Observation) any model can follow; auto: tools for openai.
+    protocol: Literal["auto", "tools", "react"] = "auto"
+    max_steps: int = Field(6, ge=1, le=50)  # model calls per task; the run stops there without an answer
+    search_k: int = Field(3, ge=1, le=20)  # passages per search_documents call
+    database: str = ""  # a SQLAlchemy URL for sql_query ("" = no sql_query tool); opened read-only
+    tables: list[str] = Field(default_factory=list)  # the tables sql_query may read ([] = all of them)
+    max_rows: int = Field(50, ge=1, le=10000)  # rows returned per query; more are reported as cut
+    sql_timeout_s: float = Field(5.0, gt=0, le=600)
+
+
 class Config(_Section):
     embedding: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
     chunking: ChunkingSettings = Field(default_factory=ChunkingSettings)
@@ -152,6 +166,7 @@ class Config(_Section):
     prompt: PromptSettings = Field(default_factory=PromptSettings)
     reward: RewardSettings = Field(default_factory=RewardSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
+    agent: AgentSettings = Field(default_factory=AgentSettings)
 
 
 SECTIONS = tuple(Config.model_fields)

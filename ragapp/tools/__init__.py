@@ -1,0 +1,1 @@
+"""Tools for agents, one LangChain tool per module."""

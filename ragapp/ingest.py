@@ -105,13 +105,30 @@ class Ingestor:
 
         return self._run(report, work, progress)
 
-    def run_documents(self, documents: Iterable[Document], progress: bool = True) -> IngestReport:
-        """Documents from a connector other than the file system, keyed by `source`."""
+    def run_documents(
+        self,
+        documents: Iterable[Document | FileProblem],
+        progress: bool = True,
+        sync_prefix: str | None = None,
+    ) -> IngestReport:
+        """Documents from a connector other than the file system, keyed by `source`.
+
+        A FileProblem among them is an item the connector could not turn into a document: it is reported,
+        and its older version (if any) is kept. With `sync_prefix`, stored documents whose source starts
+        with it and that did not come this time are removed, once the documents have all come (a
+        connector that fails half-way removes nothing).
+        """
         report = IngestReport(paths=["(documents)"])
 
         def work(known: dict[str, str]) -> None:
-            for document in self._bar(documents, "document", report, progress):
+            seen: set[str] = set()
+            for item in self._bar(documents, "document", report, progress):
                 report.files_seen += 1
+                seen.add(item.source)
+                if isinstance(item, FileProblem):
+                    report.problems.append(item)
+                    continue
+                document = item
                 content = json.dumps([document.kind, document.title, document.text, document.metadata], default=str)
                 digest = hashlib.sha256(content.encode("utf-8", "surrogatepass")).hexdigest()
                 if known.get(document.source) == digest:
@@ -122,6 +139,8 @@ class Ingestor:
                     report.problems.append(FileProblem(document.source, "no text to index"))
                     continue
                 self._store(document, chunks, digest, len(document.text), 0.0, known, report)
+            if sync_prefix:
+                self._remove_unseen(sync_prefix, seen, known, report)
 
         return self._run(report, work, progress)
 
@@ -227,6 +246,17 @@ class Ingestor:
             ids = self.store.delete_documents(vanished)
             self.index.remove(ids)
             report.removed += len(vanished)
+            report.chunks_removed += len(ids)
+
+    def _remove_unseen(self, prefix: str, seen: set[str], known: dict[str, str], report: IngestReport) -> None:
+        gone = [source for source in known if source.startswith(prefix) and source not in seen]
+        for start in range(0, len(gone), 500):  # a bounded IN (...) list, however many rows were deleted
+            part = gone[start : start + 500]
+            ids = self.store.delete_documents(part)
+            self.index.remove(ids)
+            for source in part:
+                del known[source]
+            report.removed += len(part)
             report.chunks_removed += len(ids)
 
     # -- embedding --------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 import ragapp
-from ragapp.cli import bench, documents, evals, model, reward, serve, training, workspace
+from ragapp.cli import agent, bench, documents, evals, model, reward, serve, training, workspace
 from ragapp.errors import RagappError
 
 
@@ -48,6 +48,7 @@ def cli(ctx: click.Context, workspace: Path) -> None:
       ragapp ingest ~/docs          # parse, chunk, embed and index a folder
       ragapp ask "How do I ...?"    # answer from the most relevant passages
       ragapp search "topic"         # just the passages
+      ragapp agent "task" --trace   # a task done with tools: search, read-only SQL, a calculator
       ragapp eval run qa.jsonl      # score answers against references
       ragapp bench retrieval DIR    # nDCG/recall on a BEIR test collection
       ragapp serve                  # the HTTP API (OpenAI-compatible RAG chat) and a chat widget
@@ -59,6 +60,7 @@ def cli(ctx: click.Context, workspace: Path) -> None:
 
 for command in (
     *documents.COMMANDS,
+    *agent.COMMANDS,
     *evals.COMMANDS,
     *bench.COMMANDS,
     *model.COMMANDS,

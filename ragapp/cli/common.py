@@ -38,7 +38,9 @@ def losses(values: list[float]) -> str:
 
 
 def shown_path(source: str) -> str:
-    """Paths under the current folder are shown relative to it; others as stored."""
+    """Paths under the current folder are shown relative to it; others (and URLs) as stored."""
+    if not os.path.isabs(source):
+        return source
     try:
         rel = os.path.relpath(source)
     except ValueError:

@@ -1,0 +1,143 @@
+"""The tool-using agent: LangChain's `create_agent` loop over ragapp's tools, with a step limit and a trace.
+
+The loop is LangChain's; ragapp adds the tools, a chat model for each protocol (native tool calls, or the
+text protocol of `react_chat` for models without them), a trace of every step as it happens, and
+citations: passages found by search_documents keep one number for the whole run.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from langchain.agents import create_agent
+from langchain.agents.middleware import ModelCallLimitMiddleware
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
+from langchain_core.tools import BaseTool
+
+from ragapp.app import Citation
+from ragapp.prompt import cited_numbers
+from ragapp.tools.search_documents import PassageLedger
+
+SYSTEM = (
+    "You complete the user's task with the tools. Look facts up with the tools instead of guessing, use the "
+    "calculator for arithmetic, and cite passages from search_documents by their numbers, like [1]. "
+    "Answer briefly."
+)
+
+
+@dataclass
+class Step:
+    """One event of a run: the model calls a tool, a tool answers, or the model gives its final answer."""
+
+    kind: Literal["tool_call", "observation", "answer"]
+    content: str = ""  # the model's thought (tool_call), the tool's output (observation), or the answer
+    tool: str | None = None
+    args: dict[str, Any] = field(default_factory=dict)
+    error: bool = False  # observation: the tool refused or failed; the message went back to the model
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class AgentResult:
+    task: str
+    answer: str
+    citations: list[Citation]
+    steps: list[Step]
+    finished: bool  # False: the step limit ended the run before a final answer
+    model: str
+    protocol: str
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def tool_calls(self) -> list[Step]:
+        return [s for s in self.steps if s.kind == "tool_call"]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "task": self.task,
+            "answer": self.answer,
+            "finished": self.finished,
+            "citations": [vars(c) for c in self.citations],
+            "steps": [s.to_dict() for s in self.steps],
+            "model": self.model,
+            "protocol": self.protocol,
+            "timings": {k: round(v, 4) for k, v in self.timings.items()},
+        }
+
+
+def _steps(message: Any) -> list[Step]:
+    if isinstance(message, ToolMessage):
+        return [Step("observation", str(message.content), tool=message.name, error=message.status == "error")]
+    if isinstance(message, AIMessage) and message.tool_calls:
+        thought = str(message.content).strip()
+        return [Step("tool_call", thought, tool=c["name"], args=dict(c["args"])) for c in message.tool_calls]
+    if isinstance(message, AIMessage):
+        return [Step("answer", str(message.content).strip())]
+    return []
+
+
+def _citations(answer: str, ledger: PassageLedger) -> list[Citation]:
+    cited = cited_numbers(answer)
+    return [
+        Citation(
+            n=n,
+            source=hit.source,
+            page=hit.page,
+            anchor=hit.anchor,
+            heading=hit.heading,
+            chunk_id=hit.chunk_id,
+            score=hit.score,
+            cited=n in cited,
+            text=hit.text,
+        )
+        for n, hit in enumerate(ledger.hits, start=1)
+    ]
+
+
+def run_agent(
+    model: BaseChatModel,
+    tools: Sequence[BaseTool],
+    task: str,
+    *,
+    max_steps: int,
+    ledger: PassageLedger | None = None,
+    on_step: Callable[[Step], None] | None = None,
+    system_prompt: str = SYSTEM,
+    model_name: str = "",
+    protocol: str = "",
+) -> AgentResult:
+    """Run `task` to a final answer or `max_steps` model calls; `on_step` sees each step as it happens."""
+    ledger = ledger if ledger is not None else PassageLedger()
+    limit = ModelCallLimitMiddleware(run_limit=max_steps, exit_behavior="end")
+    agent = create_agent(model, list(tools), system_prompt=system_prompt, middleware=[limit])
+    started = time.perf_counter()
+    steps: list[Step] = []
+    answer: str | None = None
+    model_calls = 0
+    # The step limit is the middleware's; the recursion limit only guards against a loop that never calls it.
+    config = {"recursion_limit": 4 * max_steps + 10}
+    for update in agent.stream({"messages": [HumanMessage(task)]}, config=config, stream_mode="updates"):
+        for node, change in update.items():
+            if node != "model" and node != "tools":
+                continue  # middleware: the step limit's "limits exceeded" note is not the model's answer
+            for message in (change or {}).get("messages", []):
+                model_calls += node == "model"
+                for step in _steps(message):
+                    if step.kind == "answer":
+                        answer = step.content
+                    steps.append(step)
+                    if on_step is not None:
+                        on_step(step)
+    timings = {
+        "total_s": time.perf_counter() - started,
+        "model_calls": float(model_calls),
+        "tool_calls": float(sum(s.kind == "tool_call" for s in steps)),
+    }
+    text = answer if answer is not None else ""
+    return AgentResult(task, text, _citations(text, ledger), steps, answer is not None, model_name, protocol, timings)

@@ -18,8 +18,12 @@ from ragapp.search import Filters, Mode, SearchHit
 from ragapp.store import SCHEMA_VERSION, Store
 
 if TYPE_CHECKING:
+    from langchain_core.language_models import BaseChatModel
+    from langchain_core.tools import BaseTool
+
     from connectors import Document
     from indexes.bm25_index import Bm25Index
+    from ragapp.agent import AgentResult, Step
     from ragapp.embedding import Embedder
     from ragapp.ingest import Ingestor, IngestReport
     from ragapp.keyword_index import WorkspaceKeywords
@@ -31,6 +35,7 @@ DB_FILE = "ragapp.db"
 LOCK_FILE = "ingest.lock"
 INDEX_FILE = "index.faiss"
 DEFAULT_WORKSPACE = ".ragapp"
+AGENT_TOOLS = ("search_documents", "sql_query", "calculator")
 
 
 @dataclass
@@ -264,6 +269,38 @@ class App:
         with self._ingestor() as ingestor:
             return ingestor.run_documents(documents, progress=progress)
 
+    def ingest_sql(
+        self,
+        url: str,
+        table: str | None = None,
+        query: str | None = None,
+        id_columns: Sequence[str] = (),
+        template: str | None = None,
+        title: str | None = None,
+        metadata_columns: Sequence[str] = (),
+        sync: bool = False,
+        progress: bool = False,
+    ) -> IngestReport:
+        """Ingest the rows of a table or query (any SQLAlchemy URL) as documents, one per row.
+
+        Rows are keyed by their id columns (default: the table's primary key), so only new or changed rows
+        are embedded again; with `sync`, documents of rows that are gone from the table or query are
+        removed. The database is only read. See `connectors.sql.SqlSource` for `template` and `title`.
+        """
+        from connectors.sql import SqlSource, SqlSourceError
+
+        source = SqlSource(url, table, query, tuple(id_columns), template, title, tuple(metadata_columns))
+        try:
+            source.open()  # a bad URL, table or template fails here, before the workspace is created
+            with self._ingestor() as ingestor:
+                return ingestor.run_documents(
+                    source.items(), progress=progress, sync_prefix=source.prefix if sync else None
+                )
+        except SqlSourceError as exc:
+            raise UsageError(str(exc)) from None
+        finally:
+            source.close()
+
     def documents(self, ids: Iterable[int] | None = None) -> list[dict[str, Any]]:
         """The ingested documents (id, source, kind, title, size, chunks, metadata, updated_at)."""
         if not self.db_path.exists():
@@ -488,6 +525,121 @@ class App:
             p.timings["generate_s"] = share
             p.timings["total_s"] += share
         return [self._answer(p, text) for p, text in zip(prepared, texts, strict=True)]
+
+    def agent(
+        self,
+        task: str,
+        tools: Sequence[str] | None = None,
+        max_steps: int | None = None,
+        on_step: Callable[[Step], None] | None = None,
+        database: str | None = None,
+        generation: dict[str, Any] | GenerationConfig | None = None,
+    ) -> AgentResult:
+        """Complete `task` with tools, step by step; `on_step` sees each tool call, result and the answer.
+
+        `tools` are names from AGENT_TOOLS; by default search_documents (when something is ingested),
+        sql_query (when `agent.database` or `database` is set) and calculator. The run ends at a final
+        answer or after `max_steps` model calls (default `agent.max_steps`); `finished` tells which.
+        """
+        from ragapp.agent import run_agent
+        from ragapp.tools.search_documents import PassageLedger
+
+        if not task.strip():
+            raise UsageError("the task is empty")
+        a = self.config.agent
+        database = a.database if database is None else database
+        if tools is None:
+            has_chunks = self.db_path.exists() and self.open_store().counts()["chunks"] > 0
+            tools = [t for t in AGENT_TOOLS if t != "search_documents" or has_chunks]
+            tools = [t for t in tools if t != "sql_query" or database]
+        unknown = sorted(set(tools) - set(AGENT_TOOLS))
+        if unknown:
+            raise UsageError(f"unknown tool {', '.join(unknown)} (available: {', '.join(AGENT_TOOLS)})")
+        if not tools:
+            raise UsageError("no tool to use")
+        steps = max_steps if max_steps is not None else a.max_steps
+        if steps < 1:
+            raise UsageError("max_steps must be at least 1")
+        ledger = PassageLedger()
+        closers: list[Callable[[], None]] = []
+        try:
+            built = [self._agent_tool(name, ledger, database, closers) for name in dict.fromkeys(tools)]
+            model, protocol = self._agent_model(self.sampling(generation))
+            return run_agent(
+                model,
+                built,
+                task,
+                max_steps=steps,
+                ledger=ledger,
+                on_step=on_step,
+                model_name=self.generator.model_id,
+                protocol=protocol,
+            )
+        finally:
+            for close in closers:
+                close()
+
+    def _agent_tool(
+        self, name: str, ledger: Any, database: str, closers: list[Callable[[], None]]
+    ) -> BaseTool:
+        if name == "search_documents":
+            from ragapp.tools.search_documents import search_documents_tool
+
+            store = self._require_chunks()
+            k = self.config.agent.search_k
+            return search_documents_tool(lambda q: self._search(store, q, k, None, Filters()), ledger)
+        if name == "sql_query":
+            if not database:
+                raise UsageError("sql_query needs a database: set agent.database or pass --database URL")
+            from ragapp.tools.sql_query import ReadOnlyDatabase, sql_query_tool
+
+            a = self.config.agent
+            db = ReadOnlyDatabase(database, a.tables, a.max_rows, a.sql_timeout_s)
+            closers.append(db.close)
+            return sql_query_tool(db)
+        from ragapp.tools.calculator import calculator_tool
+
+        return calculator_tool()
+
+    def _agent_model(self, sampling: GenerationConfig) -> tuple[BaseChatModel, str]:
+        """The chat model for the agent and the protocol it speaks (see `agent.protocol`)."""
+        from ragapp.config import DEFAULT_STOP
+
+        g = self.config.generation
+        protocol = self.config.agent.protocol
+        if protocol == "auto":
+            protocol = "tools" if g.backend == "openai" else "react"
+        if protocol == "tools":
+            if g.backend != "openai":
+                raise UsageError(
+                    "agent.protocol = tools needs generation.backend = openai (a server that calls tools: "
+                    "OpenAI, or vLLM with --enable-auto-tool-choice --tool-call-parser); use react for "
+                    f"the {g.backend} backend"
+                )
+            from langchain_openai import ChatOpenAI
+
+            server = self.generator  # loaded: the model name is resolved and the server answered
+            model: BaseChatModel = ChatOpenAI(
+                model=server.model_id,
+                base_url=g.base_url,
+                api_key=getattr(server, "api_key", None) or "none",
+                timeout=g.timeout,
+                max_retries=2,
+                temperature=sampling.temperature,
+                max_completion_tokens=sampling.max_new_tokens,
+                seed=sampling.seed,
+            )
+            return model, protocol
+        from ragapp.react_chat import ReActChatModel
+
+        # The answer stops of `ask` ("\nQuestion:", "\n\n[") would cut observations and answers short here.
+        stops = [s for s in sampling.stop if s not in DEFAULT_STOP]
+        model = ReActChatModel(
+            generator=self.generator,
+            sampling=sampling.model_copy(update={"stop": stops}),
+            context_window=g.context_window,
+        )
+        return model, protocol
 
     def status(self) -> dict[str, Any]:
         c = self.config

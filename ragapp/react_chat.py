@@ -27,6 +27,7 @@ from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import ConfigDict, Field
 
+from ragapp.errors import UsageError
 from ragapp.generators.base import GenerationConfig, Message
 
 PROTOCOL = """You answer by using tools. Tools:
@@ -52,6 +53,7 @@ EXAMPLES = (
 )
 
 OBSERVATION = "Observation:"
+OMITTED = "(an earlier result, left out to fit the context window)"
 _ACTION = re.compile(r"^\s*Action\s*:\s*(?P<name>.*?)\s*$", re.IGNORECASE | re.MULTILINE)
 _INPUT = re.compile(r"^\s*Action\s*Input\s*:\s*(?P<input>.*?)\s*$", re.IGNORECASE | re.MULTILINE)
 _FINAL = re.compile(r"Final\s*Answer\s*:\s*", re.IGNORECASE)
@@ -114,7 +116,7 @@ class ReActChatModel(BaseChatModel):
     generator: Any  # a ragapp Generator (not validated: it is a Protocol)
     sampling: GenerationConfig = Field(default_factory=GenerationConfig)
     tool_schemas: list[dict[str, Any]] = Field(default_factory=list)
-    examples: bool = True
+    context_window: int = 0  # tokens; 0 = the generator's
 
     @property
     def _llm_type(self) -> str:
@@ -133,8 +135,11 @@ class ReActChatModel(BaseChatModel):
     ) -> Runnable[LanguageModelInput, AIMessage]:
         return self.model_copy(update={"tool_schemas": [convert_to_openai_tool(t) for t in tools]})
 
-    def to_messages(self, messages: Sequence[BaseMessage]) -> list[Message]:
-        """The conversation in the text protocol, as the chat the generator completes."""
+    def to_messages(self, messages: Sequence[BaseMessage], examples: bool = True, omit: int = 0) -> list[Message]:
+        """The conversation in the text protocol, as the chat the generator completes.
+
+        `omit` replaces that many of the oldest tool results with a note, to fit the context window.
+        """
         parameters = self.parameters
         lines = []
         for schema in self.tool_schemas:
@@ -145,7 +150,7 @@ class ReActChatModel(BaseChatModel):
             [str(m.content) for m in messages if isinstance(m, SystemMessage) and m.content] + [protocol]
         )
         out: list[Message] = [{"role": "system", "content": system}]
-        if self.examples:
+        if examples:
             for task, tool, given, seen, answer in EXAMPLES:
                 if tool in parameters:
                     out += [
@@ -158,7 +163,9 @@ class ReActChatModel(BaseChatModel):
             if isinstance(m, SystemMessage):
                 continue
             if isinstance(m, ToolMessage):
-                role, content = "user", f"{OBSERVATION} {m.content}"
+                shown = str(m.content) if omit <= 0 else OMITTED
+                omit -= 1
+                role, content = "user", f"{OBSERVATION} {shown}"
             elif isinstance(m, AIMessage):
                 actions = [_action_text(c, parameters) for c in m.tool_calls]
                 role, content = "assistant", "\n".join([str(m.content).strip(), *actions]).strip()
@@ -172,6 +179,22 @@ class ReActChatModel(BaseChatModel):
                 out.append({"role": role, "content": content})
         return out
 
+    def fit(self, messages: Sequence[BaseMessage], max_new_tokens: int) -> list[Message]:
+        """The chat that fits the window with room for the reply: without the oldest tool results first,
+        then without the examples; a task that does not fit even so is refused."""
+        window = min(self.context_window or self.generator.context_window, self.generator.context_window)
+        budget = window - max_new_tokens
+        observations = sum(isinstance(m, ToolMessage) for m in messages)
+        for examples in (True, False):
+            for omit in range(observations + 1):
+                chat = self.to_messages(messages, examples, omit)
+                if self.generator.count_tokens(chat) <= budget:
+                    return chat
+        raise UsageError(
+            f"the task does not fit the {window}-token context window with {max_new_tokens} tokens for the reply; "
+            "shorten it or lower generation.max_new_tokens"
+        )
+
     def _generate(
         self,
         messages: list[BaseMessage],
@@ -181,7 +204,7 @@ class ReActChatModel(BaseChatModel):
     ) -> ChatResult:
         stops = [*self.sampling.stop, "\n" + OBSERVATION, *(stop or [])]
         sampling = self.sampling.model_copy(update={"stop": stops})
-        text = self.generator.generate(self.to_messages(messages), sampling)
+        text = self.generator.generate(self.fit(messages, sampling.max_new_tokens), sampling)
         message = parse_reply(text, self.parameters)
         message.response_metadata = {"model_name": self.generator.model_id, "raw": text}
         return ChatResult(generations=[ChatGeneration(message=message)])

@@ -50,10 +50,14 @@ class ScriptedGenerator:
     model_id = "scripted"
     device = "cpu"
 
-    def __init__(self, replies: list[str]) -> None:
+    def __init__(self, replies: list[str], context_window: int = 2048) -> None:
         self.replies = replies
+        self.context_window = context_window
         self.prompts: list[list[dict[str, str]]] = []
         self.stops: list[list[str]] = []
+
+    def count_tokens(self, messages: Sequence[dict[str, str]]) -> int:
+        return sum(len(m["content"]) for m in messages) // 4  # a rough stand-in for a tokenizer
 
     def generate(self, messages: Sequence[dict[str, str]], config: GenerationConfig) -> str:
         self.prompts.append(list(messages))
@@ -245,6 +249,25 @@ def test_the_text_protocol_runs_the_whole_loop_with_a_scripted_generator() -> No
     assert generator.prompts[1][-1] == {"role": "user", "content": "Observation: 7006652"}
     assert generator.stops[0] == ["<end>", "\nObservation:"]  # the model stops where the tool's result goes
     assert result.finished and result.answer == "7006652"
+
+
+def test_old_tool_results_then_the_examples_give_way_to_fit_the_context_window() -> None:
+    bound = ReActChatModel(generator=ScriptedGenerator([], context_window=500)).bind_tools([multiply_tool()])
+    history = [
+        HumanMessage("task"),
+        call("multiply", expression="1*1"),
+        ToolMessage("x" * 800, tool_call_id="id-multiply-1", name="multiply"),
+        call("multiply", expression="2*2"),
+        ToolMessage("y" * 800, tool_call_id="id-multiply-1", name="multiply"),
+    ]
+    chat = bound.fit(history, max_new_tokens=100)  # 400 tokens of prompt = 1600 characters here
+    observations = [m["content"] for m in chat if m["content"].startswith("Observation")]
+    assert observations == [
+        "Observation: (an earlier result, left out to fit the context window)",
+        "Observation: " + "y" * 800,
+    ]
+    with pytest.raises(UsageError, match="does not fit the 500-token context window"):
+        bound.fit([HumanMessage("z" * 3000)], max_new_tokens=100)
 
 
 # -- App.agent's checks --------------------------------------------------------------------------

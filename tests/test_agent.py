@@ -363,3 +363,24 @@ def test_native_tool_calls_go_over_the_openai_api(tmp_path: Any) -> None:
         ("observation", "calculator", "42"),
         ("answer", None, "42."),
     ]
+
+
+def test_ragapp_agent_exits_1_when_the_step_limit_ends_the_run(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from ragapp.agent import AgentResult
+    from ragapp.cli import cli
+
+    def stopped(self: App, task: str, **kwargs: Any) -> AgentResult:  # FAKE run: the CLI's handling is tested
+        assert kwargs["max_steps"] == 2 and kwargs["tools"] == ["calculator"]
+        steps = [
+            Step("tool_call", tool="calculator", args={"expression": "1+1"}),
+            Step("observation", "2", "calculator"),
+        ]
+        timings = {"total_s": 0.1, "model_calls": 2.0, "tool_calls": 1.0}
+        return AgentResult(task, "", [], steps, False, "m", "react", timings)
+
+    monkeypatch.setattr(App, "agent", stopped)
+    run = CliRunner().invoke(cli, ["-w", str(tmp_path), "agent", "task", "--max-steps", "2", "--tool", "calculator"])
+    assert run.exit_code == 1
+    assert "No final answer within 2 steps." in run.output

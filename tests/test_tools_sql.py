@@ -393,6 +393,9 @@ def test_postgres_read_only_transaction_refuses_writes(tmp_path: Path) -> None:
             with pytest.raises(SqlRefused):
                 pg._execute("INSERT INTO orders VALUES (3)")
             assert pg.query("SELECT count(*) FROM orders").rows == [(1,)]
+        with ReadOnlyDatabase(url, tables=["orders"], timeout_s=0.5) as pg:
+            with pytest.raises(SqlRefused, match="longer than 0.5 s"):  # the statement timeout
+                pg._execute("SELECT count(*) FROM generate_series(1, 2000000000)")
     finally:
         server.cleanup()
 

@@ -84,20 +84,7 @@ def _steps(message: Any) -> list[Step]:
 
 def _citations(answer: str, ledger: PassageLedger) -> list[Citation]:
     cited = cited_numbers(answer)
-    return [
-        Citation(
-            n=n,
-            source=hit.source,
-            page=hit.page,
-            anchor=hit.anchor,
-            heading=hit.heading,
-            chunk_id=hit.chunk_id,
-            score=hit.score,
-            cited=n in cited,
-            text=hit.text,
-        )
-        for n, hit in enumerate(ledger.hits, start=1)
-    ]
+    return [Citation.of(n, hit, n in cited) for n, hit in enumerate(ledger.hits, start=1)]
 
 
 def run_agent(

@@ -50,6 +50,14 @@ class Citation:
     cited: bool  # the answer refers to [n]
     text: str
 
+    @classmethod
+    def of(cls, n: int, hit: SearchHit, cited: bool, text: str | None = None) -> Citation:
+        """Passage `n`, from `hit`; `text` is what the model saw when the passage was cut to fit."""
+        return cls(
+            n, hit.source, hit.page, hit.anchor, hit.heading, hit.chunk_id, hit.score, cited,
+            hit.text if text is None else text,
+        )  # fmt: skip
+
 
 @dataclass
 class Answer:
@@ -419,20 +427,7 @@ class App:
         from ragapp.prompt import cited_numbers
 
         cited = cited_numbers(text)
-        citations = [
-            Citation(
-                n=p.n,
-                source=p.hit.source,
-                page=p.hit.page,
-                anchor=p.hit.anchor,
-                heading=p.hit.heading,
-                chunk_id=p.hit.chunk_id,
-                score=p.hit.score,
-                cited=p.n in cited,
-                text=p.text,
-            )
-            for p in prepared.passages
-        ]
+        citations = [Citation.of(p.n, p.hit, p.n in cited, p.text) for p in prepared.passages]
         timings = {**prepared.timings, "completion_tokens": self.generator.text_tokens(text)}
         model = self.generator.model_id
         return Answer(

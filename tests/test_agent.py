@@ -19,6 +19,7 @@ from ragapp.generators import GenerationConfig
 from ragapp.react_chat import ReActChatModel, parse_reply
 from ragapp.search import SearchHit
 from ragapp.tools.search_documents import PassageLedger, search_documents_tool
+from tests.test_generator_openai import FakeServer, completion, reply
 
 
 class ScriptedChatModel(BaseChatModel):
@@ -286,77 +287,35 @@ def test_app_agent_refuses_bad_requests_before_loading_a_model(tmp_path: Any) ->
     assert app._generator is None
 
 
-class ScriptedOpenAIServer:
-    """FAKE OpenAI-compatible server on 127.0.0.1 for control flow: scripted replies, recorded requests.
-
-    Real HTTP, so what ragapp and langchain-openai put on the wire for native tool calls is what is checked.
-    """
-
-    def __init__(self, replies: list[dict[str, Any]]) -> None:
-        import json
-        import threading
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-        self.requests: list[dict[str, Any]] = []
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def reply(self, body: dict[str, Any]) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def do_GET(self) -> None:
-                self.reply({"object": "list", "data": [{"id": "served-model", "object": "model", "owned_by": "x"}]})
-
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                server.requests.append(body)
-                message = replies[min(len(server.requests), len(replies)) - 1]
-                self.reply(
-                    {
-                        "id": "c",
-                        "object": "chat.completion",
-                        "created": 0,
-                        "model": body["model"],
-                        "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
-                        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
-                    }
-                )
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 def test_native_tool_calls_go_over_the_openai_api(tmp_path: Any) -> None:
     tool_call = {
         "id": "call_1",
         "type": "function",
         "function": {"name": "calculator", "arguments": '{"expression": "6*7"}'},
     }
-    server = ScriptedOpenAIServer(
-        [{"role": "assistant", "content": None, "tool_calls": [tool_call]}, {"role": "assistant", "content": "42."}]
-    )
+    replies = [
+        {"role": "assistant", "content": None, "tool_calls": [tool_call]},
+        {"role": "assistant", "content": "42."},
+    ]
+    server = FakeServer()  # FAKE OpenAI-compatible server: real HTTP, scripted replies
+    chat: list[dict[str, Any]] = []
+
+    def complete(handler: Any, body: dict[str, Any]) -> None:
+        chat.append(body)
+        answer = {**completion(""), "model": body["model"]}
+        answer["choices"][0]["message"] = replies[len(chat) - 1]
+        reply(handler, 200, answer)
+
+    server.routes["POST /v1/chat/completions"] = complete
     try:
         config = {"generation": {"backend": "openai", "base_url": server.url}}
         result = App(tmp_path / "ws", config=config).agent("What is 6*7?", tools=["calculator"])
     finally:
         server.close()
-    assert result.protocol == "tools" and result.model == "served-model"
-    first, second = server.requests
+    assert result.protocol == "tools" and result.model == "fake"
+    first, second = chat
     assert [t["function"]["name"] for t in first["tools"]] == ["calculator"]
-    assert first["model"] == "served-model" and first["temperature"] == 0.0
+    assert first["model"] == "fake" and first["temperature"] == 0.0
     assert second["messages"][-1] == {"role": "tool", "content": "42", "tool_call_id": "call_1"}
     assert [(s.kind, s.tool, s.content) for s in result.steps] == [
         ("tool_call", "calculator", ""),

@@ -8,6 +8,12 @@ The model is shown the tools and a few worked examples, and answers either
 or `Final Answer: <answer>`. Replies are parsed into `AIMessage.tool_calls`, and tool results go back as
 `Observation: ...`, so LangChain's agent loop runs unchanged whichever protocol the model speaks.
 Measured with SmolLM2-135M-Instruct: without the examples it never used the format; with them it does.
+
+A small model also names tools that do not exist ("eval" for arithmetic). So the tool is chosen the way
+constrained decoding would: of the bound tools, the one whose name makes the model's action likeliest
+(`Generator.reference_nll`), keeping the input it wrote. On benchmarks/agent_tasks.py (arithmetic, SQL,
+documents; all three tools offered) that raised right-tool choices from 3 to 8 of 10 and right answers from
+1 to 3, for one scoring pass per tool and step (median 4.5 → 6.7 s per task).
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import ConfigDict, Field
 
-from ragapp.errors import UsageError
+from ragapp.errors import ScoringUnsupported, UsageError
 from ragapp.generators.base import GenerationConfig, Message
 
 PROTOCOL = """You answer by using tools. Tools:
@@ -117,6 +123,7 @@ class ReActChatModel(BaseChatModel):
     sampling: GenerationConfig = Field(default_factory=GenerationConfig)
     tool_schemas: list[dict[str, Any]] = Field(default_factory=list)
     context_window: int = 0  # tokens; 0 = the generator's
+    choose_tool: bool = True  # pick the bound tool by likelihood (see the module docstring); False: as written
 
     @property
     def _llm_type(self) -> str:
@@ -204,7 +211,33 @@ class ReActChatModel(BaseChatModel):
     ) -> ChatResult:
         stops = [*self.sampling.stop, "\n" + OBSERVATION, *(stop or [])]
         sampling = self.sampling.model_copy(update={"stop": stops})
-        text = self.generator.generate(self.fit(messages, sampling.max_new_tokens), sampling)
+        chat = self.fit(messages, sampling.max_new_tokens)
+        text = self.generator.generate(chat, sampling)
         message = parse_reply(text, self.parameters)
         message.response_metadata = {"model_name": self.generator.model_id, "raw": text}
+        if self.choose_tool and message.tool_calls and len(self.parameters) > 1:
+            self._choose_tool(chat, message)
         return ChatResult(generations=[ChatGeneration(message=message)])
+
+    def _choose_tool(self, chat: list[Message], message: AIMessage) -> None:
+        """Name the bound tool that makes the model's action likeliest; its input stays as written."""
+        call = message.tool_calls[0]
+        parameters = self.parameters
+        written = parameters.get(call["name"])
+        args = call["args"]
+        value = args[written] if written in args and len(args) == 1 else next(iter(args.values()), "")
+        scores: dict[str, float] = {}
+        for name in parameters:
+            try:
+                nll, _ = self.generator.reference_nll(chat, f"Action: {name}\nAction Input: {value}")
+            except ScoringUnsupported:
+                return  # a server without prompt log-probabilities: the model's own choice stands
+            scores[name] = nll
+        best = min(scores, key=scores.__getitem__)
+        message.response_metadata["tool_nll"] = {k: round(v, 3) for k, v in scores.items()}
+        if best != call["name"]:
+            message.response_metadata["tool_written"] = call["name"]
+            param = parameters[best]
+            call["name"] = best
+            if param is not None and isinstance(value, str):
+                call["args"] = {param: value}

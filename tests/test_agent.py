@@ -14,7 +14,7 @@ from pydantic import Field
 
 from ragapp.agent import Step, run_agent
 from ragapp.app import App
-from ragapp.errors import UsageError
+from ragapp.errors import ScoringUnsupported, UsageError
 from ragapp.generators import GenerationConfig
 from ragapp.react_chat import ReActChatModel, parse_reply
 from ragapp.search import SearchHit
@@ -269,6 +269,42 @@ def test_old_tool_results_then_the_examples_give_way_to_fit_the_context_window()
     ]
     with pytest.raises(UsageError, match="does not fit the 500-token context window"):
         bound.fit([HumanMessage("z" * 3000)], max_new_tokens=100)
+
+
+class ScoringGenerator(ScriptedGenerator):
+    """FAKE generator that also scores texts: the NLL of an action is looked up by its tool name."""
+
+    def __init__(self, replies: list[str], nll: dict[str, float] | None) -> None:
+        super().__init__(replies)
+        self.nll = nll
+        self.scored: list[str] = []
+
+    def reference_nll(self, messages: Sequence[dict[str, str]], text: str) -> tuple[float, int]:
+        if self.nll is None:
+            raise ScoringUnsupported("no prompt log-probabilities")
+        self.scored.append(text)
+        return self.nll[text.split("\n")[0].removeprefix("Action: ")], 5
+
+
+def test_the_likeliest_bound_tool_replaces_a_made_up_tool_name() -> None:
+    generator = ScoringGenerator(
+        ["Action: eval\nAction Input: 6*7", "Final Answer: 42"], {"multiply": 3.0, "lookup": 9.0}
+    )
+    model = ReActChatModel(generator=generator)
+    result = run_agent(model, [multiply_tool(), failing_tool()], "6 times 7?", max_steps=3)
+    assert generator.scored == ["Action: multiply\nAction Input: 6*7", "Action: lookup\nAction Input: 6*7"]
+    assert [(s.kind, s.tool, s.args) for s in result.steps][:2] == [
+        ("tool_call", "multiply", {"expression": "6*7"}),
+        ("observation", "multiply", {}),
+    ]
+    assert result.steps[1].content == "42" and result.answer == "42"
+
+
+def test_without_scoring_the_written_tool_name_stands_and_is_reported() -> None:
+    generator = ScoringGenerator(["Action: eval\nAction Input: 6*7", "Final Answer: none"], None)
+    result = run_agent(ReActChatModel(generator=generator), [multiply_tool(), failing_tool()], "task", max_steps=3)
+    assert result.steps[0].tool == "eval"
+    assert result.steps[1].error and "eval is not a valid tool" in result.steps[1].content
 
 
 # -- App.agent's checks --------------------------------------------------------------------------

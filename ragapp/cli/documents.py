@@ -13,6 +13,7 @@ import click
 from connectors.base import UNSUPPORTED
 from ragapp.app import Answer
 from ragapp.cli.common import (
+    echo_citations,
     emit_json,
     generation_flags,
     generation_options,
@@ -231,12 +232,7 @@ def ask(
 
 
 def print_sources(answer: Answer) -> None:
-    click.echo("Sources:")
-    for c in answer.citations:
-        where = shown_path(c.source) + (f"#{c.anchor}" if c.anchor else "")
-        where += f" (page {c.page})" if c.page is not None else ""
-        marker = "*" if c.cited else " "
-        click.echo(f" {marker}[{c.n}] {where}" + (f" — {c.heading}" if c.heading else ""))
+    echo_citations(answer.citations)
     t = answer.timings
     click.echo(
         f"({answer.model}; retrieval {t['retrieve_s'] * 1000:.0f} ms, generation {t['generate_s']:.1f} s"

@@ -140,7 +140,7 @@ class Ingestor:
                     continue
                 self._store(document, chunks, digest, len(document.text), 0.0, known, report)
             if sync_prefix:
-                self._remove_unseen(sync_prefix, seen, known, report)
+                self._delete([s for s in known if s.startswith(sync_prefix) and s not in seen], report)
 
         return self._run(report, work, progress)
 
@@ -149,10 +149,7 @@ class Ingestor:
         report = IngestReport(paths=["(removal)"])
 
         def work(known: dict[str, str]) -> None:
-            ids = self.store.delete_documents(sources)
-            self.index.remove(ids)
-            report.removed += len([s for s in sources if s in known])
-            report.chunks_removed += len(ids)
+            self._delete([s for s in sources if s in known], report)
 
         return self._run(report, work, progress=False)
 
@@ -242,22 +239,16 @@ class Ingestor:
             for source in self.store.documents_by_source()
             if source not in seen and source.startswith(prefixes) and not os.path.exists(source)
         ]
-        if vanished:
-            ids = self.store.delete_documents(vanished)
-            self.index.remove(ids)
-            report.removed += len(vanished)
-            report.chunks_removed += len(ids)
+        self._delete(vanished, report)
 
-    def _remove_unseen(self, prefix: str, seen: set[str], known: dict[str, str], report: IngestReport) -> None:
-        gone = [source for source in known if source.startswith(prefix) and source not in seen]
-        for start in range(0, len(gone), 500):  # a bounded IN (...) list, however many rows were deleted
-            part = gone[start : start + 500]
-            ids = self.store.delete_documents(part)
-            self.index.remove(ids)
-            for source in part:
-                del known[source]
-            report.removed += len(part)
-            report.chunks_removed += len(ids)
+    def _delete(self, sources: list[str], report: IngestReport) -> None:
+        """Remove stored documents (by source) from SQL and the vector index, and count them."""
+        if not sources:
+            return
+        ids = self.store.delete_documents(sources)
+        self.index.remove(ids)
+        report.removed += len(sources)
+        report.chunks_removed += len(ids)
 
     # -- embedding --------------------------------------------------------------------------------
 

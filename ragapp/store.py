@@ -428,10 +428,14 @@ class Store:
     def delete_documents(self, sources: Iterable[str]) -> list[int]:
         """Delete documents with their chunks; returns the deleted chunk ids."""
         sources = list(sources)
-        with self.session() as s:
-            ids = list(s.scalars(select(ChunkRow.id).join(DocumentRow).where(DocumentRow.source.in_(sources))))
-            s.execute(delete(ChunkRow).where(ChunkRow.id.in_(ids)))
-            s.execute(delete(DocumentRow).where(DocumentRow.source.in_(sources)))
+        ids: list[int] = []
+        with self.session() as s:  # one transaction; bounded IN (...) lists however many documents go
+            for start in range(0, len(sources), 500):
+                part = sources[start : start + 500]
+                documents = select(DocumentRow.id).where(DocumentRow.source.in_(part))
+                ids.extend(s.scalars(select(ChunkRow.id).where(ChunkRow.document_id.in_(documents))))
+                s.execute(delete(ChunkRow).where(ChunkRow.document_id.in_(documents)))
+                s.execute(delete(DocumentRow).where(DocumentRow.source.in_(part)))
             s.commit()
         return ids
 

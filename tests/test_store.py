@@ -89,6 +89,18 @@ def test_replace_document_swaps_chunks_and_never_reuses_ids(tmp_path: Path) -> N
     assert store.documents_by_source()["/b.txt"].content_hash == "h3"
 
 
+def test_deleting_more_documents_than_one_batch_removes_all_of_them_and_only_them(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    for i in range(1203):
+        store.replace_document(make_doc(f"/d{i}.txt", "x"), f"h{i}", 1, 1.0, make_chunks(2))
+    kept = set(store.chunk_ids())
+    gone = [f"/d{i}.txt" for i in range(1200)] + ["/never-stored.txt"]
+    deleted = store.delete_documents(gone)
+    assert len(deleted) == 2400 and len(set(deleted)) == 2400
+    assert sorted(store.documents_by_source()) == ["/d1200.txt", "/d1201.txt", "/d1202.txt"]
+    assert store.chunk_ids() == kept - set(deleted) and len(store.chunk_ids()) == 6
+
+
 def test_pending_chunks_include_title_and_heading(tmp_path: Path) -> None:
     store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
     doc = make_doc("/a.txt", "body")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from collections import Counter
 from pathlib import Path
@@ -150,8 +149,7 @@ def print_report(report: IngestReport, as_json: bool, unit: str = "files") -> No
         if items:
             click.echo(f"{title} ({len(items)}):")
             for item in items:
-                where = shown_path(item.source) if os.path.isabs(item.source) else item.source
-                click.echo(f"  {where}: {item.reason}")
+                click.echo(f"  {shown_path(item.source)}: {item.reason}")
 
 
 @click.command()

@@ -13,7 +13,7 @@ import hashlib
 import math
 import sqlite3
 import string
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -28,6 +28,19 @@ from connectors.base import Document, FileProblem, Section
 
 FETCH_ROWS = 500  # rows fetched from the database at a time: memory stays flat whatever the table's size
 _BINARY = (bytes, bytearray, memoryview)
+
+
+def read_only_sqlite(path: Path) -> Callable[[], sqlite3.Connection]:
+    """Connections to an existing SQLite file that can neither write to it nor create it (`mode=ro`,
+    `query_only`): for SQLAlchemy's `creator`, wherever ragapp reads a database it was given."""
+    uri = "file:" + quote(str(path), safe="/") + "?mode=ro"
+
+    def connect() -> sqlite3.Connection:
+        conn = sqlite3.connect(uri, uri=True, check_same_thread=False)
+        conn.execute("PRAGMA query_only = ON")
+        return conn
+
+    return connect
 
 
 class SqlSourceError(Exception):
@@ -327,13 +340,7 @@ class SqlSource:
                 raise SqlSourceError(f"no such database file: {path}")
             if not path.is_file():
                 raise SqlSourceError(f"not a database file: {path}")
-            # Read-only, and a missing file is an error rather than a new empty database.
-            uri = "file:" + quote(str(path), safe="/") + "?mode=ro"
-            return sa.create_engine(
-                url.set(database=str(path)),
-                creator=lambda: sqlite3.connect(uri, uri=True, check_same_thread=False),
-                poolclass=NullPool,
-            )
+            return sa.create_engine(url.set(database=str(path)), creator=read_only_sqlite(path), poolclass=NullPool)
         except sa.exc.NoSuchModuleError as exc:
             raise SqlSourceError(f"cannot use {url.drivername} databases: {_error_text(exc)}") from None
         except ImportError as exc:

@@ -31,7 +31,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
-from urllib.parse import quote
 
 import sqlglot
 from langchain_core.tools import BaseTool, StructuredTool, ToolException
@@ -43,6 +42,7 @@ from sqlalchemy.pool import NullPool
 from sqlalchemy.types import NullType
 from sqlglot import exp
 
+from connectors.sql import read_only_sqlite
 from ragapp.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -207,13 +207,7 @@ class ReadOnlyDatabase:
         path = Path(database).expanduser().resolve()
         if not path.is_file():
             raise ConfigError(f"sql_query: the SQLite database {path} does not exist")
-        uri = f"file:{quote(str(path))}?mode=ro"
-
-        def connect() -> sqlite3.Connection:
-            conn = sqlite3.connect(uri, uri=True)
-            conn.execute("PRAGMA query_only = ON")
-            return conn
-
+        connect = read_only_sqlite(path)
         # NullPool: a fresh connection per query, so no handler or state outlives it (SQLite opens in microseconds).
         engine = create_engine("sqlite://", creator=connect, poolclass=NullPool)
         # The authorizer goes on in the "connect" event, which runs after SQLAlchemy's first-connect

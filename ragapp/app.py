@@ -161,7 +161,7 @@ class App:
             from ragapp.embedding import load_embedder
 
             e = self.config.embedding
-            self._embedder = load_embedder(e.model, e.device, e.batch_size)
+            self._embedder = load_embedder(e.model, e.device, e.batch_size, e.dtype)
         return self._embedder
 
     @property
@@ -227,7 +227,7 @@ class App:
 
     def _require_chunks(self) -> Store:
         store = self.open_store(create=False)
-        if store.counts()["chunks"] == 0:
+        if not store.has_chunks():
             raise EmptyWorkspace(f"nothing ingested yet in {self.workspace}: run `ragapp ingest PATH` first")
         return store
 

@@ -34,8 +34,10 @@ class _Section(BaseModel):
 
 class EmbeddingSettings(_Section):
     model: str = ""  # "" = the shipped all-MiniLM-L6-v2
-    batch_size: int = Field(32, ge=1, le=4096)
+    batch_size: int = Field(16, ge=1, le=4096)
     device: str = "cpu"
+    # auto: bfloat16 on CPUs with native bfloat16 (AMX / AVX512-BF16), float16 on CUDA, else float32.
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
 
 
 class ChunkingSettings(_Section):
@@ -56,7 +58,9 @@ class IngestSettings(_Section):
 
 
 class IndexSettings(_Section):
-    kind: Literal["flat", "hnsw"] = "flat"
+    # auto: exact (flat) search up to 20k vectors, an HNSW graph from there on; changing it converts the
+    # saved index on the next ingest (nothing is embedded again).
+    kind: Literal["auto", "flat", "hnsw"] = "auto"
     hnsw_m: int = Field(32, ge=4, le=256)
     # BM25 term saturation and length normalisation; changing them rebuilds the keyword index.
     bm25_k1: float = Field(1.2, ge=0, le=10)

@@ -199,7 +199,7 @@ def _dense(
     parts: SearchParts, query: str, hypothetical: str | None, depth: int, allowed: np.ndarray | None
 ) -> list[tuple[int, float]]:
     embedder = parts.embedder()
-    vector = embedder.embed([query] if hypothetical is None else [query, hypothetical])
+    vector = embedder.embed_queries([query] if hypothetical is None else [query, hypothetical])
     if len(vector) > 1:  # HyDE: the question and its hypothetical answer, averaged
         vector = vector.mean(axis=0, keepdims=True)
         vector /= np.linalg.norm(vector)
@@ -225,7 +225,7 @@ def _diversify(
     if missing:
         texts = [embedding_text(rows[ids[n]][1].title, rows[ids[n]][0].heading, rows[ids[n]][0].text) for n in missing]
         vectors[missing] = embedder.embed(texts)
-    order = maximal_marginal_relevance(embedder.embed([query])[0], vectors, k, parts.settings.mmr_lambda)
+    order = maximal_marginal_relevance(embedder.embed_queries([query])[0], vectors, k, parts.settings.mmr_lambda)
     return [ranked[n] for n in order]
 
 

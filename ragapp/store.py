@@ -318,6 +318,11 @@ class Store:
                 "pending": s.scalar(select(func.count()).where(ChunkRow.indexed.is_(False))) or 0,
             }
 
+    def has_chunks(self) -> bool:
+        """Asked before every search: one indexed lookup on a bare connection (counts() scans the table)."""
+        with self.engine.connect() as connection:
+            return connection.execute(select(ChunkRow.id).limit(1)).first() is not None
+
     def chunk_ids(self, indexed: bool | None = None) -> set[int]:
         with self.session() as s:
             query = select(ChunkRow.id)

@@ -65,7 +65,9 @@ def test_concurrent_calls_are_batched_and_each_gets_its_own_vectors(
     for got, texts in zip(results, work, strict=True):
         expected = np.vstack([alone[QUERIES.index(t)] for t in texts])
         assert got.shape == expected.shape
-        assert np.allclose(got, expected, atol=1e-5)  # batching pads differently: same vectors up to rounding
+        # Batching pads differently: the same vectors up to rounding (bfloat16 rounds at about 1e-3).
+        assert np.allclose(got, expected, atol=1e-5 if embedder.dtype == "float32" else 2e-3)
+        assert np.min(np.sum(got * expected, axis=1)) > 0.9999
     assert sum(batches) == 24 and len(batches) < len(work)  # fewer encodes than calls
 
 

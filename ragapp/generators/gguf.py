@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from ragapp.cache import cache_dir  # vllm_local and cli.model import it from here
 from ragapp.errors import RagappError
 
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
@@ -49,15 +50,6 @@ def shipped_gguf() -> Path:
         if (folder / SHIPPED_FILE).is_file():
             return folder / SHIPPED_FILE
     raise ModelNotFound(f"{hint} ({SHIPPED_FILE} is missing from {', '.join(map(str, folders)) or SHIPPED_PACKAGE})")
-
-
-def cache_dir() -> Path:
-    """`$RAGAPP_CACHE_DIR`, else `$XDG_CACHE_HOME/ragapp`, else `~/.cache/ragapp` (not created here)."""
-    if os.environ.get("RAGAPP_CACHE_DIR"):
-        return Path(os.environ["RAGAPP_CACHE_DIR"]).expanduser()
-    if os.environ.get("XDG_CACHE_HOME"):
-        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "ragapp"
-    return Path.home() / ".cache" / "ragapp"
 
 
 def converted_name(gguf: Path) -> str:

@@ -89,3 +89,63 @@ def test_corrupt_index_file_is_rebuilt(tmp_path: Path) -> None:
     assert "unreadable FAISS index" in index.notes[0]
     index.reconcile()
     assert store.counts()["pending"] == 5
+
+
+def test_graph_tombstones_come_from_sql_and_are_compacted(tmp_path: Path) -> None:
+    store, ids = setup_workspace(tmp_path, n_chunks=20)
+    index = WorkspaceIndex(tmp_path / "index.faiss", store, DIM, "m|8", "hnsw", 8)
+    index.reconcile()
+    index.add(ids, vectors(len(ids)))
+    index.save()
+    other = Document("/e.txt", "txt", "y", [Section("y", 0)])
+    store.replace_document(other, "h2", 1, 1.0, [Chunk(ordinal=0, text="e", start=0, end=1, token_count=1)])
+    # The chunks of /d.txt are deleted in SQL, their vectors still in the saved graph (a crash, or
+    # another process's view): opening derives the tombstones from SQL, no file says which they are.
+    assert sorted(store.delete_documents(["/d.txt"])) == ids
+    reopened = WorkspaceIndex(tmp_path / "index.faiss", store, DIM, "m|8", "hnsw", 8)
+    assert (reopened.index.ntotal, reopened.index.tombstones) == (0, 20)
+    assert reopened.search(vectors(1), 5) == []
+    assert reopened.reconcile()["stale"] == 0  # nothing left to repair
+    reopened.save()  # 20 of 20 are tombstones: compacted away before writing
+    again = WorkspaceIndex(tmp_path / "index.faiss", store, DIM, "m|8", "hnsw", 8)
+    assert (again.index.ntotal, again.index.tombstones) == (0, 0)
+
+
+def test_auto_kind_switches_layout_by_size_without_re_embedding(tmp_path: Path, monkeypatch) -> None:
+    from ragapp import vector_index
+
+    monkeypatch.setattr(vector_index, "HNSW_FROM", 10)
+    store, ids = setup_workspace(tmp_path, n_chunks=12)
+    index = WorkspaceIndex(tmp_path / "index.faiss", store, DIM, "m|8", "auto", 8)
+    index.reconcile()
+    index.add(ids[:6], vectors(6))
+    index.save()
+    assert index.index.kind == "flat"
+    index.add(ids[6:], vectors(12)[6:])
+    index.save()
+    assert index.index.kind == "hnsw" and index.index.ntotal == 12
+    assert store.counts()["pending"] == 0
+    reopened = WorkspaceIndex(tmp_path / "index.faiss", store, DIM, "m|8", "auto", 8)
+    assert reopened.index.kind == "hnsw" and not reopened.notes
+    assert reopened.search(vectors(12)[8], 1)[0][0] == ids[8]
+    # Down to 6 (above half of 10): stays a graph; down to 4: flat again.
+    reopened.remove(ids[:6])
+    reopened.save()
+    assert reopened.index.kind == "hnsw"
+    reopened.remove(ids[6:8])
+    reopened.save()
+    assert reopened.index.kind == "flat" and sorted(reopened.index.ids().tolist()) == ids[8:]
+
+
+def test_changing_kind_converts_the_saved_index(tmp_path: Path) -> None:
+    store, ids = setup_workspace(tmp_path)
+    flat = open_index(tmp_path, store)
+    flat.reconcile()
+    flat.add(ids, vectors(len(ids)))
+    flat.save()
+    graph = WorkspaceIndex(tmp_path / "index.faiss", store, DIM, "m|8", "hnsw", 8)
+    assert not graph.notes and graph.index.kind == "flat"  # readers use it as it is
+    assert graph.reconcile() == {"stale": 0, "lost": 0, "found": 0}
+    graph.save()
+    assert graph.index.kind == "hnsw" and store.counts()["pending"] == 0  # converted, not re-embedded
+    assert WorkspaceIndex(tmp_path / "index.faiss", store, DIM, "m|8", "hnsw", 8).index.kind == "hnsw"

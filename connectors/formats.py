@@ -17,17 +17,14 @@ import warnings
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import PurePath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import docx
-import pypdf
 from bs4 import BeautifulSoup, XMLParsedAsHTMLWarning
 from bs4.element import NavigableString, Tag
 from charset_normalizer import from_bytes
-from docx.opc.exceptions import PackageNotFoundError
-from docx.table import Table
-from docx.text.paragraph import Paragraph
-from pypdf.errors import DependencyError, FileNotDecryptedError
+
+if TYPE_CHECKING:  # imported where a PDF or .docx is parsed: together 30 MB that a folder of text never needs
+    from docx.text.paragraph import Paragraph
 
 from connectors.base import Document, ParseError, Section
 
@@ -336,6 +333,9 @@ def parse_pdf(source: str, data: bytes) -> Document:
     """One section per page with text; pypdf's warnings about damaged files are not our output."""
     if b"%PDF-" not in data[:1024]:
         raise ParseError("corrupt PDF: no PDF header (not a PDF file)")
+    import pypdf
+    from pypdf.errors import DependencyError, FileNotDecryptedError
+
     logging.getLogger("pypdf").setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings():
@@ -376,6 +376,10 @@ def _heading_style(paragraph: Paragraph) -> bool:
 @_register(".docx")
 def parse_docx(source: str, data: bytes) -> Document:
     """Paragraphs and table rows in document order; Title / Heading N paragraphs start sections."""
+    import docx
+    from docx.opc.exceptions import PackageNotFoundError
+    from docx.table import Table
+
     slug, blocks, first_heading = _Slugger(), _Blocks(), None
     try:
         document = docx.Document(io.BytesIO(data))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,11 +23,21 @@ if TYPE_CHECKING:
 
 
 def _bm25s() -> Any:
-    """bm25s, imported on first use: it imports numba when installed (vLLM brings it), and a process that
-    has numba's llvmlite loaded when vLLM starts its workers makes them fail; importing ragapp must not."""
-    import bm25s
+    """bm25s, imported on first use and without numba. bm25s imports numba whenever it is installed (vLLM
+    brings it) for a backend ragapp does not use (queries go through `get_scores_from_ids`, plain numpy):
+    that cost 67 MB of memory and 0.5 s, and a process that has numba's llvmlite loaded when vLLM starts
+    its workers makes them fail. If numba is already loaded, bm25s may use it."""
+    if "bm25s" in sys.modules or "numba" in sys.modules:
+        import bm25s
 
+        return bm25s
+    sys.modules["numba"] = None  # type: ignore[assignment]  # makes `import numba` raise ImportError
+    try:
+        import bm25s
+    finally:
+        del sys.modules["numba"]
     return bm25s
+
 
 FORMAT = 1
 IDS_FILE = "chunk_ids.npy"

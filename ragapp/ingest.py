@@ -26,7 +26,9 @@ from ragapp.keyword_index import WorkspaceKeywords
 from ragapp.store import IngestProblem, IngestRun, Store, utcnow
 from ragapp.vector_index import WorkspaceIndex
 
-EMBED_BATCH = 256  # chunks embedded per step: large enough for throughput, small enough for progress
+# Chunks embedded per step. The model sorts each step's texts by length before batching them, so a wide
+# step pads less; 1024 is about 10 s of work, so progress still moves.
+EMBED_BATCH = 1024
 SAVE_EVERY_S = 60.0  # how much embedding work a crash can cost at most
 T = TypeVar("T")
 
@@ -264,7 +266,9 @@ class Ingestor:
                 bar = tqdm(total=total, desc="embed", unit="chunk", dynamic_ncols=True)
         for batch in self.store.pending_chunks(after_id=self._embedded_up_to, batch=EMBED_BATCH):
             ids = [chunk_id for chunk_id, _ in batch]
-            vectors = self.embedder.embed([text for _, text in batch])
+            # Identical texts (copied files, boilerplate, a re-added document) are embedded once.
+            unique = {text: n for n, text in enumerate(dict.fromkeys(text for _, text in batch))}
+            vectors = self.embedder.embed(list(unique))[[unique[text] for _, text in batch]]
             self.index.add(ids, vectors)
             self._embedded_up_to = ids[-1]
             report.chunks_embedded += len(ids)

@@ -52,3 +52,13 @@ def test_larger_chunks_mean_fewer_chunks(tokenizer) -> None:
     small = Chunker(tokenizer, chunk_tokens=40, overlap_tokens=0).chunk(doc)
     large = Chunker(tokenizer, chunk_tokens=200, overlap_tokens=0).chunk(doc)
     assert len(large) < len(small)
+
+
+def test_token_counts_match_the_tokenizer_past_its_padding_and_length_limits(tokenizer) -> None:
+    """The counter calls the Rust tokenizer directly; the shipped one pads to 128 and the model stops at
+    512, and neither may leak into the counts (a padded count would make every chunk look 128 tokens)."""
+    chunker = Chunker(tokenizer)
+    texts = ["", "one", "naïve café – déjà vu", "x" * 3000, " ".join(f"word{i}" for i in range(900)), MARKDOWN]
+    for text in texts:
+        assert chunker.count_tokens(text) == len(tokenizer.encode(text, add_special_tokens=False, verbose=False))
+    assert chunker.count_tokens(texts[4]) > 512

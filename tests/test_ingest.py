@@ -246,3 +246,32 @@ def test_pdf_docx_and_html_citations_carry_page_and_anchor(tmp_path: Path) -> No
     html_hit = app.search("which warehouse do orders ship from", k=1)[0]
     assert html_hit.source.endswith("faq.html") and html_hit.anchor == "shipping"
     assert "Home | Products" not in html_hit.text
+
+
+def test_identical_chunks_are_embedded_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    text = "# Backups\n\n" + "\n\n".join(f"Step {i}: copy the archive to the second disk and verify it." for i in range(30))
+    for name in ("a.md", "copy-of-a.md"):
+        (folder / name).write_text(text, encoding="utf-8")
+    app = App(tmp_path / "ws")
+    embedded: list[str] = []
+    real_embed = app.embedder.embed
+
+    def counting_embed(texts: list[str]):  # a spy around the real model, not a fake
+        embedded.extend(texts)
+        return real_embed(texts)
+
+    monkeypatch.setattr(app.embedder, "embed", counting_embed)
+    report = app.ingest([folder], progress=False)
+    assert report.chunks_added == report.chunks_embedded >= 4
+    assert len(embedded) == report.chunks_embedded // 2 == len(set(embedded))
+    assert_consistent(app)
+    index = FaissIndex.load(app.workspace / "index.faiss", 384)
+    store = app.open_store()
+    with store.session() as s:
+        by_doc: dict[int, list[int]] = {}
+        for chunk in s.scalars(select(ChunkRow).order_by(ChunkRow.ordinal)):
+            by_doc.setdefault(chunk.document_id, []).append(chunk.id)
+    first, second = by_doc.values()
+    assert index.vectors(first).tobytes() == index.vectors(second).tobytes()

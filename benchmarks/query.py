@@ -217,11 +217,7 @@ def main() -> None:
         for app in apps.values():
             app.close()
     probe = App(real)
-    vectors = (
-        probe.embedder.embed_queries(queries[:100])
-        if hasattr(probe.embedder, "embed_queries")
-        else probe.embedder.embed(queries[:100])
-    )
+    vectors = probe.embedder.embed_queries(queries[:100])
     probe.close()
     print(
         f"\nrecall@10 of the 100k HNSW index against exact search (same vectors, 100 queries): "

@@ -100,7 +100,7 @@ class FaissIndex:
         stored = faiss.vector_to_array(self._index.id_map).astype(np.int64)
         if not self._dead:
             return stored
-        return stored[~np.isin(stored, np.fromiter(self._dead, dtype=np.int64, count=len(self._dead)))]
+        return stored[~np.isin(stored, self._dead_ids())]
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         ids = np.ascontiguousarray(ids, dtype=np.int64)
@@ -127,7 +127,7 @@ class FaissIndex:
         fresh = FaissIndex(self.dim, kind or self.kind, self.hnsw_m)
         stored = faiss.vector_to_array(self._index.id_map).astype(np.int64)
         if len(stored):
-            keep = ~np.isin(stored, np.fromiter(self._dead, dtype=np.int64, count=len(self._dead)))
+            keep = ~np.isin(stored, self._dead_ids())
             if keep.any():
                 vectors = self._index.index.reconstruct_n(0, len(stored))
                 fresh.add(stored[keep], vectors[keep])
@@ -149,7 +149,7 @@ class FaissIndex:
         if allowed is not None:
             allowed = np.ascontiguousarray(allowed, dtype=np.int64)
             if self._dead:
-                allowed = allowed[~np.isin(allowed, np.fromiter(self._dead, dtype=np.int64, count=len(self._dead)))]
+                allowed = allowed[~np.isin(allowed, self._dead_ids())]
         k = min(k, self.ntotal if allowed is None else len(allowed))
         if k == 0:
             empty = np.zeros((len(queries), 0))
@@ -173,9 +173,12 @@ class FaissIndex:
         candidates = self.ids() if allowed is None else allowed[np.isin(allowed, self.ids())]
         return self._exact(queries, candidates, k)
 
+    def _dead_ids(self) -> np.ndarray:
+        return np.fromiter(self._dead, dtype=np.int64, count=len(self._dead))
+
     def _skip_dead(self) -> faiss.IDSelector:
         if self._dead_selector is None:
-            dead = np.fromiter(self._dead, dtype=np.int64, count=len(self._dead))
+            dead = self._dead_ids()
             batch = faiss.IDSelectorBatch(dead)
             self._dead_selector = faiss.IDSelectorNot(batch)
             self._dead_selector.referenced = batch  # IDSelectorNot does not own it: keep it alive

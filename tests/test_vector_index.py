@@ -32,6 +32,14 @@ def vectors(n: int) -> np.ndarray:
     return np.random.default_rng(0).normal(size=(n, DIM)).astype(np.float32)
 
 
+def filled(index: WorkspaceIndex, ids: list[int]) -> WorkspaceIndex:
+    """`index` holding a vector for each of `ids`, saved (the end of a normal ingest)."""
+    index.reconcile()
+    index.add(ids, vectors(len(ids)))
+    index.save()
+    return index
+
+
 def test_saved_but_not_marked_is_found(tmp_path: Path) -> None:
     store, ids = setup_workspace(tmp_path)
     index = open_index(tmp_path, store)
@@ -54,10 +62,7 @@ def test_marked_but_missing_from_file_is_lost_and_re_pending(tmp_path: Path) -> 
 
 def test_vectors_of_deleted_chunks_are_removed(tmp_path: Path) -> None:
     store, ids = setup_workspace(tmp_path)
-    index = open_index(tmp_path, store)
-    index.reconcile()
-    index.add(ids, vectors(len(ids)))
-    index.save()
+    filled(open_index(tmp_path, store), ids)
     store.delete_documents(["/d.txt"])  # crash before the index dropped them
     again = open_index(tmp_path, store)
     assert again.reconcile()["stale"] == 5
@@ -93,10 +98,7 @@ def test_corrupt_index_file_is_rebuilt(tmp_path: Path) -> None:
 
 def test_graph_tombstones_come_from_sql_and_are_compacted(tmp_path: Path) -> None:
     store, ids = setup_workspace(tmp_path, n_chunks=20)
-    index = WorkspaceIndex(tmp_path / "index.faiss", store, DIM, "m|8", "hnsw", 8)
-    index.reconcile()
-    index.add(ids, vectors(len(ids)))
-    index.save()
+    filled(WorkspaceIndex(tmp_path / "index.faiss", store, DIM, "m|8", "hnsw", 8), ids)
     other = Document("/e.txt", "txt", "y", [Section("y", 0)])
     store.replace_document(other, "h2", 1, 1.0, [Chunk(ordinal=0, text="e", start=0, end=1, token_count=1)])
     # The chunks of /d.txt are deleted in SQL, their vectors still in the saved graph (a crash, or
@@ -139,10 +141,7 @@ def test_auto_kind_switches_layout_by_size_without_re_embedding(tmp_path: Path, 
 
 def test_changing_kind_converts_the_saved_index(tmp_path: Path) -> None:
     store, ids = setup_workspace(tmp_path)
-    flat = open_index(tmp_path, store)
-    flat.reconcile()
-    flat.add(ids, vectors(len(ids)))
-    flat.save()
+    filled(open_index(tmp_path, store), ids)
     graph = WorkspaceIndex(tmp_path / "index.faiss", store, DIM, "m|8", "hnsw", 8)
     assert not graph.notes and graph.index.kind == "flat"  # readers use it as it is
     assert graph.reconcile() == {"stale": 0, "lost": 0, "found": 0}

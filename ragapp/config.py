@@ -57,10 +57,18 @@ class IngestSettings(_Section):
     max_file_mb: float = Field(20.0, gt=0)
 
 
+class DatabaseSettings(_Section):
+    # "" = SQLite in the workspace folder (ragapp.db); else a SQLAlchemy URL such as
+    # postgresql://user:password@host/dbname, shared by every ragapp process that names it.
+    url: str = ""
+
+
 class IndexSettings(_Section):
-    # auto: exact (flat) search up to 20k vectors, an HNSW graph from there on; changing it converts the
-    # saved index on the next ingest (nothing is embedded again).
-    kind: Literal["auto", "flat", "hnsw"] = "auto"
+    # auto: on SQLite, exact (flat) FAISS search up to 20k vectors and an HNSW graph from there on;
+    # on PostgreSQL, pgvector. flat/hnsw keep vectors in a FAISS file in the workspace folder (one machine);
+    # pgvector keeps them in PostgreSQL next to the chunks. Changing flat <-> hnsw converts the saved index
+    # on the next ingest (nothing is embedded again).
+    kind: Literal["auto", "flat", "hnsw", "pgvector"] = "auto"
     hnsw_m: int = Field(32, ge=4, le=256)
     # BM25 term saturation and length normalisation; changing them rebuilds the keyword index.
     bm25_k1: float = Field(1.2, ge=0, le=10)
@@ -161,6 +169,7 @@ class AgentSettings(_Section):
 
 
 class Config(_Section):
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     embedding: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
     chunking: ChunkingSettings = Field(default_factory=ChunkingSettings)
     ingest: IngestSettings = Field(default_factory=IngestSettings)

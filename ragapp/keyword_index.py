@@ -5,6 +5,10 @@ chunk ids differs from the one it was built from (chunk rows are immutable, so e
 texts). Each build goes into a new folder `bm25-<n>`; the `keyword_index` meta row in SQL names the
 current one and is switched in one commit, so readers see the old index or the new one, whole.
 A crash leaves at most an unreferenced folder, removed by the next writer.
+
+On a shared database (PostgreSQL) each machine keeps its own copy of the folder the pointer names:
+a reader that lacks it builds it from SQL under the same name (`materialise`), without moving the
+pointer, so machines never take turns rebuilding after each other.
 """
 
 from __future__ import annotations
@@ -75,6 +79,20 @@ class WorkspaceKeywords:
         self._remove_unreferenced(new_name)
         log.info("keyword index rebuilt: %d chunks in %.1f s", len(index), time.monotonic() - started)
         return True
+
+    def materialise(self) -> Bm25Index | None:
+        """Under the workspace lock: build the index the pointer names, if this folder lacks it. None if
+        there is no pointer: then `sync` is what is needed."""
+        name = self.pointer()
+        if name is None or (self.workspace / name).exists():
+            return None
+        index = self.build()
+        building = self.workspace / f".{name}.{time.time_ns()}"
+        index.save(building)
+        building.rename(self.workspace / name)  # readers of this folder see it whole
+        self._remove_unreferenced(name)
+        log.info("keyword index %s built here from SQL: %d chunks", name, len(index))
+        return index
 
     def _saved_ids(self, name: str | None) -> np.ndarray | None:
         if name is None:

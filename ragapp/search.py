@@ -1,7 +1,8 @@
-"""Retrieval: dense (FAISS), keyword (BM25) or both fused, restricted by metadata filters.
+"""Retrieval: dense (FAISS or pgvector), keyword (BM25) or both fused, restricted by metadata filters.
 
-Filters become a set of allowed chunk ids *before* either index ranks anything, so a filtered query
-returns k passages whenever k chunks pass the filter. Optional query-side steps use the generator:
+Filters become a set of allowed documents *before* either index ranks anything (FAISS and BM25 get
+their chunk ids, pgvector joins them in its SQL statement), so a filtered query returns k passages
+whenever k chunks pass the filter. Optional query-side steps use the generator:
 multi-query expansion (more phrasings of the question, each retrieved and fused) and HyDE (a
 hypothetical answer passage that is searched for alongside the question).
 """
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
     from ragapp.config import RetrievalSettings
     from ragapp.embedding import Embedder
     from ragapp.store import DocumentRow, Store
-    from ragapp.vector_index import WorkspaceIndex
+    from ragapp.vector_index import Restriction, VectorIndex
 
 Mode = Literal["dense", "bm25", "hybrid"]
 MODES: tuple[str, ...] = get_args(Mode)
@@ -143,7 +144,7 @@ class SearchParts:
     store: Store
     settings: RetrievalSettings
     embedder: Callable[[], Embedder]
-    vectors: Callable[[], WorkspaceIndex]
+    vectors: Callable[[], VectorIndex]
     keywords: Callable[[], Bm25Index]
     generator: Callable[[], Generator]
 
@@ -155,12 +156,13 @@ def search(
     mode = mode or settings.mode
     if mode not in MODES:
         raise UsageError(f"unknown search mode {mode!r} (use {', '.join(MODES)})")
-    allowed = None
+    restrict = None
     if filters:
-        ids = parts.store.chunk_ids_of(parts.store.document_ids(filters.matches))
-        if not ids:
+        from ragapp.vector_index import Restriction
+
+        restrict = Restriction(parts.store, parts.store.document_ids(filters.matches))
+        if not restrict.documents:
             return []
-        allowed = np.asarray(ids, dtype=np.int64)
 
     queries = [query]
     if settings.multi_query:
@@ -175,11 +177,12 @@ def search(
     for n, q in enumerate(queries):
         hyde = hypothetical if n == 0 else None
         if mode in ("dense", "hybrid"):
-            rankings.append(_dense(parts, q, hyde, depth, allowed))
+            rankings.append(_dense(parts, q, hyde, depth, restrict))
             weights.append(settings.dense_weight if mode == "hybrid" else 1.0)
         if mode in ("bm25", "hybrid"):
             text = f"{q} {hyde}" if hyde else q
-            rankings.append(parts.keywords().search(text, depth, allowed))
+            allowed = None if restrict is None else restrict.chunk_ids()
+            rankings.append(parts.keywords().search(text, depth, allowed) if allowed is None or len(allowed) else [])
             weights.append(1.0 - settings.dense_weight if mode == "hybrid" else 1.0)
     if len(rankings) == 1:
         ranked = rankings[0]
@@ -196,15 +199,14 @@ def search(
 
 
 def _dense(
-    parts: SearchParts, query: str, hypothetical: str | None, depth: int, allowed: np.ndarray | None
+    parts: SearchParts, query: str, hypothetical: str | None, depth: int, restrict: Restriction | None
 ) -> list[tuple[int, float]]:
     embedder = parts.embedder()
     vector = embedder.embed_queries([query] if hypothetical is None else [query, hypothetical])
     if len(vector) > 1:  # HyDE: the question and its hypothetical answer, averaged
         vector = vector.mean(axis=0, keepdims=True)
         vector /= np.linalg.norm(vector)
-    scores, ids = parts.vectors().index.search(vector, depth, allowed)
-    return [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0]
+    return parts.vectors().search(vector, depth, restrict)
 
 
 def _diversify(
@@ -214,13 +216,12 @@ def _diversify(
     from ragapp.store import embedding_text
 
     embedder = parts.embedder()
-    index = parts.vectors().index
     ids = [chunk_id for chunk_id, _ in ranked]
-    stored = set(index.ids().tolist())
+    stored = parts.vectors().stored_vectors(ids)
     vectors = np.zeros((len(ids), embedder.dim), dtype=np.float32)
     have = [n for n, i in enumerate(ids) if i in stored]
     if have:
-        vectors[have] = index.vectors([ids[n] for n in have])
+        vectors[have] = np.stack([stored[ids[n]] for n in have])
     missing = [n for n, i in enumerate(ids) if i not in stored]
     if missing:
         texts = [embedding_text(rows[ids[n]][1].title, rows[ids[n]][0].heading, rows[ids[n]][0].text) for n in missing]

@@ -2,11 +2,16 @@
 
 Chunk rows are immutable: a changed file gets new chunk rows with new ids, so a chunk id always
 names the same text and the vector index can be reconciled against this store by id alone.
-Ids are never reused (SQLite AUTOINCREMENT) for the same reason.
+Ids are never reused (SQLite AUTOINCREMENT, PostgreSQL sequences) for the same reason.
+
+The same models and migrations run on SQLite (the workspace's own file) and PostgreSQL (shared by
+any number of ragapp processes on any number of machines).
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -14,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     Engine,
@@ -22,6 +28,7 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    TypeDecorator,
     UniqueConstraint,
     create_engine,
     delete,
@@ -29,22 +36,41 @@ from sqlalchemy import (
     func,
     insert,
     inspect,
+    make_url,
     select,
     update,
 )
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 
 from ragapp.errors import WorkspaceError
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from connectors import Document
     from ragapp.chunking import Chunk
 
 SCHEMA_VERSION = 3
+# Row ids: 64-bit on PostgreSQL (ids are never reused, so they only grow); SQLite's INTEGER is 64-bit already
+# and must stay INTEGER to be the rowid that AUTOINCREMENT works on.
+RowId = BigInteger().with_variant(Integer, "sqlite")
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+class SafeText(TypeDecorator[str]):
+    """Text that any database stores: PostgreSQL refuses NUL characters, so they become U+FFFD on every
+    database (one character for one: chunk offsets stay right)."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect: Any) -> str | None:
+        return value.replace("\x00", "\ufffd") if value and "\x00" in value else value
 
 
 class Base(DeclarativeBase):
@@ -54,17 +80,17 @@ class Base(DeclarativeBase):
 class Meta(Base):
     __tablename__ = "meta"
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
-    value: Mapped[str] = mapped_column(Text)
+    value: Mapped[str] = mapped_column(SafeText)
 
 
 class DocumentRow(Base):
     __tablename__ = "documents"
     __table_args__ = {"sqlite_autoincrement": True}
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    source: Mapped[str] = mapped_column(Text, unique=True)
-    kind: Mapped[str] = mapped_column(String(16))
-    title: Mapped[str | None] = mapped_column(Text)
+    id: Mapped[int] = mapped_column(RowId, primary_key=True)
+    source: Mapped[str] = mapped_column(SafeText, unique=True)
+    kind: Mapped[str] = mapped_column(SafeText)
+    title: Mapped[str | None] = mapped_column(SafeText)
     content_hash: Mapped[str] = mapped_column(String(64))
     size: Mapped[int] = mapped_column(Integer)
     mtime: Mapped[float] = mapped_column(Float)
@@ -80,12 +106,12 @@ class ChunkRow(Base):
     __tablename__ = "chunks"
     __table_args__ = {"sqlite_autoincrement": True}
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    document_id: Mapped[int] = mapped_column(ForeignKey("documents.id", ondelete="CASCADE"), index=True)
+    id: Mapped[int] = mapped_column(RowId, primary_key=True)
+    document_id: Mapped[int] = mapped_column(RowId, ForeignKey("documents.id", ondelete="CASCADE"), index=True)
     ordinal: Mapped[int] = mapped_column(Integer)
-    text: Mapped[str] = mapped_column(Text)
-    heading: Mapped[str | None] = mapped_column(Text)
-    anchor: Mapped[str | None] = mapped_column(Text)
+    text: Mapped[str] = mapped_column(SafeText)
+    heading: Mapped[str | None] = mapped_column(SafeText)
+    anchor: Mapped[str | None] = mapped_column(SafeText)
     page: Mapped[int | None] = mapped_column(Integer)
     start_char: Mapped[int] = mapped_column(Integer)
     end_char: Mapped[int] = mapped_column(Integer)
@@ -119,9 +145,9 @@ class IngestProblem(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     run_id: Mapped[int] = mapped_column(ForeignKey("ingest_runs.id", ondelete="CASCADE"), index=True)
-    source: Mapped[str] = mapped_column(Text)
+    source: Mapped[str] = mapped_column(SafeText)
     severity: Mapped[str] = mapped_column(String(8))  # "error" (not ingested) | "warning" (ingested)
-    reason: Mapped[str] = mapped_column(Text)
+    reason: Mapped[str] = mapped_column(SafeText)
 
 
 class EvalRunRow(Base):
@@ -130,10 +156,10 @@ class EvalRunRow(Base):
     __tablename__ = "eval_runs"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    name: Mapped[str] = mapped_column(String(200), unique=True)
+    name: Mapped[str] = mapped_column(SafeText, unique=True)
     kind: Mapped[str] = mapped_column(String(16))  # pipeline | score
     status: Mapped[str] = mapped_column(String(16), default="running")  # running | completed | interrupted | failed
-    dataset: Mapped[str] = mapped_column(Text)
+    dataset: Mapped[str] = mapped_column(SafeText)
     dataset_hash: Mapped[str] = mapped_column(String(64))
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -152,15 +178,15 @@ class EvalItemRow(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     run_id: Mapped[int] = mapped_column(ForeignKey("eval_runs.id", ondelete="CASCADE"), index=True)
     position: Mapped[int] = mapped_column(Integer)  # line number in the dataset
-    item_id: Mapped[str] = mapped_column(Text)
-    question: Mapped[str] = mapped_column(Text)
-    reference: Mapped[str] = mapped_column(Text)
-    prediction: Mapped[str] = mapped_column(Text, default="")
+    item_id: Mapped[str] = mapped_column(SafeText)
+    question: Mapped[str] = mapped_column(SafeText)
+    reference: Mapped[str] = mapped_column(SafeText)
+    prediction: Mapped[str] = mapped_column(SafeText, default="")
     expected_sources: Mapped[list[str]] = mapped_column(JSON, default=list)
     citations: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     timings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    error: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(SafeText)
 
 
 class ApiKeyRow(Base):
@@ -170,7 +196,7 @@ class ApiKeyRow(Base):
     __tablename__ = "api_keys"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    name: Mapped[str] = mapped_column(String(200), default="")
+    name: Mapped[str] = mapped_column(SafeText, default="")
     prefix: Mapped[str] = mapped_column(String(16))  # the secret's first characters, to recognise it in lists
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
     collections: Mapped[list[str]] = mapped_column(JSON, default=list)
@@ -196,9 +222,9 @@ class TurnRow(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     conversation_id: Mapped[str] = mapped_column(ForeignKey("conversations.id", ondelete="CASCADE"), index=True)
-    question: Mapped[str] = mapped_column(Text)
-    standalone: Mapped[str] = mapped_column(Text)
-    answer: Mapped[str] = mapped_column(Text)
+    question: Mapped[str] = mapped_column(SafeText)
+    standalone: Mapped[str] = mapped_column(SafeText)
+    answer: Mapped[str] = mapped_column(SafeText)
     citations: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
@@ -213,7 +239,7 @@ class IngestJobRow(Base):
     status: Mapped[str] = mapped_column(String(16), default="queued")  # queued | running | completed | failed
     files: Mapped[list[str]] = mapped_column(JSON, default=list)
     report: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    error: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(SafeText)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -246,8 +272,18 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def lock_key(name: str) -> int:
+    """A PostgreSQL advisory lock key (a signed 64-bit integer) for `name`."""
+    return int.from_bytes(hashlib.sha256(f"ragapp:{name}".encode()).digest()[:8], "big", signed=True)
+
+
 def migrate(session: Session, migrations: dict[int, Migration] = MIGRATIONS) -> int:
-    """Bring the schema to the newest version in one transaction; refuse a newer database."""
+    """Bring the schema to the newest version in one transaction; refuse a newer database.
+
+    On PostgreSQL, processes that start at once wait for each other here (a transaction-scoped advisory
+    lock), so a step runs exactly once; its DDL commits or rolls back with the version row."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(select(func.pg_advisory_xact_lock(lock_key("migrate"))))
     target = max(migrations)
     has_meta = inspect(session.connection()).has_table("meta")
     current = 0
@@ -265,15 +301,53 @@ def migrate(session: Session, migrations: dict[int, Migration] = MIGRATIONS) -> 
     return target
 
 
+def database_url(url: str) -> URL:
+    """A SQLAlchemy URL; plain postgresql:// (psql's spelling) gets the psycopg 3 driver ragapp installs."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise WorkspaceError(f"database.url {url!r} is not a database URL (e.g. postgresql://user@host/dbname)") from None
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed
+
+
+def shown_url(url: str) -> str:
+    """The URL with its password masked, for messages and `ragapp status`."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url
+
+
+class StoreMissing(WorkspaceError):
+    """The database has no ragapp tables yet (and the caller did not ask to create them)."""
+
+
 class Store:
-    def __init__(self, url: str):
+    def __init__(self, url: str, create: bool = True):
         self.url = url
-        self.engine: Engine = create_engine(url)
-        if self.engine.dialect.name == "sqlite":
+        parsed = database_url(url)
+        try:
+            self.engine: Engine = create_engine(parsed, pool_pre_ping=parsed.get_backend_name() != "sqlite")
+        except ImportError as exc:
+            raise WorkspaceError(f"{shown_url(url)}: the database driver is not installed ({exc})") from None
+        self.dialect = self.engine.dialect.name
+        if self.dialect == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
-        with self.session() as session:
-            migrate(session)
+        try:
+            with self.session() as session:
+                if not create and not inspect(session.connection()).has_table("meta"):
+                    raise StoreMissing(f"{shown_url(url)} holds no ragapp workspace")
+                migrate(session)
+        except OperationalError as exc:
+            self.engine.dispose()
+            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+            raise WorkspaceError(f"cannot open the database {shown_url(url)}: {reason}") from None
+        except BaseException:
+            self.engine.dispose()
+            raise
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -289,6 +363,29 @@ class Store:
     def close(self) -> None:
         self.engine.dispose()
 
+    @contextmanager
+    def writer_lock(self, wait: bool) -> Iterator[None]:
+        """On PostgreSQL, one writer (ingest) at a time across every process and machine using the database.
+
+        A session-level advisory lock, held on its own connection: it ends with the connection, so a
+        killed writer never leaves it taken. SQLite needs none (the workspace's lock file covers it)."""
+        if self.dialect != "postgresql":
+            yield
+            return
+        key = lock_key("ingest")
+        with self.engine.connect() as connection:
+            if not connection.scalar(select(func.pg_try_advisory_lock(key))):
+                if not wait:
+                    raise WorkspaceError(f"another ingest is running on {shown_url(self.url)}; wait for it to finish")
+                log.warning("waiting for another ingest on %s to finish", shown_url(self.url))
+                connection.scalar(select(func.pg_advisory_lock(key)))
+            connection.commit()
+            try:
+                yield
+            finally:
+                connection.scalar(select(func.pg_advisory_unlock(key)))
+                connection.commit()
+
     # -- meta -------------------------------------------------------------------------------------
 
     def get_meta(self, key: str) -> str | None:
@@ -297,8 +394,15 @@ class Store:
             return row.value if row else None
 
     def set_meta(self, key: str, value: str) -> None:
+        """An upsert: two processes setting the same key at once must not collide on its primary key."""
         with self.session() as s:
-            s.merge(Meta(key=key, value=value))
+            if self.dialect == "postgresql":
+                from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+                statement = pg_insert(Meta).values(key=key, value=value)
+                s.execute(statement.on_conflict_do_update(index_elements=[Meta.key], set_={"value": value}))
+            else:
+                s.merge(Meta(key=key, value=value))
             s.commit()
 
     # -- documents and chunks ----------------------------------------------------------------------

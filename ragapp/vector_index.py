@@ -1,6 +1,7 @@
-"""The workspace's vector index, kept consistent with the SQL store.
+"""The workspace's vector index, kept consistent with the SQL store: a FAISS file in the workspace
+(`WorkspaceIndex`, one machine) or pgvector in PostgreSQL (`PgVectorWorkspaceIndex`, shared).
 
-The protocol that makes a crash at any moment harmless: vectors are added to the in-memory index,
+FAISS: the protocol that makes a crash at any moment harmless: vectors are added to the in-memory index,
 the index file is replaced atomically, and only then are the chunks marked `indexed` in SQL.
 `reconcile` repairs every state in between from the ids alone.
 
@@ -11,14 +12,18 @@ reused). So the file needs no list of them, and a crash cannot make the two disa
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
+from sqlalchemy import select, update
 
 from indexes import FaissIndex, IndexFileError
 from indexes.faiss_index import IndexKind
-from ragapp.store import Store
+from ragapp.errors import WorkspaceError
+from ragapp.store import ChunkRow, Store
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +34,35 @@ HNSW_FROM = 20_000
 COMPACT_AT = 0.1  # a graph is rebuilt without its tombstones once they are this share of it
 
 
+@dataclass
+class Restriction:
+    """The documents a filtered search may return; their chunk ids are looked up only by an index that needs them."""
+
+    store: Store
+    documents: list[int]
+    _chunk_ids: np.ndarray | None = field(default=None, repr=False)
+
+    def chunk_ids(self) -> np.ndarray:
+        if self._chunk_ids is None:
+            self._chunk_ids = np.asarray(self.store.chunk_ids_of(self.documents), dtype=np.int64)
+        return self._chunk_ids
+
+
+class VectorIndex(Protocol):
+    """What ingestion and search use of a workspace's vector index, whichever engine holds it."""
+
+    kind: str
+    notes: list[str]  # why the index must be rebuilt; a reader refuses to search then
+
+    def reconcile(self) -> dict[str, int]: ...
+    def add(self, ids: list[int], vectors: np.ndarray) -> None: ...
+    def remove(self, ids: list[int]) -> None: ...
+    def save(self) -> None: ...
+    def search(self, vector: np.ndarray, k: int, restrict: Restriction | None = None) -> list[tuple[int, float]]: ...
+    def stored_vectors(self, ids: Sequence[int]) -> dict[int, np.ndarray]: ...
+    def count(self) -> int: ...
+
+
 class WorkspaceIndex:
     def __init__(
         self, path: Path, store: Store, dim: int, fingerprint: str, kind: IndexKind | Literal["auto"], hnsw_m: int
@@ -37,7 +71,7 @@ class WorkspaceIndex:
         self.store = store
         self.dim = dim
         self.fingerprint = fingerprint
-        self.kind = kind
+        self.wanted_kind = kind
         self.hnsw_m = hnsw_m
         self.notes: list[str] = []  # why the index had to be rebuilt, for the ingest summary
         self._rebuild = False
@@ -63,8 +97,8 @@ class WorkspaceIndex:
 
     def _layout(self, live: int, current: IndexKind | None = None) -> IndexKind:
         """The layout `kind` asks for at `live` vectors (auto keeps `current` between HNSW_FROM/2 and HNSW_FROM)."""
-        if self.kind != "auto":
-            return self.kind
+        if self.wanted_kind != "auto":
+            return self.wanted_kind
         if live >= HNSW_FROM:
             return "hnsw"
         if current == "hnsw" and live >= HNSW_FROM // 2:
@@ -131,6 +165,101 @@ class WorkspaceIndex:
             self.store.set_indexed(self._unsaved, True)
             self._unsaved = []
 
-    def search(self, vector: np.ndarray, k: int) -> list[tuple[int, float]]:
-        scores, ids = self.index.search(vector, k)
+    def search(self, vector: np.ndarray, k: int, restrict: Restriction | None = None) -> list[tuple[int, float]]:
+        allowed = None if restrict is None else restrict.chunk_ids()
+        if allowed is not None and not len(allowed):
+            return []
+        scores, ids = self.index.search(vector, k, allowed)
         return [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0]
+
+    def stored_vectors(self, ids: Sequence[int]) -> dict[int, np.ndarray]:
+        stored = set(self.index.ids().tolist())
+        have = [int(i) for i in ids if int(i) in stored]
+        return dict(zip(have, self.index.vectors(have), strict=True)) if have else {}
+
+    def count(self) -> int:
+        return self.index.ntotal
+
+    @property
+    def kind(self) -> str:
+        return self.index.kind
+
+
+class PgVectorWorkspaceIndex:
+    """Vectors in PostgreSQL next to their chunks; written in the transaction that marks the chunks indexed."""
+
+    kind = "pgvector"
+
+    def __init__(self, store: Store, dim: int, fingerprint: str, hnsw_m: int):
+        from indexes.pgvector_index import PgVectorError, PgVectorIndex
+
+        if store.dialect != "postgresql":
+            raise WorkspaceError("index.kind = pgvector needs a PostgreSQL database (database.url = postgresql://...)")
+        self.store = store
+        self.fingerprint = fingerprint
+        self.notes: list[str] = []
+        self._rebuild = False
+        try:
+            self.index = PgVectorIndex(store.engine, dim, ChunkRow.__table__, hnsw_m)
+        except PgVectorError as exc:
+            raise WorkspaceError(str(exc)) from None
+        stored = store.get_meta(FINGERPRINT_KEY)
+        with store.engine.connect() as connection:
+            stored_dim = self.index.stored_dim(connection)
+        if stored is not None and stored != fingerprint:
+            self._start_over(f"embedding model changed ({stored} -> {fingerprint})")
+        elif stored_dim is not None and stored_dim != dim:
+            self._start_over(f"stored vectors have dimension {stored_dim}, the embedding model has {dim}")
+        self._ready = stored_dim is not None and not self._rebuild
+
+    def _start_over(self, why: str) -> None:
+        self.notes.append(f"rebuilding the vector index: {why}")
+        self._rebuild = True
+
+    def reconcile(self) -> dict[str, int]:
+        """Writers only: create or replace the table, then make the `indexed` flags agree with the vectors."""
+        from indexes.pgvector_index import PgVectorError
+
+        with self.store.engine.begin() as connection:
+            try:
+                self.index.create(connection, drop=self._rebuild)
+            except PgVectorError as exc:
+                raise WorkspaceError(str(exc)) from None
+            if self._rebuild:  # one transaction: the old vectors, the flags and the fingerprint change together
+                connection.execute(update(ChunkRow).values(indexed=False))
+            has_vector = select(self.index.table.c.chunk_id).where(self.index.table.c.chunk_id == ChunkRow.id).exists()
+            lost = connection.execute(
+                update(ChunkRow).where(ChunkRow.indexed.is_(True), ~has_vector).values(indexed=False)
+            ).rowcount
+            found = connection.execute(
+                update(ChunkRow).where(ChunkRow.indexed.is_(False), has_vector).values(indexed=True)
+            ).rowcount
+        if self._rebuild or self.store.get_meta(FINGERPRINT_KEY) is None:
+            self.store.set_meta(FINGERPRINT_KEY, self.fingerprint)
+        self._rebuild = False
+        self._ready = True
+        return {"stale": 0, "lost": lost or 0, "found": found or 0}
+
+    def add(self, ids: list[int], vectors: np.ndarray) -> None:
+        with self.store.engine.begin() as connection:
+            self.index.add(connection, ids, vectors)
+            for start in range(0, len(ids), 1000):
+                part = ids[start : start + 1000]
+                connection.execute(update(ChunkRow).where(ChunkRow.id.in_(part)).values(indexed=True))
+
+    def remove(self, ids: list[int]) -> None:
+        """Nothing to do: a chunk's vector is deleted with it (ON DELETE CASCADE)."""
+
+    def save(self) -> None:
+        """Nothing to do: every add is committed."""
+
+    def search(self, vector: np.ndarray, k: int, restrict: Restriction | None = None) -> list[tuple[int, float]]:
+        if not self._ready:
+            return []
+        return self.index.search(vector, k, None if restrict is None else restrict.documents)
+
+    def stored_vectors(self, ids: Sequence[int]) -> dict[int, np.ndarray]:
+        return self.index.vectors(ids) if self._ready else {}
+
+    def count(self) -> int:
+        return self.index.count() if self._ready else 0

@@ -1,11 +1,16 @@
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import signal
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from sqlalchemy import make_url
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -25,12 +30,97 @@ CHROMIUM_ARGS = [
 ]
 
 
+_module_database: str | None = None  # the URL `module_database` set for the module running now
+
+
 @pytest.fixture(autouse=True)
 def _isolated_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """A developer's RAGAPP_* settings must not leak into tests (the model cache dir may)."""
     for name in list(os.environ):
         if name.startswith("RAGAPP_") and name != "RAGAPP_CACHE_DIR":
+            if name == "RAGAPP_DATABASE_URL" and os.environ[name] == _module_database:
+                continue
             monkeypatch.delenv(name)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[Any]:
+    """A private PostgreSQL 16 server with pgvector (the pgserver wheel), one for the whole run.
+
+    Its folder is outside pytest's temporary root: as root, pgserver runs the server as another user, and
+    any pytest session that starts meanwhile makes that root private again (mode 0700)."""
+    pgserver = pytest.importorskip("pgserver", reason="pgserver not installed (it is in the test extra)")
+    folder = Path(tempfile.mkdtemp(prefix="ragapp-test-pg-"))
+    server = pgserver.get_server(folder, cleanup_mode="stop")
+    yield server
+    server.cleanup()
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+_databases = itertools.count()
+
+
+def new_database(server: Any) -> str:
+    """A fresh, empty database on the test server; its URL."""
+    name = f"ragapp_test_{os.getpid()}_{next(_databases)}"
+    server.psql(f"CREATE DATABASE {name};")
+    return server.get_uri(name)
+
+
+def _drop(server: Any, url: str) -> None:
+    server.psql(f"DROP DATABASE IF EXISTS {make_url(url).database} WITH (FORCE);")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, _isolated_env: None) -> Iterator[str]:
+    """Runs a test on both stores: the workspace's SQLite file (with FAISS), and PostgreSQL (with pgvector).
+
+    The PostgreSQL run gets a new database through RAGAPP_DATABASE_URL, which the App, the CLI and
+    servers started by the test all read. Tests about the SQLite or FAISS files themselves are marked
+    `sqlite_only`."""
+    if request.param == "sqlite":
+        yield "sqlite"
+        return
+    marker = request.node.get_closest_marker("sqlite_only")
+    if marker:
+        pytest.skip(f"about the workspace's own files: {marker.args[0]}")
+    server = request.getfixturevalue("postgres_server")
+    url = new_database(server)
+    monkeypatch.setenv("RAGAPP_DATABASE_URL", url)
+    yield url
+    _drop(server, url)
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def module_database(request: pytest.FixtureRequest) -> Iterator[str]:
+    """`database` for a module whose workspace (or server) is built once for all its tests: the whole
+    module runs on SQLite, then on PostgreSQL with one database. A test there that needs a workspace of
+    its own asks for `fresh_database` too."""
+    global _module_database
+    if request.param == "sqlite":
+        yield "sqlite"
+        return
+    server = request.getfixturevalue("postgres_server")
+    url = new_database(server)
+    _module_database = url
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RAGAPP_DATABASE_URL", url)
+        yield url
+    _module_database = None
+    _drop(server, url)
+
+
+@pytest.fixture
+def fresh_database(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, _isolated_env: None) -> Iterator[None]:
+    """In a `module_database` module: a database of the test's own on the PostgreSQL run."""
+    if request.getfixturevalue("module_database") == "sqlite":
+        yield
+        return
+    server = request.getfixturevalue("postgres_server")
+    url = new_database(server)
+    monkeypatch.setenv("RAGAPP_DATABASE_URL", url)
+    yield
+    _drop(server, url)
 
 
 @pytest.fixture

@@ -3,22 +3,24 @@
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import os
 import shutil
+import threading
+import time
 from pathlib import Path
 
 import pytest
 from sqlalchemy import select
 
-from indexes import Bm25Index, FaissIndex
+from indexes import Bm25Index
 from ragapp import App
 from ragapp.errors import UsageError, WorkspaceError
 from ragapp.keyword_index import POINTER_KEY
 from ragapp.store import ChunkRow, DocumentRow
 from ragapp.vector_index import FINGERPRINT_KEY
+from tests.workspace import index_digest, vector_ids, vectors_of
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("database")]
 
 MINIMAL_PDF_HEADER = b"%PDF-1.4\n1 0 obj << /Type /Catalog /Pages 2 0 R >> endobj\n"
 
@@ -29,15 +31,13 @@ def snapshot(app: App) -> tuple[list[tuple], list[tuple], str]:
     with store.session() as s:
         docs = [(d.id, d.source, d.content_hash, d.updated_at) for d in s.scalars(select(DocumentRow))]
         chunks = [(c.id, c.document_id, c.text, c.indexed) for c in s.scalars(select(ChunkRow).order_by(ChunkRow.id))]
-    index = hashlib.sha256((app.workspace / "index.faiss").read_bytes()).hexdigest()
-    return docs, chunks, index
+    return docs, chunks, index_digest(app)
 
 
 def assert_consistent(app: App) -> None:
     """Both indexes hold exactly the chunks SQL has, all marked indexed; no source twice; no stale BM25 folder."""
     store = app.open_store()
-    index = FaissIndex.load(app.workspace / "index.faiss", 384)
-    ids = index.ids().tolist()
+    ids = vector_ids(app)
     assert len(ids) == len(set(ids))
     assert set(ids) == store.chunk_ids()
     pointer = store.get_meta(POINTER_KEY)
@@ -177,6 +177,7 @@ def test_embedding_model_change_rebuilds_the_index(tmp_path: Path, corpus: Path)
     assert_consistent(app)
 
 
+@pytest.mark.sqlite_only("FAISS's flat and HNSW layouts")
 def test_hnsw_index_finds_the_same_top_hit(tmp_path: Path, corpus: Path) -> None:
     flat = App(tmp_path / "flat")
     flat.ingest([corpus])
@@ -194,19 +195,24 @@ def test_include_and_exclude_globs(tmp_path: Path, corpus: Path) -> None:
     assert not any(s.endswith(names[0]) for s in app.open_store().documents_by_source())
 
 
-def test_missing_path_and_concurrent_ingest_are_refused(tmp_path: Path, corpus: Path) -> None:
+def test_missing_path_is_refused_and_a_second_ingest_waits_for_the_first(tmp_path: Path, corpus: Path) -> None:
     app = App(tmp_path / "ws")
     with pytest.raises(UsageError, match="path not found"):
         app.ingest([tmp_path / "nope"])
     (tmp_path / "ws").mkdir()
     fd = os.open(tmp_path / "ws" / "ingest.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # another ingest holds the workspace
+    released = threading.Timer(2.0, os.close, [fd])
+    released.start()
+    started = time.monotonic()
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        with pytest.raises(WorkspaceError, match="another ingest is running"):
-            app.ingest([corpus])
+        report = app.ingest([corpus])
     finally:
-        os.close(fd)
-    assert app.ingest([corpus]).added > 0
+        released.cancel()
+    assert report.added > 0 and time.monotonic() - started >= 2.0  # waited, then did all the work
+    # What does not wait (deleting a collection) is refused while an ingest runs.
+    with app.ingest_lock(), pytest.raises(WorkspaceError, match="another ingest is running"):
+        App(tmp_path / "ws").ingest_lock().__enter__()
 
 
 def test_single_file_root(tmp_path: Path, corpus: Path) -> None:
@@ -267,11 +273,10 @@ def test_identical_chunks_are_embedded_once(tmp_path: Path, monkeypatch: pytest.
     assert report.chunks_added == report.chunks_embedded >= 4
     assert len(embedded) == report.chunks_embedded // 2 == len(set(embedded))
     assert_consistent(app)
-    index = FaissIndex.load(app.workspace / "index.faiss", 384)
     store = app.open_store()
     with store.session() as s:
         by_doc: dict[int, list[int]] = {}
         for chunk in s.scalars(select(ChunkRow).order_by(ChunkRow.ordinal)):
             by_doc.setdefault(chunk.document_id, []).append(chunk.id)
     first, second = by_doc.values()
-    assert index.vectors(first).tobytes() == index.vectors(second).tobytes()
+    assert vectors_of(app, first).tobytes() == vectors_of(app, second).tobytes()

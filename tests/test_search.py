@@ -23,6 +23,8 @@ from ragapp.generators import GenerationConfig
 from ragapp.keyword_index import POINTER_KEY
 from ragapp.search import Filters, expand_query
 
+pytestmark = pytest.mark.usefixtures("module_database")
+
 RARE = "XQ7731"  # an identifier no embedding model knows: keywords find it, vectors may not
 TINY = """# Tiny notes
 
@@ -63,7 +65,7 @@ def corpus_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def workspace(corpus_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def workspace(corpus_dir: Path, tmp_path_factory: pytest.TempPathFactory, module_database: str) -> Path:
     ws = tmp_path_factory.mktemp("search") / "ws"
     App(ws).ingest([corpus_dir])
     return ws
@@ -170,6 +172,7 @@ def test_query_expansion_with_the_real_generator(workspace: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("fresh_database")
 def test_keyword_index_is_built_for_old_workspaces_and_repaired(corpus_dir: Path, tmp_path: Path) -> None:
     ws = tmp_path / "ws"
     app = App(ws)
@@ -209,6 +212,7 @@ def test_keyword_index_is_built_for_old_workspaces_and_repaired(corpus_dir: Path
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("fresh_database")
 def test_changing_bm25_parameters_rebuilds(corpus_dir: Path, tmp_path: Path) -> None:
     ws = tmp_path / "ws"
     App(ws).ingest([corpus_dir])

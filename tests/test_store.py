@@ -1,4 +1,6 @@
-"""The SQL store: schema versioning, one-transaction document replacement, ids never reused."""
+"""The SQL store: schema versioning, one-transaction document replacement, ids never reused.
+
+Every test runs on SQLite and on PostgreSQL (the `database` fixture)."""
 
 from __future__ import annotations
 
@@ -11,7 +13,12 @@ from sqlalchemy.orm import Session
 from connectors import Document, Section
 from ragapp.chunking import Chunk
 from ragapp.errors import WorkspaceError
-from ragapp.store import MIGRATIONS, SCHEMA_VERSION, DocumentRow, Meta, Store, migrate
+from ragapp.store import MIGRATIONS, SCHEMA_VERSION, DocumentRow, Meta, Store, StoreMissing, database_url, migrate
+
+
+@pytest.fixture
+def url(tmp_path: Path, database: str) -> str:
+    return f"sqlite:///{tmp_path / 'db.sqlite'}" if database == "sqlite" else database
 
 
 def make_doc(source: str, body: str) -> Document:
@@ -22,23 +29,22 @@ def make_chunks(n: int) -> list[Chunk]:
     return [Chunk(ordinal=i, text=f"chunk {i}", start=i * 10, end=i * 10 + 7, token_count=2) for i in range(n)]
 
 
-def test_new_store_is_at_current_schema(tmp_path: Path) -> None:
-    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+def test_new_store_is_at_current_schema(url: str) -> None:
+    store = Store(url)
     assert store.get_meta("schema_version") == str(SCHEMA_VERSION)
     tables = set(inspect(store.engine).get_table_names())
     assert {"meta", "documents", "chunks", "ingest_runs", "ingest_problems"} <= tables
 
 
-def test_newer_schema_is_refused(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+def test_newer_schema_is_refused(url: str) -> None:
     Store(url).set_meta("schema_version", str(SCHEMA_VERSION + 1))
     with pytest.raises(WorkspaceError, match="newer than this ragapp supports"):
         Store(url)
 
 
-def test_migrations_run_in_order_once(tmp_path: Path) -> None:
+def test_migrations_run_in_order_once(url: str) -> None:
     # Control-flow test with made-up steps after ragapp's real ones.
-    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    store = Store(url)
     calls: list[int] = []
 
     def step(n: int):
@@ -58,9 +64,8 @@ def test_migrations_run_in_order_once(tmp_path: Path) -> None:
     assert calls == [1, 2]
 
 
-def test_version_1_workspace_gains_eval_tables_and_keeps_its_documents(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
-    engine = create_engine(url)
+def test_version_1_workspace_gains_eval_tables_and_keeps_its_documents(url: str) -> None:
+    engine = create_engine(database_url(url))
     with Session(engine) as s:  # a workspace as schema 1 left it, with one document
         migrate(s, {1: MIGRATIONS[1]})
         s.add(DocumentRow(source="/a.txt", kind="txt", content_hash="h", size=5, mtime=0.0))
@@ -73,8 +78,8 @@ def test_version_1_workspace_gains_eval_tables_and_keeps_its_documents(tmp_path:
     assert list(store.documents_by_source()) == ["/a.txt"]
 
 
-def test_replace_document_swaps_chunks_and_never_reuses_ids(tmp_path: Path) -> None:
-    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+def test_replace_document_swaps_chunks_and_never_reuses_ids(url: str) -> None:
+    store = Store(url)
     assert store.replace_document(make_doc("/a.txt", "x"), "h1", 1, 1.0, make_chunks(3)) == []
     first = store.chunk_ids()
     old = store.replace_document(make_doc("/a.txt", "y"), "h2", 1, 2.0, make_chunks(2))
@@ -85,12 +90,12 @@ def test_replace_document_swaps_chunks_and_never_reuses_ids(tmp_path: Path) -> N
     deleted = store.delete_documents(["/a.txt"])
     assert set(deleted) == second
     store.replace_document(make_doc("/b.txt", "z"), "h3", 1, 3.0, make_chunks(1))
-    assert min(store.chunk_ids()) > max(second)  # AUTOINCREMENT: deleted ids never come back
+    assert min(store.chunk_ids()) > max(second)  # AUTOINCREMENT, sequences: deleted ids never come back
     assert store.documents_by_source()["/b.txt"].content_hash == "h3"
 
 
-def test_deleting_more_documents_than_one_batch_removes_all_of_them_and_only_them(tmp_path: Path) -> None:
-    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+def test_deleting_more_documents_than_one_batch_removes_all_of_them_and_only_them(url: str) -> None:
+    store = Store(url)
     for i in range(1203):
         store.replace_document(make_doc(f"/d{i}.txt", "x"), f"h{i}", 1, 1.0, make_chunks(2))
     kept = set(store.chunk_ids())
@@ -101,8 +106,8 @@ def test_deleting_more_documents_than_one_batch_removes_all_of_them_and_only_the
     assert store.chunk_ids() == kept - set(deleted) and len(store.chunk_ids()) == 6
 
 
-def test_pending_chunks_include_title_and_heading(tmp_path: Path) -> None:
-    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+def test_pending_chunks_include_title_and_heading(url: str) -> None:
+    store = Store(url)
     doc = make_doc("/a.txt", "body")
     chunks = [Chunk(ordinal=0, text="body text", start=0, end=9, token_count=2, heading="Setup")]
     store.replace_document(doc, "h", 1, 1.0, chunks)
@@ -110,3 +115,35 @@ def test_pending_chunks_include_title_and_heading(tmp_path: Path) -> None:
     assert embed_text == "T — Setup\nbody text"
     store.set_indexed([chunk_id], True)
     assert list(store.pending_chunks()) == []
+
+
+def test_text_with_nul_characters_is_stored(url: str) -> None:
+    """PostgreSQL refuses NUL in text; it is stored as U+FFFD on both databases, one character for one."""
+    store = Store(url)
+    chunk = Chunk(ordinal=0, text="a\x00b", start=0, end=3, token_count=2, heading="h\x00")
+    store.replace_document(make_doc("/n\x00.txt", "a\x00b"), "h", 1, 1.0, [chunk])
+    [[(_, embed_text)]] = list(store.pending_chunks())
+    assert embed_text.endswith("a\ufffdb") and "\x00" not in embed_text
+    assert list(store.documents_by_source()) == ["/n\ufffd.txt"]
+
+
+def test_store_missing_and_unreachable_database(url: str, tmp_path: Path) -> None:
+    with pytest.raises(StoreMissing, match="holds no ragapp workspace"):
+        Store(url, create=False)
+    Store(url).close()
+    assert Store(url, create=False).get_meta("schema_version") == str(SCHEMA_VERSION)
+    with pytest.raises(WorkspaceError, match=r"cannot open the database postgresql://ragapp:\*\*\*@/nodb"):
+        Store(f"postgresql://ragapp:secret@/nodb?host={tmp_path}")
+    with pytest.raises(WorkspaceError, match="is not a database URL"):
+        Store("not a url")
+
+
+def test_migration_of_many_processes_at_once_runs_each_step_once(url: str) -> None:
+    """Processes opening a new database at the same time (replicas starting) wait for each other."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(4) as pool:
+        stores = list(pool.map(lambda _: Store(url), range(4)))
+    assert {s.get_meta("schema_version") for s in stores} == {str(SCHEMA_VERSION)}
+    for s in stores:
+        s.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +39,15 @@ class _Group(click.Group):
     show_default=True,
     help="Workspace folder holding the database, index and ragapp.toml (env: RAGAPP_WORKSPACE).",
 )
+@click.option(
+    "--database-url",
+    metavar="URL",
+    help="Keep documents, chunks and runs in this database instead of the workspace's SQLite file, e.g. "
+    "postgresql://user@host/dbname (same as RAGAPP_DATABASE_URL or database.url in ragapp.toml).",
+)
 @click.version_option(ragapp.__version__, prog_name="ragapp")
 @click.pass_context
-def cli(ctx: click.Context, workspace: Path) -> None:
+def cli(ctx: click.Context, workspace: Path, database_url: str | None) -> None:
     """Ask questions about your documents, offline, with numbered citations.
 
     \b
@@ -55,6 +62,10 @@ def cli(ctx: click.Context, workspace: Path) -> None:
       ragapp model serve            # the model behind an OpenAI-compatible API (vLLM)
       ragapp finetune data.jsonl    # adapt the model (LoRA, soft prompt, full); align, reward: see --help
     """
+    if database_url is not None:
+        # Through the environment, so that everything this command opens (a server's collections and
+        # jobs too) and every ragapp process it starts uses the same database.
+        os.environ["RAGAPP_DATABASE_URL"] = database_url
     ctx.obj = workspace
 
 

@@ -158,7 +158,7 @@ def _runs() -> Any:
     from ragapp.errors import UsageError
 
     app = open_app()
-    if not app.db_path.exists():
+    if not app.has_store():
         raise UsageError(f"no workspace at {app.workspace}, so no evaluation runs (see `ragapp eval run --help`)")
     return RunStore(app.open_store())
 

@@ -163,7 +163,7 @@ def _from_run(ref: str) -> tuple[list[int], list[str], list[str]]:
     from ragapp.errors import UsageError
 
     app = open_app()
-    if not app.db_path.exists():
+    if not app.has_store():
         raise UsageError(f"{ref}: no such file, and no workspace at {app.workspace} to find a run of that name")
     run = RunStore(app.open_store()).load(ref)
     items = run.scored

@@ -18,12 +18,16 @@ def status(as_json: bool) -> None:
         emit_json(info)
         return
     click.echo(f"Workspace:  {info['workspace']}" + ("" if info["exists"] else " (not created yet)"))
+    click.echo(f"Database:   {info['database']}")
     click.echo(f"Documents:  {info['documents']}")
     click.echo(
         f"Chunks:     {info['chunks']}" + (f" ({info['pending']} waiting to be indexed)" if info["pending"] else "")
     )
     index = info["index"]
-    click.echo(f"Index:      {index['kind']}, {index['bytes'] / 1e6:.1f} MB")
+    if "table" in index:
+        click.echo(f"Index:      pgvector, table {index['table']}")
+    else:
+        click.echo(f"Index:      {index['kind']}, {index['bytes'] / 1e6:.1f} MB")
     if "keyword_index" in info:
         click.echo(f"Keywords:   BM25, {info['keyword_index']['bytes'] / 1e6:.1f} MB")
     click.echo(f"Embedding:  {info['embedding']['model']} on {info['embedding']['device']}")

@@ -528,7 +528,7 @@ def create_app(workspace: Path) -> FastAPI:
 
     def info(name: str) -> dict[str, Any]:
         app = service.collections.app(name)
-        counts = app.open_store().counts() if app.db_path.exists() else {"documents": 0, "chunks": 0}
+        counts = app.open_store().counts() if app.has_store() else {"documents": 0, "chunks": 0}
         return {"name": name, "documents": counts["documents"], "chunks": counts["chunks"]}
 
     @api.get("/v1/collections", response_model=s.CollectionList, tags=["collections"])

@@ -75,6 +75,11 @@ class PgVectorIndex:
 
     # -- the table --------------------------------------------------------------------------------
 
+    def _name(self, connection: Any) -> str:
+        """The table's name as raw SQL must write it: with the workspace's schema, if it has one."""
+        schema = connection.schema_for_object(self.table)
+        return f'"{schema}".{TABLE}' if schema else TABLE
+
     def stored_dim(self, connection: Any) -> int | None:
         """The dimension of the existing table's vectors, or None when there is no table."""
         row = connection.execute(
@@ -82,7 +87,7 @@ class PgVectorIndex:
                 "SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
                 "WHERE a.attrelid = to_regclass(:table) AND a.attname = 'embedding' AND NOT a.attisdropped"
             ),
-            {"table": TABLE},
+            {"table": self._name(connection)},
         ).first()
         if row is None:
             return None
@@ -92,7 +97,7 @@ class PgVectorIndex:
     def create(self, connection: Any, drop: bool = False) -> None:
         """Create the extension, table and graph (in the caller's transaction); `drop` replaces a table first."""
         try:
-            connection.execute(text("CREATE EXTENSION IF NOT EXISTS vector"))
+            connection.execute(text("CREATE EXTENSION IF NOT EXISTS vector SCHEMA public"))
         except Exception as exc:  # noqa: BLE001 - the server's message says what is missing
             reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
             raise PgVectorError(
@@ -100,11 +105,11 @@ class PgVectorIndex:
                 "an administrator run CREATE EXTENSION vector in this database"
             ) from None
         if drop:
-            connection.execute(text(f"DROP TABLE IF EXISTS {TABLE}"))
+            connection.execute(text(f"DROP TABLE IF EXISTS {self._name(connection)}"))
         self.table.create(connection, checkfirst=True)
         connection.execute(
             text(
-                f"CREATE INDEX IF NOT EXISTS {TABLE}_hnsw ON {TABLE} USING hnsw (embedding vector_ip_ops) "
+                f"CREATE INDEX IF NOT EXISTS {TABLE}_hnsw ON {self._name(connection)} USING hnsw (embedding vector_ip_ops) "
                 f"WITH (m = {int(self.hnsw_m)}, ef_construction = {EF_CONSTRUCTION})"
             )
         )

@@ -167,7 +167,7 @@ class App:
             if create:
                 self.workspace.mkdir(parents=True, exist_ok=True)
             try:
-                self._store = Store(self.database_url, create=create)
+                self._store = Store(self.database_url, create=create, pg_schema=self.config.database.pg_schema)
             except StoreMissing:
                 raise EmptyWorkspace(f"nothing ingested yet in {self._where}: run `ragapp ingest PATH` first") from None
         return self._store

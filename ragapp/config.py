@@ -61,6 +61,9 @@ class DatabaseSettings(_Section):
     # "" = SQLite in the workspace folder (ragapp.db); else a SQLAlchemy URL such as
     # postgresql://user:password@host/dbname, shared by every ragapp process that names it.
     url: str = ""
+    # PostgreSQL: the schema holding this workspace's tables ("" = the database's default, public).
+    # Each server collection has its own (`collection_NAME`), so collections share a database, not data.
+    pg_schema: str = Field("", pattern=r"^([a-z_][a-z0-9_]{0,62})?$")
 
 
 class IndexSettings(_Section):

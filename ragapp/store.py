@@ -10,8 +10,10 @@ any number of ragapp processes on any number of machines).
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import logging
+import os
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -38,6 +40,7 @@ from sqlalchemy import (
     inspect,
     make_url,
     select,
+    text,
     update,
 )
 from sqlalchemy.engine import URL
@@ -52,7 +55,7 @@ if TYPE_CHECKING:
     from connectors import Document
     from ragapp.chunking import Chunk
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # Row ids: 64-bit on PostgreSQL (ids are never reused, so they only grow); SQLite's INTEGER is 64-bit already
 # and must stay INTEGER to be the rowid that AUTOINCREMENT works on.
 RowId = BigInteger().with_variant(Integer, "sqlite")
@@ -237,6 +240,9 @@ class IngestJobRow(Base):
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     collection: Mapped[str] = mapped_column(String(64), index=True)
     status: Mapped[str] = mapped_column(String(16), default="queued")  # queued | running | completed | failed
+    # The server holding the uploaded files ("host:workspace folder"); only it can run the job. Servers
+    # sharing a database (replicas) each see all jobs but work their own. None: a job from before version 4.
+    worker: Mapped[str | None] = mapped_column(SafeText)
     files: Mapped[list[str]] = mapped_column(JSON, default=list)
     report: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     error: Mapped[str | None] = mapped_column(SafeText)
@@ -260,7 +266,25 @@ def _create(*names: str) -> Migration:
     return step
 
 
-MIGRATIONS: dict[int, Migration] = {1: _create(*_V1_TABLES), 2: _create(*_V2_TABLES), 3: _create(*_V3_TABLES)}
+def _add_column(table: str, column: str, sql_type: str) -> Migration:
+    """A column added to a table an earlier step creates (which already has it when created by this version)."""
+
+    def step(session: Session) -> None:
+        connection = session.connection()
+        schema = connection.schema_for_object(Base.metadata.tables[table])
+        if column not in {c["name"] for c in inspect(connection).get_columns(table, schema=schema)}:
+            qualified = f'"{schema}".{table}' if schema else table
+            connection.execute(text(f"ALTER TABLE {qualified} ADD COLUMN {column} {sql_type}"))
+
+    return step
+
+
+MIGRATIONS: dict[int, Migration] = {
+    1: _create(*_V1_TABLES),
+    2: _create(*_V2_TABLES),
+    3: _create(*_V3_TABLES),
+    4: _add_column("ingest_jobs", "worker", "TEXT"),
+}
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -277,15 +301,16 @@ def lock_key(name: str) -> int:
     return int.from_bytes(hashlib.sha256(f"ragapp:{name}".encode()).digest()[:8], "big", signed=True)
 
 
-def migrate(session: Session, migrations: dict[int, Migration] = MIGRATIONS) -> int:
+def migrate(session: Session, migrations: dict[int, Migration] = MIGRATIONS, lock: str = "migrate") -> int:
     """Bring the schema to the newest version in one transaction; refuse a newer database.
 
     On PostgreSQL, processes that start at once wait for each other here (a transaction-scoped advisory
     lock), so a step runs exactly once; its DDL commits or rolls back with the version row."""
     if session.get_bind().dialect.name == "postgresql":
-        session.execute(select(func.pg_advisory_xact_lock(lock_key("migrate"))))
+        session.execute(select(func.pg_advisory_xact_lock(lock_key(lock))))
     target = max(migrations)
-    has_meta = inspect(session.connection()).has_table("meta")
+    connection = session.connection()
+    has_meta = inspect(connection).has_table("meta", schema=connection.schema_for_object(Meta.__table__))
     current = 0
     if has_meta:
         row = session.get(Meta, "schema_version")
@@ -320,16 +345,22 @@ def shown_url(url: str) -> str:
         return url
 
 
+def _reason(exc: OperationalError) -> str:
+    return str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+
+
 class StoreMissing(WorkspaceError):
     """The database has no ragapp tables yet (and the caller did not ask to create them)."""
 
 
 class Store:
-    def __init__(self, url: str, create: bool = True):
+    def __init__(self, url: str, create: bool = True, pg_schema: str = ""):
+        """`pg_schema`: on PostgreSQL, the schema holding the tables (created if missing); ignored on SQLite."""
         self.url = url
         parsed = database_url(url)
+        self.pg_schema = pg_schema if parsed.get_backend_name() == "postgresql" else ""
         try:
-            self.engine: Engine = create_engine(parsed, pool_pre_ping=parsed.get_backend_name() != "sqlite")
+            self.engine: Engine = self._engine(parsed, create)
         except ImportError as exc:
             raise WorkspaceError(f"{shown_url(url)}: the database driver is not installed ({exc})") from None
         self.dialect = self.engine.dialect.name
@@ -337,17 +368,63 @@ class Store:
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         try:
-            with self.session() as session:
-                if not create and not inspect(session.connection()).has_table("meta"):
-                    raise StoreMissing(f"{shown_url(url)} holds no ragapp workspace")
-                migrate(session)
+            self._migrate(create)
         except OperationalError as exc:
             self.engine.dispose()
-            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
-            raise WorkspaceError(f"cannot open the database {shown_url(url)}: {reason}") from None
+            raise WorkspaceError(f"cannot open the database {shown_url(url)}: {_reason(exc)}") from None
         except BaseException:
             self.engine.dispose()
             raise
+
+    def _migrate(self, create: bool) -> None:
+        with self._sqlite_file_lock():
+            with self.session() as session:
+                if not create and not inspect(session.connection()).has_table("meta", schema=self.pg_schema or None):
+                    raise StoreMissing(f"{shown_url(self.url)} holds no ragapp workspace" + self._in_schema)
+                migrate(session, lock=self._lock_name("migrate"))
+
+    @contextmanager
+    def _sqlite_file_lock(self) -> Iterator[None]:
+        """SQLite has no advisory locks, and pysqlite runs DDL outside transactions: processes opening a new
+        database at once take turns on an flock of the file itself (SQLite's own locks are fcntl ones)."""
+        database = self.engine.url.database if self.dialect == "sqlite" else None
+        if not database or database == ":memory:" or database.startswith("file:"):
+            yield
+            return
+        fd = os.open(database, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    @property
+    def _in_schema(self) -> str:
+        return f" (schema {self.pg_schema})" if self.pg_schema else ""
+
+    def _lock_name(self, purpose: str) -> str:
+        return f"{purpose}:{self.pg_schema}"
+
+    def _engine(self, url: URL, create: bool) -> Engine:
+        if url.get_backend_name() == "sqlite":
+            return create_engine(url)
+        if not self.pg_schema:
+            return create_engine(url, pool_pre_ping=True)
+        # Every statement (ORM, DDL, raw SQL) finds this workspace's tables first; extensions stay in public.
+        if create:  # before any connection of the engine below: each resolves its search path when it opens
+            bootstrap = create_engine(url)
+            try:
+                with bootstrap.begin() as connection:
+                    connection.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{self.pg_schema}"'))
+            except OperationalError as exc:
+                raise WorkspaceError(f"cannot open the database {shown_url(str(url))}: {_reason(exc)}") from None
+            finally:
+                bootstrap.dispose()
+        # SQLAlchemy names the schema in everything it renders (the translate map: a table of the same name in
+        # public must not be taken for this one); the search path finds pgvector's type and operators in public.
+        options = f"-csearch_path={self.pg_schema},public"
+        engine = create_engine(url, pool_pre_ping=True, connect_args={"options": options})
+        return engine.execution_options(schema_translate_map={None: self.pg_schema})
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -372,12 +449,14 @@ class Store:
         if self.dialect != "postgresql":
             yield
             return
-        key = lock_key("ingest")
+        key = lock_key(self._lock_name("ingest"))
         with self.engine.connect() as connection:
             if not connection.scalar(select(func.pg_try_advisory_lock(key))):
                 if not wait:
-                    raise WorkspaceError(f"another ingest is running on {shown_url(self.url)}; wait for it to finish")
-                log.warning("waiting for another ingest on %s to finish", shown_url(self.url))
+                    raise WorkspaceError(
+                        f"another ingest is running on {shown_url(self.url)}{self._in_schema}; wait for it to finish"
+                    )
+                log.warning("waiting for another ingest on %s%s to finish", shown_url(self.url), self._in_schema)
                 connection.scalar(select(func.pg_advisory_lock(key)))
             connection.commit()
             try:

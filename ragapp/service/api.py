@@ -103,7 +103,7 @@ class Service:
         self.root = App(workspace)
         self.settings = self.root.config.server
         self.store = self.root.open_store(create=True)
-        self.collections = Collections(workspace)
+        self.collections = Collections(workspace, self.store)
         self.keys = KeyStore(self.store)
         self.conversations = Conversations(self.store)
         self.jobs = Jobs(self.store, self.collections)

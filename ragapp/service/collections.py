@@ -2,10 +2,15 @@
 others live in `<workspace>/collections/<name>/`, each an ordinary workspace that the CLI can open too.
 
 Models are shared: every App loads them through the same per-process caches.
+
+On PostgreSQL (servers sharing one database), a collection is a schema of that database, so every
+replica sees the same collections: the list comes from the database, and a replica that has no
+folder for a collection yet makes one (its ragapp.toml names the schema) on first use.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -13,15 +18,35 @@ import threading
 import uuid
 from pathlib import Path
 
+from sqlalchemy import text
+
 from ragapp.app import App
 from ragapp.config import CONFIG_FILE
 from ragapp.errors import Conflict, NotFound, UsageError, WorkspaceError
+from ragapp.store import Store
 
 DEFAULT = "default"
 FOLDER = "collections"
 NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 UPLOADS = "uploads"  # uploaded files, ingested from here
 STAGING = ".staging"  # uploads accepted but not yet ingested, one folder per job
+SCHEMA_COMMENT = "ragapp collection: "  # PostgreSQL: the comment on a collection's schema, with its name
+
+
+def pg_schema(name: str) -> str:
+    """The schema of collection `name`: names may hold '-' and be longer than PostgreSQL likes, so a hash."""
+    return "collection_" + hashlib.sha256(name.encode()).hexdigest()[:16]
+
+
+def collection_toml(server_toml: str, schema: str) -> str:
+    """The server's ragapp.toml with `database.pg_schema` set to the collection's schema."""
+    lines = [line for line in server_toml.splitlines() if not re.match(r"\s*pg_schema\s*=", line)]
+    setting = f'pg_schema = "{schema}"'
+    for n, line in enumerate(lines):
+        if re.fullmatch(r"\s*\[database\]\s*(#.*)?", line):
+            lines.insert(n + 1, setting)
+            return "\n".join(lines) + "\n"
+    return "\n".join([*lines, "", "[database]", setting]) + "\n"
 
 
 def check_name(name: str) -> str:
@@ -33,8 +58,10 @@ def check_name(name: str) -> str:
 
 
 class Collections:
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, store: Store | None = None):
+        """`store`: the server's own; when it is PostgreSQL, collections are schemas of its database."""
         self.root = root
+        self.shared = store if store is not None and store.dialect == "postgresql" else None
         self._apps: dict[str, App] = {}
         self._lock = threading.Lock()
 
@@ -42,6 +69,8 @@ class Collections:
         return self.root if name == DEFAULT else self.root / FOLDER / check_name(name)
 
     def names(self) -> list[str]:
+        if self.shared is not None:
+            return [DEFAULT, *self._schemas()]
         parent = self.root / FOLDER
         others = (
             sorted(p.name for p in parent.iterdir() if p.is_dir() and NAME.fullmatch(p.name)) if parent.is_dir() else []
@@ -49,7 +78,27 @@ class Collections:
         return [DEFAULT, *others]
 
     def exists(self, name: str) -> bool:
-        return name == DEFAULT or (NAME.fullmatch(name) is not None and self.folder(name).is_dir())
+        if name == DEFAULT:
+            return True
+        if NAME.fullmatch(name) is None:
+            return False
+        return name in self._schemas() if self.shared is not None else self.folder(name).is_dir()
+
+    def _schemas(self) -> list[str]:
+        assert self.shared is not None
+        with self.shared.engine.connect() as connection:
+            comments = connection.scalars(
+                text("SELECT obj_description(oid, 'pg_namespace') FROM pg_namespace WHERE nspname LIKE 'collection\\_%'")
+            ).all()
+        return sorted(c[len(SCHEMA_COMMENT) :] for c in comments if c and c.startswith(SCHEMA_COMMENT))
+
+    def _write_config(self, folder: Path, name: str) -> None:
+        server_toml = self.root / CONFIG_FILE
+        if self.shared is not None:
+            text_ = server_toml.read_text(encoding="utf-8") if server_toml.is_file() else ""
+            (folder / CONFIG_FILE).write_text(collection_toml(text_, pg_schema(name)), encoding="utf-8")
+        elif server_toml.is_file():
+            shutil.copyfile(server_toml, folder / CONFIG_FILE)
 
     def app(self, name: str) -> App:
         with self._lock:
@@ -57,22 +106,32 @@ class Collections:
             if app is None:
                 if not self.exists(name):
                     raise NotFound(f"no collection named {name!r}")
-                app = self._apps[name] = App(self.folder(name))
+                folder = self.folder(name)
+                if self.shared is not None and not (folder / CONFIG_FILE).is_file():
+                    folder.mkdir(parents=True, exist_ok=True)  # made by another replica: this one's folder
+                    self._write_config(folder, name)
+                app = self._apps[name] = App(folder)
             return app
 
     def create(self, name: str) -> None:
         """A new, empty collection with a copy of the server's ragapp.toml; built aside, then renamed in."""
         target = self.folder(check_name(name))
         with self._lock:
-            if name == DEFAULT or target.exists():
+            if name == DEFAULT or (name in self._schemas() if self.shared is not None else target.exists()):
                 raise Conflict(f"collection {name!r} exists already")
+            if self.shared is not None and target.exists():  # left from a collection deleted through a replica
+                shutil.rmtree(target)
             target.parent.mkdir(parents=True, exist_ok=True)
             building = target.parent / f".new-{name}-{uuid.uuid4().hex}"
             building.mkdir()
             try:
-                if (self.root / CONFIG_FILE).is_file():
-                    shutil.copyfile(self.root / CONFIG_FILE, building / CONFIG_FILE)
+                self._write_config(building, name)
                 App(building).open_store(create=True).close()
+                if self.shared is not None:  # now it is listed: the tables are there
+                    with self.shared.engine.begin() as connection:
+                        # COMMENT takes no bound parameter; a checked name holds no quote.
+                        comment = f"'{SCHEMA_COMMENT}{check_name(name)}'"
+                        connection.execute(text(f"COMMENT ON SCHEMA {pg_schema(name)} IS {comment}"))
                 os.rename(building, target)
             except BaseException:
                 shutil.rmtree(building, ignore_errors=True)
@@ -84,11 +143,18 @@ class Collections:
             raise UsageError("the default collection is the server's own workspace and cannot be deleted")
         target = self.folder(name)
         with self._lock:
-            if not target.is_dir():
+            if not self.exists(name):
                 raise NotFound(f"no collection named {name!r}")
-            app = self._apps.pop(name, None) or App(target)
+        app = self.app(name)
+        with self._lock:
+            self._apps.pop(name, None)
             try:
+                if self.shared is not None:
+                    app.open_store()  # so that the lock below is the database-wide one too
                 with app.ingest_lock():
+                    if self.shared is not None:
+                        with app.open_store().engine.begin() as connection:
+                            connection.execute(text(f"DROP SCHEMA {pg_schema(name)} CASCADE"))
                     app.close()
                     # One rename takes it out of sight; the slow removal happens after.
                     doomed = target.parent / f".deleted-{name}-{uuid.uuid4().hex}"

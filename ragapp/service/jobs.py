@@ -4,6 +4,9 @@ An upload is written whole to `<collection>/.staging/<job>/` before its job is q
 interrupted request leaves nothing behind. The worker moves the files into `<collection>/uploads/`
 and ingests them. Jobs found queued or running at start-up (the server was stopped) are run again:
 moving and ingesting are both safe to repeat.
+
+Replicas sharing one database see each other's jobs; each runs only those it holds the files of
+(`worker`), and claims a job with a conditional update, so no job runs twice.
 """
 
 from __future__ import annotations
@@ -11,12 +14,13 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import socket
 import threading
 import uuid
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 
 from ragapp.errors import NotFound, RagappError
 from ragapp.service.collections import STAGING, UPLOADS, Collections
@@ -46,6 +50,7 @@ class Jobs:
     def __init__(self, store: Store, collections: Collections):
         self.store = store
         self.collections = collections
+        self.worker = f"{socket.gethostname()}:{collections.root.resolve()}"
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -58,7 +63,7 @@ class Jobs:
 
     def submit(self, job_id: str, collection: str, files: list[str]) -> dict[str, Any]:
         """Queue a job whose files are already in its staging folder."""
-        row = IngestJobRow(id=job_id, collection=collection, files=files)
+        row = IngestJobRow(id=job_id, collection=collection, files=files, worker=self.worker)
         with self.store.session() as s:
             s.add(row)
             s.commit()
@@ -84,7 +89,7 @@ class Jobs:
 
     def start(self) -> None:
         with self.store.session() as s:  # a job left running was cut short by a stop: run it again
-            s.execute(update(IngestJobRow).where(IngestJobRow.status == "running").values(status="queued"))
+            s.execute(update(IngestJobRow).where(IngestJobRow.status == "running", self._mine()).values(status="queued"))
             s.commit()
         self._thread = threading.Thread(target=self._work, name="ragapp-ingest-jobs", daemon=True)
         self._thread.start()
@@ -95,10 +100,23 @@ class Jobs:
         if self._thread is not None:
             self._thread.join(timeout)
 
+    def _mine(self) -> Any:
+        return or_(IngestJobRow.worker == self.worker, IngestJobRow.worker.is_(None))
+
     def _next(self) -> str | None:
+        """Claim the oldest queued job of this server's: queued -> running in one conditional update."""
         with self.store.session() as s:
-            query = select(IngestJobRow.id).where(IngestJobRow.status == "queued").order_by(IngestJobRow.created_at)
-            return s.scalar(query.limit(1))
+            query = select(IngestJobRow.id).where(IngestJobRow.status == "queued", self._mine())
+            for job_id in s.scalars(query.order_by(IngestJobRow.created_at).limit(5)).all():
+                claimed = s.execute(
+                    update(IngestJobRow)
+                    .where(IngestJobRow.id == job_id, IngestJobRow.status == "queued")
+                    .values(status="running", started_at=utcnow())
+                )
+                s.commit()
+                if claimed.rowcount:
+                    return job_id
+            return None
 
     def _set(self, job_id: str, **values: Any) -> None:
         with self.store.session() as s:
@@ -112,7 +130,6 @@ class Jobs:
                 self._wake.wait(5.0)
                 self._wake.clear()
                 continue
-            self._set(job_id, status="running", started_at=utcnow())
             try:
                 report = self._run(job_id)
             except RagappError as exc:

@@ -26,11 +26,13 @@ demo: setup
 	$(BIN)/ragapp --workspace .ragapp-demo ask "$(DEMO_QUESTION)"
 
 # Debian packages some end-to-end tests use: Chromium renders eval reports; debian-faq is a real
-# evaluation corpus. Installed when missing and root; otherwise those tests skip and say why.
-SYSTEM_PACKAGES := chromium debian-faq
+# evaluation corpus; nginx balances two `ragapp serve` replicas. Installed when missing and root;
+# otherwise those tests skip and say why.
+SYSTEM_PACKAGES := chromium debian-faq nginx
 system-packages:
 	@missing=""; command -v chromium >/dev/null || missing="$$missing chromium"; \
 	[ -d /usr/share/doc/debian/FAQ ] || missing="$$missing debian-faq"; \
+	[ -x /usr/sbin/nginx ] || missing="$$missing nginx"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; } \

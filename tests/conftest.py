@@ -6,6 +6,7 @@ import shutil
 import signal
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +108,20 @@ def module_database(request: pytest.FixtureRequest) -> Iterator[str]:
         patch.setenv("RAGAPP_DATABASE_URL", url)
         yield url
     _module_database = None
+    _drop(server, url)
+
+
+@contextmanager
+def database_of_its_own(request: pytest.FixtureRequest) -> Iterator[None]:
+    """For a module-scoped fixture in a `module_database` module that needs a workspace apart (a second server)."""
+    if os.environ.get("RAGAPP_DATABASE_URL") is None:
+        yield
+        return
+    server = request.getfixturevalue("postgres_server")
+    url = new_database(server)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RAGAPP_DATABASE_URL", url)
+        yield
     _drop(server, url)
 
 

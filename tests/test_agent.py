@@ -21,6 +21,8 @@ from ragapp.search import SearchHit
 from ragapp.tools.search_documents import PassageLedger, search_documents_tool
 from tests.test_generator_openai import FakeServer, completion, reply
 
+pytestmark = pytest.mark.usefixtures("database")
+
 
 class ScriptedChatModel(BaseChatModel):
     """FAKE chat model for control-flow tests: replies from a script, records what it was sent."""

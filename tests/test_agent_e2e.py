@@ -10,7 +10,7 @@ import pytest
 from ragapp.app import App
 from tests.servers import ragapp
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("database")]
 
 
 def test_the_shipped_model_picks_the_calculator_and_answers_with_its_result(tmp_path: Path) -> None:

@@ -11,11 +11,11 @@ from click.testing import CliRunner
 from ragapp import App
 from ragapp.cli import cli
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("module_database")]
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def workspace(tmp_path_factory: pytest.TempPathFactory, module_database: str) -> Path:
     from tests.conftest import DOCS
 
     if not any(DOCS.glob("*.md")):

@@ -12,6 +12,8 @@ from click.testing import CliRunner
 
 from ragapp.cli import cli
 
+pytestmark = pytest.mark.usefixtures("database")
+
 RAGAPP = [sys.executable, "-m", "ragapp"]
 
 

@@ -19,6 +19,8 @@ from ragapp import App
 from ragapp.cli import cli
 from ragapp.errors import UsageError
 
+pytestmark = pytest.mark.usefixtures("database")
+
 PRODUCTS = [
     (1, "Kettle", "Boils a litre of water in ninety seconds.", "kitchen", 19.99),
     (2, "Desk lamp", "A warm light with a dimmer for late reading.", "home", 34.5),

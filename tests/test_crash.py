@@ -2,13 +2,14 @@
 
 The subprocess saves the index after every small batch (test tuning, set below) so kills land in
 every window of the save protocol: mid-document, after an index save, before SQL is marked.
+Both stores: SQLite + FAISS files, and PostgreSQL + pgvector (the `database` fixture).
 """
 
 from __future__ import annotations
 
+import os
 import random
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -16,14 +17,16 @@ from pathlib import Path
 
 import pytest
 from conftest import default_sigint
-from sqlalchemy import select
+from sqlalchemy import create_engine, select, text
+from sqlalchemy.exc import OperationalError, ProgrammingError
 
-from indexes import Bm25Index, FaissIndex
+from indexes import Bm25Index
 from ragapp import App
 from ragapp.keyword_index import POINTER_KEY
-from ragapp.store import ChunkRow, DocumentRow
+from ragapp.store import ChunkRow, DocumentRow, IngestRun, database_url
+from tests.workspace import vector_ids
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("database")]
 
 RUNNER = (
     "import sys, ragapp.ingest as ingest; ingest.SAVE_EVERY_S = 0.0; ingest.EMBED_BATCH = 16; "
@@ -41,18 +44,23 @@ def build_corpus(folder: Path, docs: Path, n_files: int = 30) -> None:
         (folder / f"part-{i:02d}.md").write_text(f"# Part {i}\n\n" + "\n\n".join(picked) + "\n", encoding="utf-8")
 
 
-def counts(db: Path) -> tuple[int, int]:
+def counts(ws: Path) -> tuple[int, int]:
     """(chunks, indexed chunks) as a concurrent reader sees them; (0, 0) before the schema exists."""
-    if not db.exists():
-        return 0, 0
+    url = os.environ.get("RAGAPP_DATABASE_URL")
+    if url is None:
+        db = ws / "ragapp.db"
+        if not db.exists():
+            return 0, 0
+        url = f"sqlite:///file:{db}?mode=ro&uri=true"
+    engine = create_engine(database_url(url))
     try:
-        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
-        try:
-            return con.execute("SELECT count(*), coalesce(sum(indexed), 0) FROM chunks").fetchone()
-        finally:
-            con.close()
-    except sqlite3.OperationalError:
+        with engine.connect() as connection:
+            row = connection.execute(text("SELECT count(*), count(*) FILTER (WHERE indexed) FROM chunks")).one()
+            return int(row[0]), int(row[1])
+    except (OperationalError, ProgrammingError):
         return 0, 0
+    finally:
+        engine.dispose()
 
 
 def kill_when(ws: Path, corpus: Path, condition, sig: int = signal.SIGKILL, timeout: float = 240.0) -> int | None:
@@ -69,7 +77,7 @@ def kill_when(ws: Path, corpus: Path, condition, sig: int = signal.SIGKILL, time
             if proc.poll() is not None:
                 assert proc.returncode == 0, proc.stderr.read().decode()
                 return None
-            if condition(*counts(ws / "ragapp.db")):
+            if condition(*counts(ws)):
                 proc.send_signal(sig)
                 return proc.wait(timeout=120)
             time.sleep(0.02)
@@ -96,9 +104,9 @@ def test_kill_at_every_stage_then_resume(tmp_path: Path, corpus: Path) -> None:
     first_chunks = lambda chunks, indexed: chunks > 0  # noqa: E731  (documents written, nothing embedded)
     some_indexed = lambda chunks, indexed: indexed > 0  # noqa: E731  (at least one index save landed)
     killed_points.append(kill_when(ws, big, first_chunks))
-    seen = counts(ws / "ragapp.db")
+    seen = counts(ws)
     killed_points.append(kill_when(ws, big, lambda c, i: i > seen[1] and some_indexed(c, i)))
-    seen = counts(ws / "ragapp.db")
+    seen = counts(ws)
     killed_points.append(kill_when(ws, big, lambda c, i: c > seen[0] + 40 or i > seen[1] + 40))
     assert None not in killed_points[:2], "a kill did not land mid-ingest; the test corpus is too small"
 
@@ -106,20 +114,21 @@ def test_kill_at_every_stage_then_resume(tmp_path: Path, corpus: Path) -> None:
     assert finish.returncode == 0, finish.stderr
 
     resumed = App(ws)
-    clean = App(tmp_path / "clean")
+    clean = App(tmp_path / "clean", config={"database": {"url": ""}})  # its own SQLite file, on either run
     clean.ingest([big])
     assert contents(resumed) == contents(clean)  # no duplicate, no lost chunk
     store = resumed.open_store()
     assert store.counts()["pending"] == 0
-    ids = FaissIndex.load(ws / "index.faiss", 384).ids().tolist()
+    ids = vector_ids(resumed)
     assert len(ids) == len(set(ids)) and set(ids) == store.chunk_ids()
     assert resumed.search("configuration precedence", k=1)[0].text == clean.search("configuration precedence", k=1)[0].text
     pointer = store.get_meta(POINTER_KEY)
     assert [p.name for p in ws.glob("bm25-*")] == [pointer]  # no half-written keyword index left behind
     assert set(Bm25Index.load(ws / pointer).ids.tolist()) == store.chunk_ids()
-    runs = sqlite3.connect(ws / "ragapp.db").execute("SELECT status FROM ingest_runs ORDER BY id").fetchall()
-    assert runs[-1] == ("completed",)
-    assert ("interrupted",) in runs and ("running",) not in runs  # killed runs are recorded as such
+    with store.session() as s:
+        runs = list(s.scalars(select(IngestRun.status).order_by(IngestRun.id)))
+    assert runs[-1] == "completed"
+    assert "interrupted" in runs and "running" not in runs  # killed runs are recorded as such
 
 
 def test_ctrl_c_is_recorded_as_interrupted_and_resumed(tmp_path: Path, corpus: Path) -> None:
@@ -128,9 +137,8 @@ def test_ctrl_c_is_recorded_as_interrupted_and_resumed(tmp_path: Path, corpus: P
     ws = tmp_path / "ws"
     returncode = kill_when(ws, big, lambda chunks, indexed: chunks > 0, sig=signal.SIGINT)
     assert returncode is not None and returncode != 0  # Ctrl-C ends the command with an error status
-    con = sqlite3.connect(ws / "ragapp.db")
-    assert con.execute("SELECT status FROM ingest_runs ORDER BY id DESC LIMIT 1").fetchone() == ("interrupted",)
-    con.close()
+    with App(ws).open_store().session() as s:
+        assert s.scalars(select(IngestRun.status).order_by(IngestRun.id.desc()).limit(1)).first() == "interrupted"
     report = App(ws).ingest([big])
     assert report.added + report.unchanged == 12
     assert App(ws).open_store().counts()["pending"] == 0

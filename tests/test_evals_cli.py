@@ -15,6 +15,8 @@ from click.testing import CliRunner
 from evals.runner import answer_metrics
 from ragapp.cli import cli
 
+pytestmark = pytest.mark.usefixtures("database")
+
 ROWS = [
     ("What is the capital of France?", "The capital of France is Paris.", "Paris is the capital of France."),
     ("What colour is the sky?", "The sky is blue on a clear day.", "On a clear day the sky is blue."),

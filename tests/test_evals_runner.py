@@ -4,8 +4,8 @@ and a hand-written question set about them (tests/data/docs_qa.jsonl)."""
 from __future__ import annotations
 
 import json
+import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -13,21 +13,24 @@ from pathlib import Path
 
 import pytest
 from conftest import default_sigint
+from sqlalchemy import create_engine, text
+from sqlalchemy.exc import OperationalError, ProgrammingError
 
 from evals import evaluate, load_dataset
 from evals.runner import answer_metrics
 from evals.runs import RunStore
 from ragapp import App
 from ragapp.errors import EmptyWorkspace
+from ragapp.store import database_url
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("module_database")]
 
 QA = Path(__file__).parent / "data" / "docs_qa.jsonl"
 SHORT = {"max_new_tokens": 40}
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def workspace(tmp_path_factory: pytest.TempPathFactory, module_database: str) -> Path:
     import shutil
 
     root = tmp_path_factory.mktemp("evals")
@@ -37,17 +40,22 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root / "ws"
 
 
-def saved_items(ws: Path, run_prefix: str) -> int:
-    """Items saved so far for runs whose name starts with `run_prefix`, as a concurrent reader sees them."""
+def saved_items(ws: Path, run_prefix: str, old_runs: set[int]) -> int:
+    """Items saved so far for new runs whose name starts with `run_prefix`, as a concurrent reader sees them."""
+    url = os.environ.get("RAGAPP_DATABASE_URL") or f"sqlite:///file:{ws / 'ragapp.db'}?mode=ro&uri=true"
+    engine = create_engine(database_url(url))
     try:
-        con = sqlite3.connect(f"file:{ws / 'ragapp.db'}?mode=ro", uri=True, timeout=5)
-        try:
-            query = "SELECT count(*) FROM eval_items JOIN eval_runs ON eval_runs.id = run_id WHERE name LIKE ?"
-            return con.execute(query, (run_prefix + "%",)).fetchone()[0]
-        finally:
-            con.close()
-    except sqlite3.OperationalError:
+        with engine.connect() as connection:
+            query = text(
+                "SELECT eval_runs.id, count(*) FROM eval_items JOIN eval_runs ON eval_runs.id = run_id "
+                "WHERE name LIKE :p GROUP BY eval_runs.id"
+            )
+            rows = connection.execute(query, {"p": run_prefix + "%"}).all()
+        return sum(n for run_id, n in rows if run_id not in old_runs)
+    except (OperationalError, ProgrammingError):
         return 0
+    finally:
+        engine.dispose()
 
 
 def test_evaluate_answers_scores_and_stores_every_question(workspace: Path) -> None:
@@ -87,6 +95,7 @@ def test_question_that_cannot_be_answered_is_an_item_error(workspace: Path, tmp_
     assert run.status == "completed" and run.aggregates["rougeL"] is not None
 
 
+@pytest.mark.usefixtures("fresh_database")
 def test_empty_workspace_fails_before_creating_a_run(tmp_path: Path) -> None:
     app = App(tmp_path / "ws")
     app.open_store(create=True)
@@ -106,11 +115,12 @@ def test_killed_run_continues_where_it_stopped(workspace: Path, tmp_path: Path, 
     ws = tmp_path / "ws"
     shutil.copytree(workspace, ws)
     before = RunStore(App(ws).open_store()).list()
+    old_runs = {r.id for r in before}  # on PostgreSQL the module's database holds earlier tests' runs
     proc = subprocess.Popen(
         _cli(ws, "--batch-size", "1"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint
     )
     deadline = time.monotonic() + 300
-    while saved_items(ws, "docs_qa") < 2:
+    while saved_items(ws, "docs_qa", old_runs) < 2:
         assert proc.poll() is None, proc.communicate()
         assert time.monotonic() < deadline, "eval run did not save 2 items in time"
         time.sleep(0.05)
@@ -118,7 +128,7 @@ def test_killed_run_continues_where_it_stopped(workspace: Path, tmp_path: Path, 
     proc.wait(timeout=120)
     app = App(ws)
     runs = RunStore(app.open_store())
-    (stopped,) = [r for r in runs.list() if r.name.startswith("docs_qa")]
+    (stopped,) = [r for r in runs.list() if r.name.startswith("docs_qa") and r.id not in old_runs]
     assert stopped.status == status and 2 <= stopped.saved < 6
     first = {i.position: i.prediction for i in runs.load(stopped.id).items}
 

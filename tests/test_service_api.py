@@ -7,7 +7,6 @@ input, and a keyed one for the auth boundaries.
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -18,10 +17,11 @@ import httpx
 import pytest
 
 from ragapp import App
-from tests.conftest import DOCS
+from ragapp.service.collections import Collections
+from tests.conftest import DOCS, database_of_its_own
 from tests.servers import Server, ragapp, serving, sse_events
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("module_database")]
 
 QUESTION = "How do I remove documents whose files were deleted?"
 CONFIG = """[generation]
@@ -38,7 +38,7 @@ max_file_mb = 0.2
 
 
 @pytest.fixture(scope="module")
-def open_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Path]]:
+def open_server(tmp_path_factory: pytest.TempPathFactory, module_database: str) -> Iterator[tuple[Server, Path]]:
     if not any(DOCS.glob("*.md")):
         pytest.skip(f"no documentation in {DOCS}")
     ws = tmp_path_factory.mktemp("serve") / "ws"
@@ -387,27 +387,30 @@ def test_empty_collection_is_a_clear_conflict(client: httpx.Client) -> None:
 
 
 @pytest.fixture(scope="module")
-def keyed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, dict[str, str]]]:
-    ws = tmp_path_factory.mktemp("keyed") / "ws"
-    ws.mkdir()
-    (ws / "ragapp.toml").write_text("[generation]\nmax_new_tokens = 4\n", encoding="utf-8")
-    notes = ws.parent / "notes"
-    notes.mkdir()
-    (notes / "alpha.md").write_text("# Alpha\n\nThe alpha launch code is kept in the blue binder.\n", encoding="utf-8")
-    with App(ws) as app:
-        app.ingest([notes])
-    shutil.copytree(ws, ws.parent / "copy-for-beta", ignore=shutil.ignore_patterns("*.lock"))
-    beta = ws / "collections" / "beta"
-    beta.parent.mkdir()
-    (ws.parent / "copy-for-beta").rename(beta)  # a second collection with the same content
-    secrets = {}
-    for name, args in (("admin", ["--admin"]), ("reader", ["--collection", "default"]), ("revoked", ["--admin"])):
-        result = ragapp(ws, "keys", "create", *args, "--json")
-        assert result.returncode == 0, result.stderr
-        secrets[name] = json.loads(result.stdout)["key"]
-    assert ragapp(ws, "keys", "revoke", "3").returncode == 0
-    with serving(ws) as server:
-        yield server, secrets
+def keyed(
+    tmp_path_factory: pytest.TempPathFactory, module_database: str, request: pytest.FixtureRequest
+) -> Iterator[tuple[Server, dict[str, str]]]:
+    with database_of_its_own(request):  # keys make a workspace require them: apart from open_server's
+        ws = tmp_path_factory.mktemp("keyed") / "ws"
+        ws.mkdir()
+        (ws / "ragapp.toml").write_text("[generation]\nmax_new_tokens = 4\n", encoding="utf-8")
+        notes = ws.parent / "notes"
+        notes.mkdir()
+        (notes / "alpha.md").write_text("# Alpha\n\nThe alpha launch code is kept in the blue binder.\n", encoding="utf-8")
+        with App(ws) as app:
+            app.ingest([notes])
+            collections = Collections(ws, app.open_store())
+            collections.create("beta")  # a second collection with the same content
+            collections.app("beta").ingest([notes])
+            collections.close()
+        secrets = {}
+        for name, args in (("admin", ["--admin"]), ("reader", ["--collection", "default"]), ("revoked", ["--admin"])):
+            result = ragapp(ws, "keys", "create", *args, "--json")
+            assert result.returncode == 0, result.stderr
+            secrets[name] = json.loads(result.stdout)["key"]
+        assert ragapp(ws, "keys", "revoke", "3").returncode == 0
+        with serving(ws) as server:
+            yield server, secrets
 
 
 def test_requests_need_a_valid_key(keyed: tuple[Server, dict[str, str]]) -> None:

@@ -23,6 +23,8 @@ from ragapp.service.keys import KeyStore
 from ragapp.service.limits import GenerationQueue, QueueFull
 from ragapp.store import ApiKeyRow, Store
 
+pytestmark = pytest.mark.usefixtures("database")
+
 
 def test_keys_are_stored_hashed_and_scoped(tmp_path: Path) -> None:
     store = Store(f"sqlite:///{tmp_path / 'db'}")

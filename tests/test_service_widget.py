@@ -22,7 +22,7 @@ import pytest
 from tests.conftest import CHROMIUM, CHROMIUM_ARGS, DOCS
 from tests.servers import Server, ragapp, serving
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("module_database")]
 
 QUESTION = "How do I remove documents whose files were deleted?"
 ANSWER_TIMEOUT_MS = 120_000
@@ -82,7 +82,7 @@ def origin(site: HostPages) -> str:
 
 
 @pytest.fixture(scope="module")
-def docs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def docs(tmp_path_factory: pytest.TempPathFactory, module_database: str) -> Path:
     """A copy of ragapp's own documentation (the answers' sources)."""
     if not any(DOCS.glob("*.md")):
         pytest.skip(f"no documentation in {DOCS}")

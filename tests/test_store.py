@@ -147,3 +147,23 @@ def test_migration_of_many_processes_at_once_runs_each_step_once(url: str) -> No
     assert {s.get_meta("schema_version") for s in stores} == {str(SCHEMA_VERSION)}
     for s in stores:
         s.close()
+
+
+def test_version_3_database_gains_the_job_worker_column_and_keeps_its_jobs(url: str) -> None:
+    engine = create_engine(database_url(url))
+    with Session(engine) as s:  # a database as schema 3 left it: ingest_jobs without `worker`, one job queued
+        migrate(s, {v: MIGRATIONS[v] for v in (1, 2, 3)})
+        s.execute(text("ALTER TABLE ingest_jobs DROP COLUMN worker"))
+        s.execute(
+            text(
+                "INSERT INTO ingest_jobs (id, collection, status, files, report, created_at) "
+                "VALUES ('j1', 'default', 'queued', '[]', '{}', CURRENT_TIMESTAMP)"
+            )
+        )
+        s.commit()
+    engine.dispose()
+    store = Store(url)
+    assert store.get_meta("schema_version") == str(SCHEMA_VERSION) == "4"
+    with store.session() as s:
+        assert s.execute(text("SELECT id, worker FROM ingest_jobs")).all() == [("j1", None)]
+    store.close()

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -72,14 +73,19 @@ def serving(workspace: Path, *args: str, env: dict[str, str] | None = None, star
             time.sleep(0.2)
         yield Server(url, process, log)
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(10)
+        stop_group(process, grace=30)
         out.close()
+
+
+def stop_group(process: subprocess.Popen[Any], grace: float) -> None:
+    """SIGTERM to a child started with start_new_session and its children; SIGKILL after `grace` seconds."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(grace)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(10)
 
 
 def descendants(pid: int) -> set[int]:

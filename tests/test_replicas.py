@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import socket
 import subprocess
 import time
@@ -28,7 +27,7 @@ from sqlalchemy import create_engine, func, select
 from ragapp.service.keys import KeyStore
 from ragapp.store import Store, lock_key
 from tests.conftest import _drop, new_database
-from tests.servers import Server, ragapp, serving
+from tests.servers import Server, ragapp, serving, stop_group
 
 pytestmark = pytest.mark.slow
 
@@ -107,16 +106,7 @@ def start_nginx(folder: Path, upstreams: list[str], stack: ExitStack) -> str:
         start_new_session=True,
     )
 
-    def stop() -> None:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(10)
-
-    stack.callback(stop)
+    stack.callback(stop_group, process, 10)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 20
     while True:

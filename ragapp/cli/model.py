@@ -5,8 +5,9 @@ from __future__ import annotations
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -15,6 +16,13 @@ from ragapp.errors import GenerationError
 
 if TYPE_CHECKING:
     from ragapp.generators.vllm_server import VllmServer
+
+
+def _parallel_size(flag: str, what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    return click.option(
+        flag, type=click.IntRange(1), default=1, show_default=True, metavar="N",
+        help=f"{what} Needs TP x PP x DP GPUs in all.",
+    )  # fmt: skip
 
 
 @click.group("model")
@@ -57,32 +65,15 @@ def convert(gguf: Path | None, out: Path | None) -> None:
     help="Let clients call tools natively (`ragapp agent` with the openai backend): vLLM's parser for the model's "
     "tool-call format, e.g. hermes (Qwen, Hermes), llama3_json, mistral, pythonic.",
 )
-@click.option(
+@_parallel_size(
     "--tensor-parallel-size",
-    type=click.IntRange(1),
-    default=1,
-    show_default=True,
-    metavar="N",
-    help="Split each layer's weights across N GPUs of one node: for a model too big for one GPU. "
-    "Needs TP x PP x DP GPUs in all.",
+    "Split each layer's weights across N GPUs of one node: for a model too big for one GPU.",
 )
-@click.option(
+@_parallel_size(
     "--pipeline-parallel-size",
-    type=click.IntRange(1),
-    default=1,
-    show_default=True,
-    metavar="N",
-    help="Split the layers into N consecutive stages, one per GPU or node: for a model too big for one node. "
-    "Needs TP x PP x DP GPUs in all.",
+    "Split the layers into N consecutive stages, one per GPU or node: for a model too big for one node.",
 )
-@click.option(
-    "--data-parallel-size",
-    type=click.IntRange(1),
-    default=1,
-    show_default=True,
-    metavar="N",
-    help="Run N whole copies of the model behind this one server, for throughput. Needs TP x PP x DP GPUs in all.",
-)
+@_parallel_size("--data-parallel-size", "Run N whole copies of the model behind this one server, for throughput.")
 @click.option(
     "--startup-timeout", type=click.FloatRange(1), default=600, show_default=True, help="Seconds to wait for health."
 )

@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import make_url
+from sqlalchemy import create_engine, make_url, text
+
+from ragapp.store import database_url
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -44,12 +46,38 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(name)
 
 
+# An admin URL of your own PostgreSQL server (with pgvector) to run the PostgreSQL half of the suite on,
+# instead of the private one from pgserver. Read at import: the tests' own environment is cleaned.
+TEST_DATABASE_URL = os.environ.get("RAGAPP_TEST_DATABASE_URL")
+
+
+class ExternalServer:
+    """The two things the tests ask of a pgserver server, done on a server of the user's."""
+
+    def __init__(self, url: str):
+        self.url = make_url(url)
+        self.engine = create_engine(database_url(url), isolation_level="AUTOCOMMIT")
+
+    def psql(self, sql: str) -> None:
+        with self.engine.connect() as connection:
+            connection.execute(text(sql))
+
+    def get_uri(self, database: str) -> str:
+        return self.url.set(database=database).render_as_string(hide_password=False)
+
+
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[Any]:
-    """A private PostgreSQL 16 server with pgvector (the pgserver wheel), one for the whole run.
+    """A private PostgreSQL 16 server with pgvector (the pgserver wheel), one for the whole run, or the
+    server RAGAPP_TEST_DATABASE_URL names.
 
     Its folder is outside pytest's temporary root: as root, pgserver runs the server as another user, and
     any pytest session that starts meanwhile makes that root private again (mode 0700)."""
+    if TEST_DATABASE_URL:
+        server = ExternalServer(TEST_DATABASE_URL)
+        yield server
+        server.engine.dispose()
+        return
     pgserver = pytest.importorskip("pgserver", reason="pgserver not installed (it is in the test extra)")
     folder = Path(tempfile.mkdtemp(prefix="ragapp-test-pg-"))
     server = pgserver.get_server(folder, cleanup_mode="stop")

@@ -92,6 +92,24 @@ def add_copies(workspace: Path, copies: int, seed: int = 0) -> None:
             app._keywords(store).sync()
 
 
+def ensure_corpus(data: Path, cache: Path) -> tuple[Path, Path]:
+    """The 10k and 100k workspaces (flat FAISS index) under `cache`, built once and reused by later runs."""
+    root = cache / "query-workspaces"
+    real, large = root / "10k", root / "100k"
+    if not (real / "ready").exists():
+        shutil.rmtree(root, ignore_errors=True)
+        print("building the 10k workspace (SciFact, real embeddings) ...", flush=True)
+        build_real(real, data)
+        (real / "ready").touch()
+    if not (large / "ready").exists():
+        print(f"building the 100k workspace (+{COPIES} noisy copies) ...", flush=True)
+        shutil.rmtree(large, ignore_errors=True)
+        shutil.copytree(real, large)
+        add_copies(large, COPIES)
+        (large / "ready").touch()
+    return real, large
+
+
 def convert(workspace: Path, kind: str) -> float:
     """Seconds a writer takes to bring the saved index to `kind` (what the next ingest would do)."""
     from ragapp import App
@@ -163,19 +181,8 @@ def main() -> None:
     from ragapp.embedding import shipped_model_path
 
     queries = list(BeirCollection.open(args.data).queries().values())[:300]
-    root = args.cache / "query-workspaces"
-    real, large = root / "10k", root / "100k"
-    if not (real / "ready").exists():
-        shutil.rmtree(root, ignore_errors=True)
-        print("building the 10k workspace (SciFact, real embeddings) ...", flush=True)
-        build_real(real, args.data)
-        (real / "ready").touch()
-    if not (large / "ready").exists():
-        print(f"building the 100k workspace (+{COPIES} noisy copies) ...", flush=True)
-        shutil.rmtree(large, ignore_errors=True)
-        shutil.copytree(real, large)
-        add_copies(large, COPIES)
-        (large / "ready").touch()
+    real, large = ensure_corpus(args.data, args.cache)
+    root = large.parent
     graph = root / "100k-auto"
     if not (graph / "ready").exists():
         shutil.rmtree(graph, ignore_errors=True)

@@ -160,16 +160,19 @@ class App:
         url = self.config.database.url
         return f"{self.workspace} ({shown_url(url)})" if url else str(self.workspace)
 
+    def _nothing_ingested(self) -> EmptyWorkspace:
+        return EmptyWorkspace(f"nothing ingested yet in {self._where}: run `ragapp ingest PATH` first")
+
     def open_store(self, create: bool = False) -> Store:
         if self._store is None:
             if not self.config.database.url and not self.db_path.exists() and not create:
-                raise EmptyWorkspace(f"nothing ingested yet in {self._where}: run `ragapp ingest PATH` first")
+                raise self._nothing_ingested()
             if create:
                 self.workspace.mkdir(parents=True, exist_ok=True)
             try:
                 self._store = Store(self.database_url, create=create, pg_schema=self.config.database.pg_schema)
             except StoreMissing:
-                raise EmptyWorkspace(f"nothing ingested yet in {self._where}: run `ragapp ingest PATH` first") from None
+                raise self._nothing_ingested() from None
         return self._store
 
     def has_store(self) -> bool:
@@ -269,7 +272,7 @@ class App:
     def _require_chunks(self) -> Store:
         store = self.open_store(create=False)
         if not store.has_chunks():
-            raise EmptyWorkspace(f"nothing ingested yet in {self._where}: run `ragapp ingest PATH` first")
+            raise self._nothing_ingested()
         return store
 
     @contextmanager

@@ -10,12 +10,10 @@ any number of ragapp processes on any number of machines).
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import logging
-import os
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +46,7 @@ from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 
 from ragapp.errors import WorkspaceError
+from ragapp.locks import exclusive_lock
 
 log = logging.getLogger(__name__)
 
@@ -386,17 +385,17 @@ class Store:
     @contextmanager
     def _sqlite_file_lock(self) -> Iterator[None]:
         """SQLite has no advisory locks, and pysqlite runs DDL outside transactions: processes opening a new
-        database at once take turns on an flock of the file itself (SQLite's own locks are fcntl ones)."""
+        database at once take turns on a lock file beside it (`ragapp.locks` says why never on the file itself)."""
         database = self.engine.url.database if self.dialect == "sqlite" else None
         if not database or database == ":memory:" or database.startswith("file:"):
             yield
             return
-        fd = os.open(database, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        with ExitStack() as stack:
+            try:
+                stack.enter_context(exclusive_lock(f"{database}.migrate-lock"))
+            except OSError:  # a read-only folder: nothing here can migrate a schema either, so nothing to order
+                pass
             yield
-        finally:
-            os.close(fd)
 
     @property
     def _in_schema(self) -> str:

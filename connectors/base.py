@@ -45,3 +45,29 @@ class FileProblem:
 
 class ParseError(Exception):
     """A file could not be turned into text; the message is the reason shown to the user."""
+
+
+MB = 1_000_000  # decimal megabytes, as the ingest.max_*_mb settings count them
+
+
+def human_size(n: int) -> str:
+    """Decimal units, as the `ingest.max_*_mb` settings use them."""
+    for unit, scale in (("GB", 10**9), ("MB", 10**6), ("KB", 10**3)):
+        if n >= scale:
+            return f"{n / scale:.1f}".removesuffix(".0") + f" {unit}"
+    return f"{n} bytes"
+
+
+@dataclass(frozen=True)
+class ParseLimits:
+    """What one file may cost to parse, so a compression bomb costs one file and never the process.
+
+    `expanded_bytes` caps what a compressed format unpacks to (a .docx's zip members, a PDF's page
+    content streams summed over pages); `elements` caps the XML/HTML elements; `seconds` (wall time)
+    and `memory_bytes` (address space of the parser process) are enforced by `connectors.sandbox`.
+    """
+
+    expanded_bytes: int = 200 * MB
+    elements: int = 2_000_000
+    seconds: float = 60.0
+    memory_bytes: int = 2000 * MB

@@ -2,7 +2,8 @@
 
 `discover` walks the roots and says why a file is skipped instead of silently dropping it;
 `read_bytes` refuses FIFOs, devices and oversized files before reading; `parse` hands the bytes to
-the parser registered for the suffix in `connectors.formats`.
+the parser registered for the suffix in `connectors.formats` (in `connectors.sandbox`'s worker process
+for the formats that can unpack into bombs).
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from pathlib import Path
 
 from wcmatch import glob as wcglob
 
-from connectors.base import UNSUPPORTED, Document, FileProblem, ParseError
-from connectors.formats import PARSERS
+from connectors.base import Document, FileProblem, ParseError, ParseLimits, human_size
+from connectors.formats import DEFAULT_LIMITS, LIMITED, PARSERS, parse_document, unsupported
+from connectors.sandbox import parse_isolated
 
 SUPPORTED_SUFFIXES: frozenset[str] = frozenset(PARSERS)
 
@@ -57,10 +59,6 @@ class _Globs:
         )
 
 
-def _unsupported(suffix: str) -> str:
-    return f"{UNSUPPORTED} '{suffix}'" if suffix else f"{UNSUPPORTED} (no extension)"
-
-
 def _os_reason(exc: OSError | RuntimeError) -> str:
     if isinstance(exc, RuntimeError) or exc.errno == errno.ELOOP:  # 3.11's Path.resolve raises RuntimeError
         return "symlink loop"
@@ -71,25 +69,33 @@ def _os_reason(exc: OSError | RuntimeError) -> str:
     return exc.strerror or str(exc)
 
 
-def _candidate(path: Path, seen: set[Path]) -> Iterator[Path | FileProblem]:
-    """A file that passed the filters: yield its resolved path once, or the reason it can't be used."""
+def _target(path: Path) -> Path | FileProblem:
+    """The real path of a file that passed the filters (links followed), or why it can't be used."""
     try:
         mode = path.stat().st_mode
+        if not stat.S_ISREG(mode):
+            return FileProblem(str(path), "not a regular file")
+        return path.resolve(strict=True)
     except FileNotFoundError:
-        yield FileProblem(str(path), "broken symlink" if path.is_symlink() else "file not found")
-        return
-    except OSError as exc:
-        yield FileProblem(str(path), _os_reason(exc))
-        return
-    if not stat.S_ISREG(mode):
-        yield FileProblem(str(path), "not a regular file")
-        return
-    real = path.resolve()
+        return FileProblem(str(path), "broken symlink" if path.is_symlink() else "file not found")
+    except (OSError, RuntimeError) as exc:  # ELOOP: a symlink loop fails the stat, never hangs
+        return FileProblem(str(path), _os_reason(exc))
+
+
+def _candidate(path: Path, real: Path, seen: set[Path]) -> Iterator[Path | FileProblem]:
+    """A file under the name it was found by, once per real file; its suffix picks the parser."""
     if real in seen:
         return
     seen.add(real)
-    suffix = real.suffix.lower()
-    yield real if suffix in SUPPORTED_SUFFIXES else FileProblem(str(real), _unsupported(suffix))
+    suffix = path.suffix.lower()
+    yield path if suffix in SUPPORTED_SUFFIXES else FileProblem(str(path), unsupported(suffix))
+
+
+def outside_reason(target: Path) -> str:
+    return (
+        f"symlink to a file outside the folder ({target}): not followed; "
+        "ingest that file by its own path if it belongs in the workspace"
+    )
 
 
 def _listing(directory: Path) -> list[os.DirEntry[str]] | FileProblem:
@@ -103,8 +109,14 @@ def _listing(directory: Path) -> list[os.DirEntry[str]] | FileProblem:
 
 
 def _walk(root: Path, include: _Globs, exclude: _Globs, seen: set[Path]) -> Iterator[Path | FileProblem]:
-    """Pre-order walk with sorted names, so output order is stable; directory symlinks are not entered."""
+    """Pre-order walk with sorted names, so output order is stable; directory symlinks are not entered.
+
+    Files come under the path they were found by, a symlink's too (not its target's): a link to a file
+    inside the folder is ingested under its name unless its target is ingested under its own; a link
+    out of the folder is refused, as directory links are not followed (see docs/ingesting.md).
+    """
     stack: list[Iterator[os.DirEntry[str]]] = []
+    links: list[tuple[Path, Path]] = []
     listing = _listing(root)
     if isinstance(listing, FileProblem):
         yield listing
@@ -133,13 +145,23 @@ def _walk(root: Path, include: _Globs, exclude: _Globs, seen: set[Path]) -> Iter
             else:
                 stack.append(iter(listing))
         elif not linked_dir and (not include or include.match(rel, entry.name)):
-            yield from _candidate(path, seen)
+            real = _target(path)
+            if isinstance(real, FileProblem):
+                yield real
+            elif not entry.is_symlink():
+                yield from _candidate(path, real, seen)
+            elif not real.is_relative_to(root):
+                yield FileProblem(str(path), outside_reason(real))
+            else:  # after the walk, so a target the walk reaches keeps its own name whatever the order
+                links.append((path, real))
+    for path, real in links:  # links to hidden or excluded files inside the folder: under the link's name
+        yield from _candidate(path, real, seen)
 
 
 def discover(
     roots: Sequence[Path], include: Sequence[str] = (), exclude: Sequence[str] = ()
 ) -> Iterator[Path | FileProblem]:
-    """Every candidate file under the roots, resolved, in sorted order; skipped files come as FileProblem.
+    """Every candidate file under the roots, absolute, in sorted order; skipped files come as FileProblem.
 
     include/exclude are globs against the path relative to its root (patterns containing '/', e.g.
     "api/**") or against the file name at any depth (e.g. "*.md"); an empty include means every file.
@@ -158,19 +180,12 @@ def discover(
         if resolved.is_dir():
             yield from _walk(resolved, includes, excludes, seen)
         else:
-            yield from _candidate(resolved, seen)
-
-
-def _size(n: int) -> str:
-    """Decimal units, as the `max_file_mb` setting uses them."""
-    for unit, scale in (("GB", 10**9), ("MB", 10**6), ("KB", 10**3)):
-        if n >= scale:
-            return f"{n / scale:.1f}".removesuffix(".0") + f" {unit}"
-    return f"{n} bytes"
+            real = _target(resolved)
+            yield from [real] if isinstance(real, FileProblem) else _candidate(resolved, real, seen)
 
 
 def _too_large(size: int, limit: int) -> ParseError:
-    shown, allowed = _size(size), _size(limit)
+    shown, allowed = human_size(size), human_size(limit)
     if shown == allowed:  # e.g. 20.01 MB vs 20 MB: rounding would hide the difference
         shown, allowed = f"{size:,} bytes", f"{limit:,} bytes"
     return ParseError(f"file is {shown}, over the {allowed} limit")
@@ -195,23 +210,18 @@ def read_bytes(path: Path, max_bytes: int) -> bytes:
         plain = isinstance(exc, (PermissionError, FileNotFoundError))
         raise ParseError(_os_reason(exc) if plain else f"cannot read file: {_os_reason(exc)}") from None
     if len(data) > max_bytes:  # grew since the stat
-        raise ParseError(f"file is over the {_size(max_bytes)} limit")
+        raise ParseError(f"file is over the {human_size(max_bytes)} limit")
     return data
 
 
-def parse(path: Path, data: bytes) -> Document:
-    """Turn a file's bytes into a Document with the parser registered for its suffix."""
+def parse(path: Path, data: bytes, limits: ParseLimits | None = None) -> Document:
+    """Turn a file's bytes into a Document with the parser registered for its suffix.
+
+    PDF, .docx and HTML are parsed in the sandbox's worker process under `limits` (memory, time,
+    unpacked size, elements); the other formats grow linearly with the file and are parsed here.
+    """
+    limits = limits or DEFAULT_LIMITS
     suffix = path.suffix.lower()
-    parser = PARSERS.get(suffix)
-    if parser is None:
-        raise ParseError(_unsupported(suffix))
-    if not data:
-        raise ParseError("empty file")
-    try:
-        return parser(str(path), data)
-    except ParseError:
-        raise
-    except RecursionError:
-        raise ParseError("too deeply nested to parse") from None
-    except Exception as exc:  # a parser bug must cost one file, not the whole ingest run
-        raise ParseError(f"could not parse: {type(exc).__name__}: {exc}") from exc
+    if suffix in LIMITED and data and suffix in PARSERS:
+        return parse_isolated(str(path), data, limits)
+    return parse_document(str(path), data, limits)

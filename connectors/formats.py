@@ -8,28 +8,37 @@ user can act on. Parsers never touch the filesystem: reading is `connectors.file
 from __future__ import annotations
 
 import codecs
+import contextlib
 import csv
 import io
 import json
 import logging
 import re
+import threading
 import warnings
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import PurePath
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from bs4 import BeautifulSoup, XMLParsedAsHTMLWarning
 from bs4.element import NavigableString, Tag
 from charset_normalizer import from_bytes
 
 if TYPE_CHECKING:  # imported where a PDF or .docx is parsed: together 30 MB that a folder of text never needs
+    from docx.document import Document as DocxDocument
     from docx.text.paragraph import Paragraph
 
-from connectors.base import Document, ParseError, Section
+from connectors.base import UNSUPPORTED, Document, ParseError, ParseLimits, Section, human_size
 
 Parser = Callable[[str, bytes], Document]
 PARSERS: dict[str, Parser] = {}
+DEFAULT_LIMITS = ParseLimits()
+# Formats that unpack (zip, Flate streams) or build big trees: parsed in `connectors.sandbox`'s worker
+# process under `ParseLimits`, given to their parsers as `limits=`. The rest grow linearly with the
+# file (at most ingest.max_file_mb) and are parsed in-process.
+LIMITED: frozenset[str] = frozenset((".pdf", ".docx", ".html", ".htm"))
 
 # (offset in the document text, heading, anchor, page) where a section starts.
 _Mark = tuple[int, str | None, str | None, int | None]
@@ -70,8 +79,46 @@ def _guess_encoding(data: bytes) -> str | None:
     return str(min(close, key=lambda m: (m.chaos, -m.coherence)).encoding)
 
 
+class _ReplacedBytes(threading.local):
+    count = 0
+
+
+_replaced = _ReplacedBytes()
+
+
+def _count_and_replace(exc: UnicodeError) -> tuple[str, int]:
+    """A codecs error handler: `errors="replace"` that also counts the bytes it replaced."""
+    if not isinstance(exc, UnicodeDecodeError):
+        raise exc
+    _replaced.count += exc.end - exc.start
+    return "\ufffd", exc.end
+
+
+codecs.register_error("ragapp.count-replace", _count_and_replace)
+
+
+def _mostly_utf8(data: bytes) -> tuple[str, int] | None:
+    """UTF-8 with a few damaged bytes (a stray byte, a file cut mid-character): the text, with U+FFFD
+    for each bad sequence, and how many bytes were replaced; None when the bytes are not UTF-8 at heart.
+
+    "At heart" means more well-formed multi-byte characters than bad bytes: a cp1252 or Shift-JIS file
+    has almost none (its accented bytes are followed by ASCII), UTF-8 text with one bad byte has many.
+    """
+    _replaced.count = 0
+    text = data.decode("utf-8", errors="ragapp.count-replace")
+    bad = _replaced.count
+    non_ascii = len(text) - len(text.encode("ascii", "ignore"))
+    well_formed = non_ascii - (text.count("\ufffd") - data.count(b"\xef\xbf\xbd"))
+    return (text.removeprefix("\ufeff"), bad) if well_formed > bad else None
+
+
 def decode_text(data: bytes) -> tuple[str, list[str]]:
-    """Bytes to text with `\\n` newlines, plus a warning if we had to guess a non-UTF-8 encoding."""
+    """Bytes to text with `\\n` newlines, plus a warning when the bytes were not clean UTF-8.
+
+    Clean UTF-8 decodes as is; UTF-8 with a few bad bytes decodes as UTF-8 with U+FFFD in their place
+    (guessing a legacy encoding for it would garble every accented letter); anything else goes to
+    charset-normalizer; NUL bytes or bytes no encoding reads cleanly are "binary".
+    """
     warns: list[str] = []
     if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         try:
@@ -84,10 +131,14 @@ def decode_text(data: bytes) -> tuple[str, list[str]]:
         try:
             text = data.decode("utf-8-sig")
         except UnicodeDecodeError:
-            encoding = _guess_encoding(data)
-            if encoding is None:
+            if (damaged := _mostly_utf8(data)) is not None:
+                text, bad = damaged
+                plural = "byte" if bad == 1 else "bytes"
+                warns = [f"invalid UTF-8: {bad} {plural} replaced with U+FFFD, the rest decoded as UTF-8"]
+            elif (encoding := _guess_encoding(data)) is not None:
+                text, warns = data.decode(encoding, errors="replace"), [f"not UTF-8; decoded as {encoding}"]
+            else:
                 raise ParseError("binary file, not text") from None
-            text, warns = data.decode(encoding, errors="replace"), [f"not UTF-8; decoded as {encoding}"]
     return text.replace("\r\n", "\n").replace("\r", "\n"), warns
 
 
@@ -304,8 +355,12 @@ def _walk(node: Tag, root: Tag, out: _Blocks, buf: list[str], tight: bool) -> No
 
 
 @_register(".html", ".htm")
-def parse_html(source: str, data: bytes) -> Document:
-    """Main content only (no navigation, sidebars or footers), as blocks, sectioned at h1-h6."""
+def parse_html(source: str, data: bytes, *, limits: ParseLimits = DEFAULT_LIMITS) -> Document:
+    """Main content only (no navigation, sidebars or footers), as blocks, sectioned at h1-h6.
+
+    The tree BeautifulSoup builds costs about 1 KB per element, so 20 MB of `<p>` would need gigabytes:
+    the element count is checked first."""
+    _count_elements(io.BytesIO(data), 0, limits.elements, "HTML")
     text, warns = decode_text(data)
     _require_text(text)
     with warnings.catch_warnings():
@@ -328,21 +383,65 @@ def parse_html(source: str, data: bytes) -> Document:
 # --- PDF ----------------------------------------------------------------------------------------
 
 
+def _pdf_content_bytes(page: Any) -> int:
+    """The decoded size of a page's content streams and the form XObjects it names: the text extractor
+    parses all of it, once per page, however many pages share one stream."""
+    from pypdf.generic import ArrayObject
+
+    total = 0
+    contents = page.get("/Contents")
+    contents = contents.get_object() if contents is not None else None
+    for stream in contents if isinstance(contents, ArrayObject) else [contents]:
+        stream = stream.get_object() if stream is not None else None
+        if stream is not None and hasattr(stream, "get_data"):
+            total += len(stream.get_data())
+    resources = page.get("/Resources")
+    xobjects = resources.get_object().get("/XObject") if resources is not None else None
+    for ref in (xobjects.get_object().values() if xobjects is not None else ()):
+        form = ref.get_object()
+        if hasattr(form, "get_data") and form.get("/Subtype") == "/Form":
+            total += len(form.get_data())
+    return total
+
+
+def _pypdf_output_limits(cap: int) -> contextlib.AbstractContextManager[Any]:
+    """pypdf's per-stream decompression limits (pypdf >= 6.5 `Configuration`), lowered to `cap`."""
+    import pypdf
+
+    if not hasattr(pypdf, "apply_configuration"):  # older pypdf: its module constants (75 MB) apply
+        return contextlib.nullcontext()
+    current = pypdf.get_configuration()
+    names = [f"{name}_maximum_output_length" for name in ("zlib", "lzw", "run_length", "jbig2", "brotli")]
+    return pypdf.apply_configuration(**{n: min(cap, getattr(current, n)) for n in names if hasattr(current, n)})
+
+
 @_register(".pdf")
-def parse_pdf(source: str, data: bytes) -> Document:
-    """One section per page with text; pypdf's warnings about damaged files are not our output."""
+def parse_pdf(source: str, data: bytes, *, limits: ParseLimits = DEFAULT_LIMITS) -> Document:
+    """One section per page with text; pypdf's warnings about damaged files are not our output.
+
+    pypdf's own decompression limits are set to ours, and before any page is read, the content all
+    pages will make the extractor parse is summed: pages that share one big Flate stream (a 7 KB file
+    asking for minutes of work) are refused up front.
+    """
     if b"%PDF-" not in data[:1024]:
         raise ParseError("corrupt PDF: no PDF header (not a PDF file)")
     import pypdf
-    from pypdf.errors import DependencyError, FileNotDecryptedError
+    from pypdf.errors import DependencyError, FileNotDecryptedError, LimitReachedError
 
     logging.getLogger("pypdf").setLevel(logging.ERROR)
+    cap = limits.expanded_bytes
+    too_much = f"which exceeds the decompressed-size limit of {human_size(cap)} (ingest.max_expanded_mb)"
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _pypdf_output_limits(cap):
             warnings.simplefilter("ignore")
             reader = pypdf.PdfReader(io.BytesIO(data))  # tries the empty password itself
             if reader.is_encrypted and reader.decrypt("") == pypdf.PasswordType.NOT_DECRYPTED:
                 raise ParseError("encrypted PDF")
+            work = 0
+            for number, page in enumerate(reader.pages, 1):
+                work += _pdf_content_bytes(page)
+                if work > cap:
+                    raise ParseError(f"PDF pages 1-{number} unpack to {human_size(work)} of content, {too_much}")
             pages = [page.extract_text() or "" for page in reader.pages]
             meta = reader.metadata
             title = (meta.title or "").strip() if meta else ""
@@ -352,6 +451,10 @@ def parse_pdf(source: str, data: bytes) -> Document:
         raise ParseError("encrypted PDF") from None
     except DependencyError:
         raise ParseError("encrypted PDF (decrypting it needs the 'cryptography' package)") from None
+    except LimitReachedError as exc:
+        raise ParseError(f"PDF exceeds a pypdf safety limit: {_short(exc)}") from None
+    except MemoryError:
+        raise
     except Exception as exc:  # pypdf raises many types on damaged files
         raise ParseError(f"corrupt PDF: {_short(exc)}") from None
     blocks = _Blocks()
@@ -368,14 +471,66 @@ def parse_pdf(source: str, data: bytes) -> Document:
 # --- Word ---------------------------------------------------------------------------------------
 
 
-def _heading_style(paragraph: Paragraph) -> bool:
-    name = (paragraph.style.name if paragraph.style is not None else "") or ""
-    return name == "Title" or re.fullmatch(r"Heading \d", name) is not None
+_XML_PARTS = (".xml", ".rels")
+
+
+def _count_elements(stream: IO[bytes], counted: int, limit: int, what: str) -> int:
+    """Start tags read so far, streaming (a bomb is never held whole): `<` minus `</`, `<?` and `<!`."""
+    carry = b""
+    while chunk := stream.read(1 << 20):
+        chunk, carry = carry + chunk, b""
+        if chunk.endswith(b"<"):  # the next chunk says what kind of tag this is
+            chunk, carry = chunk[:-1], b"<"
+        counted += chunk.count(b"<") - chunk.count(b"</") - chunk.count(b"<?") - chunk.count(b"<!")
+        if counted > limit:
+            raise ParseError(f"{what} has more than {limit:,} elements, which exceeds the element limit (ingest.max_elements)")
+    return counted
+
+
+def _check_docx_package(data: bytes, limits: ParseLimits) -> None:
+    """Refuse a zip bomb before python-docx unpacks it: the unpacked sizes in the zip directory (zipfile
+    never inflates a member past its declared size) and the element count of its XML parts."""
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+    except (zipfile.BadZipFile, ValueError):
+        raise ParseError("corrupt .docx: not a Word document (zip) package") from None
+    with archive:
+        members = archive.infolist()
+        unpacked = sum(member.file_size for member in members)
+        if unpacked > limits.expanded_bytes:
+            raise ParseError(
+                f".docx unpacks to {human_size(unpacked)}, which exceeds the decompressed-size limit of "
+                f"{human_size(limits.expanded_bytes)} (ingest.max_expanded_mb)"
+            )
+        counted = 0
+        try:
+            for member in members:
+                if member.filename.lower().endswith(_XML_PARTS):
+                    with archive.open(member) as stream:
+                        counted = _count_elements(stream, counted, limits.elements, ".docx")
+        except (zipfile.BadZipFile, NotImplementedError, OSError, EOFError, zlib.error) as exc:
+            raise ParseError(f"corrupt .docx: {_short(exc)}") from None
+
+
+def _paragraph_styles(document: DocxDocument) -> Callable[[Paragraph], str]:
+    """The style name of a paragraph, from a table built once: python-docx's `paragraph.style` scans every
+    style for the default on each unstyled paragraph, which made a 10,000-paragraph file take a minute."""
+    from docx.enum.style import WD_STYLE_TYPE
+
+    names = {s.style_id: s.name or "" for s in document.styles if s.type == WD_STYLE_TYPE.PARAGRAPH}
+    default = document.styles.default(WD_STYLE_TYPE.PARAGRAPH)
+    default_name = (default.name if default is not None else "") or ""
+    return lambda paragraph: names.get(paragraph._p.style or "", default_name)
+
+
+def _is_heading(style_name: str) -> bool:
+    return style_name == "Title" or re.fullmatch(r"Heading \d", style_name) is not None
 
 
 @_register(".docx")
-def parse_docx(source: str, data: bytes) -> Document:
+def parse_docx(source: str, data: bytes, *, limits: ParseLimits = DEFAULT_LIMITS) -> Document:
     """Paragraphs and table rows in document order; Title / Heading N paragraphs start sections."""
+    _check_docx_package(data, limits)
     import docx
     from docx.opc.exceptions import PackageNotFoundError
     from docx.table import Table
@@ -383,12 +538,13 @@ def parse_docx(source: str, data: bytes) -> Document:
     slug, blocks, first_heading = _Slugger(), _Blocks(), None
     try:
         document = docx.Document(io.BytesIO(data))
+        style_of = _paragraph_styles(document)
         for item in document.iter_inner_content():
             if isinstance(item, Table):
                 for row in item.rows:
                     cells = list(dict.fromkeys(row.cells))  # merged cells repeat the same cell
                     blocks.add(" | ".join(c.text.strip() for c in cells if c.text.strip()), tight=True)
-            elif _heading_style(item) and item.text.strip():
+            elif _is_heading(style_of(item)) and item.text.strip():
                 name = _inline(item.text)
                 blocks.heading(name, slug(name))
                 first_heading = first_heading or name
@@ -397,6 +553,8 @@ def parse_docx(source: str, data: bytes) -> Document:
         title = (document.core_properties.title or "").strip() or first_heading
     except (PackageNotFoundError, zipfile.BadZipFile):
         raise ParseError("corrupt .docx: not a Word document (zip) package") from None
+    except MemoryError:
+        raise
     except Exception as exc:  # python-docx surfaces zip, XML and key errors on damaged files
         raise ParseError(f"corrupt .docx: {_short(exc)}") from None
     return _document(source, "docx", blocks, title=title)
@@ -495,3 +653,35 @@ def parse_jsonl(source: str, data: bytes) -> Document:
         warns.append(f"{len(bad) - _MAX_LINE_WARNINGS} more invalid lines skipped")
     body = "\n\n".join(records)
     return Document(source, "jsonl", body, _cut(body, []), metadata={"records": len(records)}, warnings=warns)
+
+
+# --- dispatch -----------------------------------------------------------------------------------
+
+
+def unsupported(suffix: str) -> str:
+    """The reason given for a file no parser reads."""
+    return f"{UNSUPPORTED} '{suffix}'" if suffix else f"{UNSUPPORTED} (no extension)"
+
+
+def parse_document(source: str, data: bytes, limits: ParseLimits = DEFAULT_LIMITS) -> Document:
+    """Parse here, in this process, with the parser registered for the source's suffix.
+
+    Any parser failure becomes a ParseError (a parser bug costs one file, not the run); MemoryError is
+    let through, so the sandbox can say the file hit the memory limit.
+    """
+    suffix = PurePath(source).suffix.lower()
+    parser = PARSERS.get(suffix)
+    if parser is None:
+        raise ParseError(unsupported(suffix))
+    if not data:
+        raise ParseError("empty file")
+    try:
+        if suffix in LIMITED:
+            return parser(source, data, limits=limits)  # type: ignore[call-arg]
+        return parser(source, data)
+    except (ParseError, MemoryError):
+        raise
+    except RecursionError:
+        raise ParseError("too deeply nested to parse") from None
+    except Exception as exc:
+        raise ParseError(f"could not parse: {type(exc).__name__}: {exc}") from exc

@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from connectors.base import ParseLimits
 from ragapp.errors import ConfigError
 from ragapp.generators.base import GenerationConfig
 
@@ -55,6 +56,19 @@ class IngestSettings(_Section):
     include: list[str] = Field(default_factory=list)
     exclude: list[str] = Field(default_factory=list)
     max_file_mb: float = Field(20.0, gt=0)
+    # Per file, against compression bombs (PDF, .docx and HTML parse in a worker process under these):
+    max_expanded_mb: float = Field(200.0, gt=0)  # what a .docx unpacks to / a PDF's page content decodes to
+    max_elements: int = Field(2_000_000, ge=1)  # XML/HTML elements in one file
+    max_parse_seconds: float = Field(60.0, gt=0)  # wall time; the worker is killed past it
+    max_parse_memory_mb: float = Field(2000.0, ge=256)  # the worker's address space (RLIMIT_AS)
+
+    def parse_limits(self) -> ParseLimits:
+        return ParseLimits(
+            expanded_bytes=int(self.max_expanded_mb * 1e6),
+            elements=self.max_elements,
+            seconds=self.max_parse_seconds,
+            memory_bytes=int(self.max_parse_memory_mb * 1e6),
+        )
 
 
 class DatabaseSettings(_Section):

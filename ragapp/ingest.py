@@ -19,6 +19,7 @@ from sqlalchemy import update
 from tqdm import tqdm
 
 from connectors import Document, FileProblem, ParseError
+from connectors.base import ParseLimits
 from connectors.filesystem import discover, parse, read_bytes
 from ragapp.chunking import Chunk, Chunker
 from ragapp.embedding import Embedder
@@ -73,6 +74,7 @@ class Ingestor:
         embedder: Embedder,
         chunker: Chunker,
         max_bytes: int,
+        limits: ParseLimits | None = None,
     ):
         self.store = store
         self.index = index
@@ -80,6 +82,7 @@ class Ingestor:
         self.embedder = embedder
         self.chunker = chunker
         self.max_bytes = max_bytes
+        self.limits = limits or ParseLimits()  # per file: PDF, .docx, HTML parse in a capped worker process
         self._embedded_up_to = 0
         self._last_save = time.monotonic()
 
@@ -200,7 +203,7 @@ class Ingestor:
             if known.get(source) == digest:
                 report.unchanged += 1
                 return
-            document = parse(path, data)
+            document = parse(path, data, self.limits)
             chunks = self.chunker.chunk(document)
             if not chunks:
                 raise ParseError("no text to index")

@@ -19,7 +19,7 @@ from pypdf import PdfReader, PdfWriter
 
 from connectors import formats
 from connectors.base import Document, FileProblem, ParseError
-from connectors.filesystem import DEFAULT_EXCLUDE, SUPPORTED_SUFFIXES, discover, parse, read_bytes
+from connectors.filesystem import DEFAULT_EXCLUDE, SUPPORTED_SUFFIXES, discover, outside_reason, parse, read_bytes
 
 MB = 1_000_000  # decimal, like the max_file_mb setting
 SPHINX_PAGE = Path("/usr/share/doc/python3.11/html/library/argparse.html")
@@ -170,8 +170,8 @@ def test_discover_walks_sorted_skips_hidden_and_defaults_reports_problems(tree: 
         tree / "docs/notes.log",
         tree / "drafts/wip.md",
         FileProblem(str(tree / "image.png"), "unsupported file type '.png'"),
-        # link_to_a.md resolves to a.md, already yielded; loop/ and outside_dir/ are not followed
-        outside,  # a file symlink is followed and yielded resolved
+        # link_to_a.md resolves to a.md, yielded under its own name; loop/ and outside_dir/ are not followed
+        FileProblem(str(tree / "outside_link.md"), outside_reason(outside)),  # a file link out of the folder
     ]
     assert all(p.is_absolute() for p in found if isinstance(p, Path))
     assert list(discover([tree])) == found  # deterministic
@@ -244,6 +244,37 @@ def test_discover_reports_symlink_loops(tmp_path: Path) -> None:
         FileProblem(str(tmp_path / "b.md"), "symlink loop"),
     ]
     assert list(discover([tmp_path / "a.md"])) == [FileProblem(str(tmp_path / "a.md"), "symlink loop")]
+
+
+def test_symlinked_files_keep_the_link_name_and_links_out_of_the_folder_are_refused(tmp_path: Path) -> None:
+    root = tmp_path / "docs"
+    write(root / "real.md", "inside")
+    write(root / ".drafts" / "plan.md", "hidden inside")
+    secret = write(tmp_path / "private" / "secret.txt", "outside the folder")
+    (root / "a_link_to_real.md").symlink_to(root / "real.md")  # sorts first: the target still keeps its name
+    (root / "plan.md").symlink_to(root / ".drafts" / "plan.md")  # the only way in: ingested as plan.md
+    (root / "notes.txt").symlink_to(secret)
+    (root / "relative.txt").symlink_to(Path("..") / "private" / "secret.txt")
+    assert list(discover([root])) == [
+        FileProblem(str(root / "notes.txt"), outside_reason(secret)),
+        root / "real.md",
+        FileProblem(str(root / "relative.txt"), outside_reason(secret)),
+        root / "plan.md",  # links come after the walk, under the link's name
+    ]
+    assert outside_reason(secret).startswith(f"symlink to a file outside the folder ({secret}): not followed")
+    assert list(discover([root, secret])) == [*list(discover([root])), secret]  # named itself, it is ingested
+
+
+@pytest.mark.timeout(20)
+def test_symlink_loops_and_self_links_do_not_hang(tmp_path: Path) -> None:
+    (tmp_path / "self.txt").symlink_to(tmp_path / "self.txt")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "up").symlink_to(tmp_path, target_is_directory=True)
+    (tmp_path / "sub" / "x.md").symlink_to(tmp_path / "sub" / "up" / "sub" / "x.md")
+    assert list(discover([tmp_path])) == [
+        FileProblem(str(tmp_path / "self.txt"), "symlink loop"),
+        FileProblem(str(tmp_path / "sub" / "x.md"), "symlink loop"),
+    ]
 
 
 def test_discover_reports_unreadable_directory(shared_dir: Path) -> None:
@@ -363,6 +394,47 @@ def test_binary_and_empty_files_are_rejected(tmp_path: Path) -> None:
         assert reason(tmp_path / name, b"") == "empty file"
     assert reason(tmp_path / "blank.md", "  \n\n\t\n") == "empty file"
     assert reason(tmp_path / "bom.txt", b"\xef\xbb\xbf\r\n") == "empty file"
+
+
+def test_utf8_with_a_stray_byte_stays_utf8_with_a_warning(tmp_path: Path) -> None:
+    """One bad byte in UTF-8 German text must not turn every umlaut into cp1250 mojibake ("GrĂĽĂźe")."""
+    text = "Herzliche Grüße aus München. Die Straße ist schön.\n" * 3
+    doc = load(write(tmp_path / "gruss.txt", text.encode() + b"caf\xe9 kaputt\n"))
+    assert "Grüße" in doc.text and "München" in doc.text
+    assert doc.text == text + "caf\ufffd kaputt\n"
+    assert doc.warnings == ["invalid UTF-8: 1 byte replaced with U+FFFD, the rest decoded as UTF-8"]
+
+
+def test_utf8_cut_mid_character_or_with_a_trailing_ff_is_not_binary(tmp_path: Path) -> None:
+    whole = ("naïve café " * 20).encode()
+    doc = load(write(tmp_path / "cut.txt", whole[: whole.rindex("é".encode()) + 1]))  # é cut after its 1st byte
+    assert doc.text.startswith("naïve café naïve") and doc.text.endswith("naïve caf\ufffd")
+    assert doc.warnings == ["invalid UTF-8: 1 byte replaced with U+FFFD, the rest decoded as UTF-8"]
+    doc = load(write(tmp_path / "ff.md", ("naïve café" * 20).encode() + b"\xff"))
+    assert doc.text == "naïve café" * 20 + "\ufffd"
+    damaged = "Größe: ".encode() + b"\xe9\xff\xfe" + " Übermaß und Grüße, schöne Maße.".encode()
+    assert load(write(tmp_path / "three.txt", damaged)).warnings == [
+        "invalid UTF-8: 3 bytes replaced with U+FFFD, the rest decoded as UTF-8"
+    ]
+
+
+def test_other_encodings_still_decode_through_charset_normalizer(tmp_path: Path) -> None:
+    german = "Herzliche Grüße aus München, schöne Straße. Größe und Übermaß.\n"
+    doc = load(write(tmp_path / "cp1252.txt", german.encode("cp1252")))
+    assert (doc.text, doc.warnings) == (german, ["not UTF-8; decoded as cp1252"])
+    doc = load(write(tmp_path / "utf16.txt", german.encode("utf-16")))
+    assert (doc.text, doc.warnings) == (german, ["not UTF-8; decoded as utf-16"])
+    japanese = "日本語のテキストです。これは文字コードを判定するための文章です。東京は日本の首都です。\n" * 3
+    doc = load(write(tmp_path / "sjis.txt", japanese.encode("shift_jis")))
+    assert doc.text == japanese
+    assert doc.warnings == ["not UTF-8; decoded as cp932"]  # Microsoft's Shift-JIS
+
+
+def test_random_bytes_without_nul_are_still_binary(tmp_path: Path) -> None:
+    import random
+
+    noise = bytes(b for b in random.Random(7).randbytes(20_000) if b)
+    assert reason(tmp_path / "noise.txt", noise) == "binary file, not text"
 
 
 # --- Markdown -----------------------------------------------------------------------------------

@@ -3,17 +3,26 @@
 The loop is LangChain's; ragapp adds the tools, a chat model for each protocol (native tool calls, or the
 text protocol of `react_chat` for models without them), a trace of every step as it happens, and
 citations: passages found by search_documents keep one number for the whole run.
+
+A tool that fails in a way it did not foresee (an exception other than its own ToolException) does not end
+the run: the model gets an error observation naming the kind of failure, and the traceback goes to the log.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from langchain.agents import create_agent
-from langchain.agents.middleware import ModelCallLimitMiddleware
+from langchain.agents.middleware import (
+    AgentMiddleware,
+    ModelCallLimitMiddleware,
+    ToolCallRequest,
+    ToolErrorMiddleware,
+)
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langchain_core.tools import BaseTool
@@ -21,6 +30,8 @@ from langchain_core.tools import BaseTool
 from ragapp.app import Citation
 from ragapp.prompt import cited_numbers
 from ragapp.tools.search_documents import PassageLedger
+
+log = logging.getLogger(__name__)
 
 SYSTEM = (
     "You complete the user's task with the tools. Look facts up with the tools instead of guessing, use the "
@@ -82,6 +93,13 @@ def _steps(message: Any) -> list[Step]:
     return []
 
 
+def tool_failure(exc: Exception, request: ToolCallRequest) -> str:
+    """The observation for a tool that raised: the kind of error only, as its message may hold internal detail."""
+    name = request.tool_call["name"]
+    log.warning("tool %s failed on %r", name, request.tool_call.get("args"), exc_info=exc)
+    return f"{name} failed on this input ({type(exc).__name__}); try a simpler input or another tool"
+
+
 def _citations(answer: str, ledger: PassageLedger) -> list[Citation]:
     cited = cited_numbers(answer)
     return [Citation.of(n, hit, n in cited) for n, hit in enumerate(ledger.hits, start=1)]
@@ -102,7 +120,9 @@ def run_agent(
     """Run `task` to a final answer or `max_steps` model calls; `on_step` sees each step as it happens."""
     ledger = ledger if ledger is not None else PassageLedger()
     limit = ModelCallLimitMiddleware(run_limit=max_steps, exit_behavior="end")
-    agent = create_agent(model, list(tools), system_prompt=system_prompt, middleware=[limit])
+    errors = ToolErrorMiddleware(tool_failure)  # the last line of defence: a tool's crash becomes an observation
+    middleware: list[AgentMiddleware[Any, Any]] = [limit, errors]
+    agent = create_agent(model, list(tools), system_prompt=system_prompt, middleware=middleware)
     started = time.perf_counter()
     steps: list[Step] = []
     answer: str | None = None

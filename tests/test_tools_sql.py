@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import re
 import sqlite3
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -105,6 +107,103 @@ def test_endless_query_is_stopped_at_the_deadline(db_file: Path) -> None:
         with pytest.raises(SqlRefused, match=refused("query took longer than 0.5 s and was stopped")):
             slow.query("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c")
         assert time.monotonic() - start < 2
+
+
+# -- resource limits: the bombs of issue 21 end on time, with bounded memory -------------------------------------
+
+PRINTF_BOMB = "length(printf('%.*c', 999999999, 'x'))"  # a 1 GB string, built inside one function call
+TOO_BIG = "string or blob too big (a value can have at most 10,000,000 bytes here)"
+
+
+@pytest.mark.timeout(120)
+def test_printf_bomb_is_stopped_at_the_timeout(db_file: Path) -> None:
+    # SQLite checks for interruption only between VM instructions, never inside printf: the query's process is killed.
+    with ReadOnlyDatabase(f"sqlite:///{db_file}", timeout_s=1) as slow:
+        start = time.monotonic()
+        with pytest.raises(SqlRefused, match=refused("query took longer than 1 s and was stopped")):
+            slow.query(f"SELECT {PRINTF_BOMB}")
+        elapsed = time.monotonic() - start
+    assert elapsed < 3.5  # the timeout, the worker's start allowance (1 s) and slack for a loaded machine
+
+
+@pytest.mark.parametrize("value", ["randomblob(999999999)", "zeroblob(999999999)", "hex(randomblob(6000000))"], ids=str)
+def test_values_sqlite_builds_are_capped(db: ReadOnlyDatabase, value: str) -> None:
+    start = time.monotonic()
+    with pytest.raises(SqlRefused, match=refused(f"the database refused the query: {TOO_BIG}")):
+        db.query(f"SELECT length({value})")
+    assert time.monotonic() - start < 2  # refused at the limit, not after allocating a gigabyte
+
+
+def test_a_result_too_large_for_the_model_is_refused(db: ReadOnlyDatabase) -> None:
+    rows = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 4)"
+    with pytest.raises(SqlRefused, match=r"^the result is too large \(more than 32,000,000 bytes\)"):
+        db.query(f"{rows} SELECT printf('%.*c', 9000000, 'x') FROM c")
+
+
+def test_memory_is_capped_even_within_the_value_limit(db: ReadOnlyDatabase) -> None:
+    sixty_columns = ", ".join(["zeroblob(9900000)"] * 60)  # each under the value limit, 594 MB together
+    too_much = "the query needed too much memory (more than 512 MB) and was stopped"
+    with pytest.raises(SqlRefused, match=refused(too_much)):
+        db.query(f"SELECT {sixty_columns}")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_bombs_keep_memory_bounded(db_file: Path) -> None:
+    """In a fresh process: the peak memory of the process using the tool and of every process it starts."""
+    script = (
+        "import resource, sys\n"
+        "from ragapp.tools.sql_query import ReadOnlyDatabase, SqlRefused\n"
+        "with ReadOnlyDatabase(sys.argv[1], timeout_s=1) as db:\n"
+        "    for sql in sys.argv[2:]:\n"
+        "        try:\n"
+        "            db.query(sql)\n"
+        "        except SqlRefused as e:\n"
+        "            print(e)\n"
+        "hwm = next(int(line.split()[1]) for line in open('/proc/self/status') if line.startswith('VmHWM:'))\n"
+        "print(hwm, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
+    )
+    bombs = ["SELECT length(randomblob(999999999))", f"SELECT {PRINTF_BOMB}"]
+    done = subprocess.run(
+        [sys.executable, "-c", script, f"sqlite:///{db_file}", *bombs], capture_output=True, text=True, timeout=110
+    )
+    assert done.returncode == 0, done.stderr
+    *messages, peaks = done.stdout.splitlines()
+    own_kb, children_kb = map(int, peaks.split())
+    # Importing ragapp takes about 140 MB; each bomb asks for 1 GB (and got it before the limits).
+    assert own_kb < 400_000 and children_kb < 400_000, peaks
+    assert messages == [f"the database refused the query: {TOO_BIG}", "query took longer than 1 s and was stopped"]
+
+
+def test_fts3_tokenizer_is_refused(db: ReadOnlyDatabase) -> None:
+    # One argument returns the address of a tokenizer: a pointer leak that helps an exploit.
+    with pytest.raises(SqlRefused, match=refused("function 'fts3_tokenizer' is not allowed")):
+        db.query("SELECT hex(fts3_tokenizer('simple'))")
+    with pytest.raises(
+        SqlRefused, match=refused("the database refused the query: not authorized to use function: fts3_tokenizer")
+    ):
+        db._execute("SELECT hex(fts3_tokenizer('simple'))")
+
+
+def test_limits_hold_without_the_authorizer(db_file: Path) -> None:
+    from ragapp.tools import sqlite_worker
+
+    before = snapshot(db_file)
+    other = db_file.parent / "other.db"
+    conn = sqlite_worker.connect(db_file)  # the query process's connection, before its authorizer is on
+    try:
+        with pytest.raises(sqlite3.OperationalError, match="too many attached databases - max 0"):
+            conn.execute(f"ATTACH DATABASE '{other}' AS other")
+        with pytest.raises(sqlite3.DataError, match="string or blob too big"):
+            conn.execute("SELECT randomblob(999999999)")
+        with pytest.raises(sqlite3.OperationalError, match="too many terms in compound SELECT"):
+            conn.execute("SELECT 1" + " UNION SELECT 1" * 60)
+        with pytest.raises(sqlite3.OperationalError, match="readonly database"):
+            conn.execute("DELETE FROM orders")
+    finally:
+        conn.close()
+    assert not other.exists()
+    assert snapshot(db_file) == before
 
 
 def test_syntax_error_comes_back_with_the_databases_message(db: ReadOnlyDatabase) -> None:

@@ -18,6 +18,7 @@ import ast
 import math
 import operator
 import re
+import sys
 from collections.abc import Callable
 from decimal import Context, Decimal
 from fractions import Fraction
@@ -96,6 +97,9 @@ _REFUSED_NODES: dict[type[ast.AST], str] = {
     ast.YieldFrom: "yield",
 }
 _THOUSANDS = re.compile(r"\d,\d{3}(?!\d)")
+# ln of the largest float and of the smallest positive (subnormal) one.
+_LN_FLOAT_MAX = Decimal(math.log(sys.float_info.max))
+_LN_FLOAT_TINY = Decimal(math.log(5e-324))
 
 
 class CalculationError(ValueError):
@@ -109,10 +113,18 @@ def calculate(expression: str) -> str:
         tree = ast.parse(source, mode="eval")
     except SyntaxError as exc:
         raise CalculationError(f"could not parse: {exc.msg}") from None
+    except ValueError as exc:  # e.g. "source code string cannot contain null bytes"
+        raise CalculationError(f"could not parse: {exc}") from None
     except (RecursionError, MemoryError):
         raise CalculationError(f"expression nested too deeply (the limit is {MAX_DEPTH} levels)") from None
     _check(tree, source)
-    return _format(_Evaluator(source).value_of(tree.body))
+    try:
+        return _format(_Evaluator(source).value_of(tree.body))
+    except CalculationError:
+        raise
+    except (ArithmeticError, ValueError, RecursionError, MemoryError) as exc:
+        # A case the checks above missed (decimal.Overflow is an ArithmeticError): still an answer for the model.
+        raise CalculationError(f"cannot compute this expression ({type(exc).__name__}); try smaller numbers") from None
 
 
 class _CalculatorInput(BaseModel):
@@ -378,10 +390,16 @@ def _power(base: Fraction, exponent: Fraction) -> Number:
         approx_base = math.inf
     if approx_base == 0 or math.isinf(approx_base):
         # The base is outside a float's range but the result may not be: exp(y * ln x) in 40-digit Decimal.
+        # The logarithm is checked against a float's range first, so exp() can neither overflow nor underflow.
         ctx = Context(prec=40)
         x = ctx.divide(Decimal(base.numerator), Decimal(base.denominator))
         y = ctx.divide(Decimal(exponent.numerator), Decimal(exponent.denominator))
-        return _to_float(ctx.exp(ctx.multiply(y, ctx.ln(x))))
+        log_result = ctx.multiply(y, ctx.ln(x))
+        if log_result > _LN_FLOAT_MAX:
+            raise CalculationError("result too large for floating point")
+        if log_result < _LN_FLOAT_TINY:
+            return 0.0  # smaller than the smallest float, as math.pow would give
+        return _to_float(ctx.exp(log_result))
     return _float_power(approx_base, power)
 
 

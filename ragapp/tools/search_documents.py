@@ -16,6 +16,7 @@ from ragapp.errors import RagappError
 from ragapp.search import SearchHit
 
 PASSAGE_CHARS = 700  # per passage shown to the model: a small model's window holds a few of them
+MAX_QUERY_CHARS = 2000  # a search query, not a document: longer input is a model gone astray
 
 
 @dataclass
@@ -55,6 +56,8 @@ def search_documents_tool(search: Callable[[str], list[SearchHit]], ledger: Pass
     def search_documents(query: str) -> str:
         if not query.strip():
             raise ToolException("the query is empty: give a few words to search for")
+        if len(query) > MAX_QUERY_CHARS:
+            raise ToolException(f"the query is too long: {len(query):,} characters (the limit is {MAX_QUERY_CHARS:,})")
         try:
             hits = search(query)
         except RagappError as exc:

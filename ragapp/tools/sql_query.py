@@ -4,12 +4,16 @@ The model writes the SQL, so every guard assumes the one before it has failed:
 
 1. Parser (sqlglot, in the database's dialect): exactly one statement, a query (SELECT, set operations of
    selects, WITH ... SELECT) with no data-modifying or session-changing node anywhere in its tree, reading only
-   allowed tables, calling no function from DENIED_FUNCTIONS, and no table-valued functions in FROM.
+   allowed tables, calling no function from DENIED_FUNCTIONS, and no table-valued functions in FROM. Text longer
+   than MAX_SQL_CHARS or nested deeper than MAX_NESTING is refused before parsing: sqlglot's parser recurses.
 2. Connection:
-   - SQLite: the file is opened with `mode=ro` (nothing can be written, and a missing file is never created),
-     `PRAGMA query_only = ON`, and an authorizer that permits only SELECT, reads of allowed tables in `main`,
-     recursive CTEs and functions not denied; ATTACH, PRAGMA, writes, DDL and transactions are denied. A progress
-     handler stops a statement at the deadline. An allowed view works only if the tables it reads are allowed
+   - SQLite: each query runs in a child process (`sqlite_worker`), killed if it outlives the timeout: SQLite
+     cannot interrupt a long function call such as `printf('%.*c', 999999999, 'x')`. There the file is opened
+     with `mode=ro` (nothing can be written, and a missing file is never created) and `PRAGMA query_only = ON`;
+     SQLite's limits cap every value it builds (`randomblob(999999999)` fails at once) and more; an authorizer
+     permits only SELECT, reads of allowed tables in `main`, recursive CTEs and functions not denied (ATTACH,
+     PRAGMA, writes, DDL and transactions are denied); a progress handler stops a statement at the deadline; and
+     the child's memory and CPU time are capped. An allowed view works only if the tables it reads are allowed
      too: the authorizer sees the underlying tables, and it cannot tell a view from a CTE of the same name.
    - PostgreSQL: each query runs in a READ ONLY transaction with `SET LOCAL statement_timeout` and is always
      rolled back. The driver may send a string holding several statements in one go, so a statement that got
@@ -22,10 +26,11 @@ The model writes the SQL, so every guard assumes the one before it has failed:
 
 from __future__ import annotations
 
+import json
 import logging
 import re
-import sqlite3
-import time
+import subprocess
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -35,15 +40,17 @@ from typing import Any, Self
 import sqlglot
 from langchain_core.tools import BaseTool, StructuredTool, ToolException
 from pydantic import BaseModel, Field
-from sqlalchemy import Connection, Engine, create_engine, event, inspect
+from sqlalchemy import Connection, Engine, create_engine, inspect
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, CompileError, DBAPIError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
 from sqlalchemy.types import NullType
 from sqlglot import exp
+from sqlglot.tokens import TokenType
 
 from connectors.sql import read_only_sqlite
 from ragapp.errors import ConfigError
+from ragapp.tools import sqlite_worker
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +71,16 @@ DENIED_FUNCTIONS = frozenset(
         "set_config",
         "pg_terminate_backend",
         "pg_cancel_backend",
+        "fts3_tokenizer",  # SQLite: returns the address of a tokenizer (a pointer leak) or installs one
     }
 )
+
+MAX_SQL_CHARS = 20_000
+# Levels of parentheses. sqlglot's parser takes about 20 Python frames per level, and the agent loop that calls the
+# tool is itself deep, so 40 levels can exhaust Python's recursion limit; no useful query comes close to 25.
+MAX_NESTING = 25
+# Time for the SQLite child to start (about 30 ms) on a loaded machine, on top of the query's own timeout.
+_WORKER_START_S = 1.0
 
 # Nodes that change data, schema, session or transaction state, or that sqlglot could not understand (Command).
 # Looked up by name so that a node missing from this sqlglot version does not break the import.
@@ -117,14 +132,7 @@ _SET_OPERATIONS: tuple[type[exp.Expression], ...] = tuple(
 # SQLAlchemy backend name -> sqlglot dialect, where they differ.
 _SQLGLOT_DIALECTS = {"postgresql": "postgres", "mssql": "tsql", "mariadb": "mysql"}
 
-# Tables SQLite may have without listing them in sqlite_master.
-_SQLITE_INTERNAL_TABLES = frozenset(
-    {"sqlite_master", "sqlite_schema", "sqlite_temp_master", "sqlite_temp_schema", "sqlite_sequence"}
-    | {f"sqlite_stat{n}" for n in range(1, 5)}
-)
-
 _MAX_CELL_CHARS = 500
-_SQLITE_PROGRESS_STEPS = 1000  # SQLite VM instructions between deadline checks
 
 
 class SqlRefused(Exception):
@@ -180,11 +188,14 @@ class ReadOnlyDatabase:
         self._backend = parsed.get_backend_name()
         name = _SQLGLOT_DIALECTS.get(self._backend, self._backend)
         self._dialect: str | None = name if sqlglot.Dialect.get(name) is not None else None
+        self._sqlite_path: Path | None = None  # SQLite: queries run in a child process on this file
         if self._backend == "sqlite":
-            self._engine, self._schema_engine = self._sqlite_engines(parsed)
+            self._sqlite_path = self._sqlite_file(parsed)
+            # Only for the schema (PRAGMA table_info, sqlite_master): the queries themselves run in `sqlite_worker`.
+            # NullPool: a fresh connection each time (SQLite opens in microseconds).
+            self._engine = create_engine("sqlite://", creator=read_only_sqlite(self._sqlite_path), poolclass=NullPool)
         else:
             self._engine = self._server_engine(parsed)
-            self._schema_engine = self._engine
             if self._backend != "postgresql":
                 log.warning("sql_query: no read-only connection for %s; only the SQL parser guards it", self._url_text)
         if isinstance(tables, str):  # one name, not a sequence of letters
@@ -198,7 +209,8 @@ class ReadOnlyDatabase:
 
     # -- set-up --------------------------------------------------------------------------------------------
 
-    def _sqlite_engines(self, parsed: URL) -> tuple[Engine, Engine]:
+    @staticmethod
+    def _sqlite_file(parsed: URL) -> Path:
         database = parsed.database or ""
         if database in ("", ":memory:"):
             raise ConfigError(
@@ -207,15 +219,7 @@ class ReadOnlyDatabase:
         path = Path(database).expanduser().resolve()
         if not path.is_file():
             raise ConfigError(f"sql_query: the SQLite database {path} does not exist")
-        connect = read_only_sqlite(path)
-        # NullPool: a fresh connection per query, so no handler or state outlives it (SQLite opens in microseconds).
-        engine = create_engine("sqlite://", creator=connect, poolclass=NullPool)
-        # The authorizer goes on in the "connect" event, which runs after SQLAlchemy's first-connect
-        # initialisation: that runs `PRAGMA read_uncommitted`, which the authorizer would deny.
-        event.listen(engine, "connect", self._install_authorizer)
-        # Schema reads (PRAGMA table_info, sqlite_master) need a connection without the authorizer.
-        schema_engine = create_engine("sqlite://", creator=connect, poolclass=NullPool)
-        return engine, schema_engine
+        return path
 
     def _server_engine(self, parsed: URL) -> Engine:
         try:
@@ -225,7 +229,7 @@ class ReadOnlyDatabase:
 
     def _resolve_tables(self, tables: Sequence[str]) -> dict[str, tuple[str | None, str]]:
         try:
-            insp = inspect(self._schema_engine)
+            insp = inspect(self._engine)
             present = insp.get_table_names() + insp.get_view_names()
         except SQLAlchemyError as e:
             raise ConfigError(f"sql_query: cannot read the database {self._url_text}: {_db_message(e)}") from None
@@ -261,7 +265,7 @@ class ReadOnlyDatabase:
 
     def describe(self) -> str:
         """The allowed tables and their columns, one line each, for the tool description."""
-        insp = inspect(self._schema_engine)
+        insp = inspect(self._engine)
         lines = []
         for schema, name in self._allowed.values():
             columns = []
@@ -273,12 +277,39 @@ class ReadOnlyDatabase:
 
     def check(self, sql: str) -> None:
         """The parser guard: raises SqlRefused unless `sql` is one query on allowed tables."""
+        if len(sql) > MAX_SQL_CHARS:
+            raise SqlRefused(f"the SQL is too long: {len(sql):,} characters (the limit is {MAX_SQL_CHARS:,})")
         try:
+            self._check_nesting(sql)
             parsed = sqlglot.parse(sql, read=self._dialect)
         except sqlglot.errors.ParseError as e:
             raise SqlRefused(f"could not parse the SQL: {_parse_error_text(e)}") from None
         except sqlglot.errors.SqlglotError as e:
             raise SqlRefused(f"could not parse the SQL: {e}") from None
+        except RecursionError:  # nesting without parentheses, like NOT NOT NOT ... or CASE WHEN CASE WHEN ...
+            raise SqlRefused("the SQL is nested too deeply to check: write it with fewer levels") from None
+        try:
+            self._check_tree(parsed)
+        except RecursionError:
+            raise SqlRefused("the SQL is nested too deeply to check: write it with fewer levels") from None
+
+    def _check_nesting(self, sql: str) -> None:
+        """Count parentheses on the tokens (not inside strings or comments); the tokenizer does not recurse."""
+        depth = deepest = 0
+        for token in sqlglot.tokenize(sql, read=self._dialect):
+            if token.token_type == TokenType.L_PAREN:
+                depth += 1
+                deepest = max(deepest, depth)
+            elif token.token_type == TokenType.R_PAREN:
+                depth -= 1
+        if deepest > MAX_NESTING:
+            raise SqlRefused(
+                f"the SQL nests parentheses {deepest} levels deep (the limit is {MAX_NESTING}): "
+                "use a WITH clause or fewer sub-selects"
+            )
+
+    def _check_tree(self, parsed: list[Any]) -> None:
+        """The rest of the parser guard, on sqlglot's statements (None for an empty one)."""
         statements = [s for s in parsed if s is not None]
         if not statements:
             raise SqlRefused("empty query: send one SELECT statement")
@@ -305,7 +336,6 @@ class ReadOnlyDatabase:
 
     def close(self) -> None:
         self._engine.dispose()
-        self._schema_engine.dispose()
 
     def __enter__(self) -> Self:
         return self
@@ -332,34 +362,10 @@ class ReadOnlyDatabase:
             allowed = ", ".join(f"{s}.{n}" if s else n for s, n in self._allowed.values()) or "none"
             raise SqlRefused(f"table {written!r} is not allowed (allowed: {allowed})")
 
-    def _install_authorizer(self, dbapi_conn: sqlite3.Connection, _record: Any) -> None:
-        # Read before the authorizer is on, which would deny reading sqlite_master.
-        in_schema = {row[0].lower() for row in dbapi_conn.execute("SELECT name FROM sqlite_master")}
-        dbapi_conn.set_authorizer(self._authorizer(in_schema | _SQLITE_INTERNAL_TABLES))
-
-    def _authorizer(self, in_schema: set[str]) -> Callable[[int, str | None, str | None, str | None, Any], int]:
-        """SQLite authorizer: SELECT and reads of allowed tables in `main`; everything else is denied."""
-
-        def authorize(action: int, arg1: str | None, arg2: str | None, db_name: str | None, _source: Any) -> int:
-            if action in (sqlite3.SQLITE_SELECT, sqlite3.SQLITE_RECURSIVE):
-                return sqlite3.SQLITE_OK
-            if action == sqlite3.SQLITE_READ:
-                table = (arg1 or "").lower()
-                if db_name == "main" and table in self._allowed:
-                    return sqlite3.SQLITE_OK
-                # A FROM item none of whose columns is used (count(*)) comes with no column and no database. It
-                # may be a CTE or subquery, harmless; if it is a table, even its row count is only for allowed ones.
-                if db_name is None and not arg2 and (table in self._allowed or table not in in_schema):
-                    return sqlite3.SQLITE_OK
-                return sqlite3.SQLITE_DENY
-            if action == sqlite3.SQLITE_FUNCTION:
-                return sqlite3.SQLITE_DENY if (arg2 or "").lower() in DENIED_FUNCTIONS else sqlite3.SQLITE_OK
-            return sqlite3.SQLITE_DENY
-
-        return authorize
-
     def _execute(self, sql: str) -> QueryResult:
         """Run `sql` on the guarded connection; the parser guard is not applied here (tests call this directly)."""
+        if self._sqlite_path is not None:
+            return self._execute_sqlite(sql, self._sqlite_path)
         options: dict[str, Any] = {"no_parameters": True}  # the SQL goes to the driver as written
         if self._engine.dialect.supports_server_side_cursors:
             options.update(stream_results=True, max_row_buffer=self.max_rows + 1)
@@ -387,25 +393,58 @@ class ReadOnlyDatabase:
                 conn.rollback()
         return QueryResult(columns, rows[: self.max_rows], len(rows) > self.max_rows)
 
+    def _execute_sqlite(self, sql: str, path: Path) -> QueryResult:
+        """Run `sql` in a `sqlite_worker` child, killed if it is still running shortly after the timeout."""
+        request = {
+            "path": str(path),
+            "sql": sql,
+            "allowed": sorted(self._allowed),
+            "denied_functions": sorted(DENIED_FUNCTIONS),
+            "max_rows": self.max_rows,
+            "timeout_s": self.timeout_s,
+        }
+        # -I -S: no environment variables, user site or site-packages; the worker needs only the standard library.
+        command = [sys.executable, "-I", "-S", sqlite_worker.__file__]
+        stopped = SqlRefused(f"query took longer than {self.timeout_s:g} s and was stopped")
+        try:
+            done = subprocess.run(
+                command,
+                input=json.dumps(request),
+                capture_output=True,
+                text=True,
+                encoding="utf-8",
+                timeout=self.timeout_s + _WORKER_START_S,  # on expiry the child is killed (SIGKILL) and reaped
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            raise stopped from None
+        except OSError as e:
+            raise SqlRefused(f"cannot start the SQLite query process: {e}") from None
+        try:
+            reply = json.loads(done.stdout)
+        except ValueError:
+            reply = None
+        if not isinstance(reply, dict):
+            if done.returncode < 0:  # a signal: SIGXCPU at the CPU limit, or the parent's SIGKILL
+                raise stopped
+            last = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
+            raise SqlRefused(f"the SQLite query process failed: {last}")
+        error = reply.get("error")
+        if error == "timeout":
+            raise stopped
+        if error == "memory":
+            raise SqlRefused(f"the query needed too much memory ({reply['message']}) and was stopped")
+        if error == "too_large":
+            raise SqlRefused(f"the result is too large ({reply['message']}): select fewer rows or shorter columns")
+        if error is not None:
+            raise SqlRefused(f"the database refused the query: {reply['message']}")
+        rows = [tuple(sqlite_worker.decode_value(v) for v in row) for row in reply["rows"]]
+        return QueryResult(list(reply["columns"]), rows, bool(reply["truncated"]))
+
     @contextmanager
     def _deadline(self, conn: Connection) -> Iterator[Callable[[], bool]]:
-        """Stops the statement after timeout_s; yields a function that says whether it did."""
+        """Stops a PostgreSQL statement after timeout_s (server-side); yields a function that says whether it did."""
         stopped = False
-        if self._backend == "sqlite":
-            raw = conn.connection.dbapi_connection
-            deadline = time.monotonic() + self.timeout_s
-
-            def progress() -> int:
-                nonlocal stopped
-                stopped = time.monotonic() > deadline
-                return int(stopped)  # non-zero aborts the statement
-
-            raw.set_progress_handler(progress, _SQLITE_PROGRESS_STEPS)
-            try:
-                yield lambda: stopped
-            finally:
-                raw.set_progress_handler(None, 0)
-            return
         if self._backend == "postgresql":
             conn.exec_driver_sql(f"SET LOCAL statement_timeout = {max(1, round(self.timeout_s * 1000))}")
         yield lambda: stopped
@@ -489,6 +528,9 @@ def sql_query_tool(db: ReadOnlyDatabase) -> BaseTool:
             return db.query(query).to_text()
         except SqlRefused as reason:
             raise ToolException(str(reason)) from reason
+        except (RecursionError, MemoryError, SQLAlchemyError) as e:  # a guard that did not see this coming
+            log.warning("sql_query failed on %r", query[:200], exc_info=True)
+            raise ToolException(f"the query could not be run ({type(e).__name__}): try a simpler query") from e
 
     return StructuredTool.from_function(
         func=run,

@@ -185,6 +185,25 @@ def test_follow_ups_are_rewritten_and_stored(client: httpx.Client) -> None:
     error_of(client.post("/v1/query", json={"question": "q", "conversation_id": "nope"}), 404)
 
 
+def test_a_long_history_is_answered_and_a_too_long_question_is_a_400(
+    client: httpx.Client, module_database: str
+) -> None:
+    """Defect 5: the follow-up's rewrite got every turn: "prompt has 16104 tokens; the context window is 8192", a 500.
+    The real tokenizer and window here; the control flow is in test_service_inprocess.py."""
+    if module_database != "sqlite":
+        pytest.skip("generation only: the same on either store")
+    long = "the blue pump in hall seven is serviced every ninety days " * 120  # about 1,700 tokens
+    messages: list[dict[str, str]] = []
+    for n in range(4):  # server.history_turns
+        messages += [{"role": "user", "content": f"question {n}: {long}"}, {"role": "assistant", "content": long}]
+    messages.append({"role": "user", "content": "And who does that?"})
+    reply = client.post("/v1/chat/completions", json={"messages": messages, "max_tokens": 4})
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["usage"]["prompt_tokens"] <= 2048  # generation.context_window
+    too_long = {"messages": [{"role": "user", "content": "why is that so? " * 1200}], "max_tokens": 4}
+    assert "token budget" in error_of(client.post("/v1/chat/completions", json=too_long), 400)
+
+
 def test_full_queue_answers_503_with_retry_after(open_server: tuple[Server, Path]) -> None:
     server = open_server[0]
 
@@ -353,7 +372,7 @@ def test_malformed_and_wrongly_typed_requests(client: httpx.Client) -> None:
         404,
     )
     error_of(client.post("/v1/query", json={"question": "x" * 20_001}), 422)
-    error_of(client.post("/v1/collections", json={"name": "../etc"}), 422)
+    assert "use 1-64 of a-z" in error_of(client.post("/v1/collections", json={"name": "../etc"}), 400)
     error_of(client.get("/v1/jobs/unknown"), 404)
     error_of(client.get("/v1/no-such-route"), 404)
     error_of(client.put("/v1/search", json={"query": "x"}), 405)

@@ -7,7 +7,9 @@ rewriting is covered end to end in test_service_api.py.
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -46,6 +48,25 @@ def test_keys_are_stored_hashed_and_scoped(tmp_path: Path) -> None:
     assert not keys.revoke(999)
     keys.revoke(admin.id)
     assert keys.required()  # revoked keys still mean: keys are required
+
+
+def test_a_deleted_collection_leaves_every_key_scope(tmp_path: Path) -> None:
+    """Defect 8: a key scoped to `beta` read a later collection named `beta` too."""
+    from ragapp import App
+
+    keys = KeyStore(App(tmp_path / "ws").open_store(create=True))
+    only, only_key = keys.create(["beta"], name="beta bot")
+    both, both_key = keys.create(["alpha", "beta"])
+    other, _ = keys.create(["alpha"])
+    admin, _ = keys.create(admin=True)
+    assert sorted(keys.forget_collection("beta")) == sorted([only_key.id, both_key.id])
+    assert keys.verify(only) is None  # revoked: it read nothing else
+    assert next(k for k in keys.list() if k.id == only_key.id).collections == ("beta",)  # the record says what it read
+    still = keys.verify(both)
+    assert still is not None and still.collections == ("alpha",) and not still.can_read("beta")
+    assert keys.verify(other).collections == ("alpha",)  # type: ignore[union-attr]
+    assert keys.verify(admin).can_read("beta")  # type: ignore[union-attr]
+    assert keys.forget_collection("beta") == []  # nothing left to change
 
 
 def test_collections_create_list_delete(tmp_path: Path) -> None:
@@ -106,6 +127,37 @@ def test_upload_names_that_are_not_plain_file_names_are_refused(name: str) -> No
     assert refused.value.status == 400
 
 
+INVISIBLE_NAMES = {  # what it is: (a name with it, the character as the error message spells it)
+    "right-to-left override": ("report\u202egpj.md", "U+202E"),
+    "byte-order mark": ("\ufeffnotes.md", "U+FEFF"),
+    "zero-width space": ("no\u200btes.md", "U+200B"),
+    "zero-width joiner": ("a\u200db.md", "U+200D"),
+    "left-to-right isolate": ("a\u2066b.md", "U+2066"),
+    "soft hyphen": ("pass\u00adwords.md", "U+00AD"),
+    "line separator": ("a\u2028b.md", "U+2028"),
+    "NUL": ("x\x00.md", "U+0000"),
+    "DEL": ("x\x7f.md", "U+007F"),
+    "unpaired surrogate": ("x\udcff.md", "U+DCFF"),
+}
+
+
+@pytest.mark.sqlite_only("about names: the same on either store")
+@pytest.mark.parametrize(("name", "code"), INVISIBLE_NAMES.values(), ids=INVISIBLE_NAMES.keys())
+def test_names_with_invisible_or_control_characters_are_refused(name: str, code: str, tmp_path: Path) -> None:
+    """Defect 10: such names displayed as something else (RLO shows "reportdm.jpg"), and were accepted."""
+    with pytest.raises(ApiError) as upload:
+        _upload_name(name)
+    assert upload.value.status == 400 and code in str(upload.value)
+    collection = name.removesuffix(".md").lower()
+    with pytest.raises(UsageError) as refused:
+        Collections(tmp_path).create(collection)
+    assert code in str(refused.value) and "collection name" in str(refused.value)
+    with pytest.raises(UsageError) as key:
+        KeyStore(Store(f"sqlite:///{tmp_path / 'db'}")).create(["default"], name=name)
+    assert code in str(key.value)
+    assert not (tmp_path / "collections").exists() or not list((tmp_path / "collections").iterdir())
+
+
 def test_upload_types_must_be_supported() -> None:
     assert _upload_name("Notes 2024.md") == "Notes 2024.md"
     for name in ("tool.exe", "archive.tar.gz", "README"):
@@ -115,13 +167,23 @@ def test_upload_types_must_be_supported() -> None:
 
 
 class ScriptedGenerator:
-    """A fake generator (control flow only): returns a scripted reply and records the prompts."""
+    """A fake generator (control flow only): returns a scripted reply and records the prompts. Like the real
+    backends it refuses a prompt over its context window; its "tokens" are words."""
 
-    def __init__(self, reply: str):
+    context_window = 8192
+
+    def __init__(self, reply: str, context_window: int = 8192):
         self.reply = reply
+        self.context_window = context_window
         self.prompts: list[list[dict[str, str]]] = []
 
+    def count_tokens(self, messages: list[dict[str, str]]) -> int:
+        return sum(len(m["content"].split()) + 4 for m in messages)
+
     def generate(self, messages: list[dict[str, str]], config: object) -> str:
+        tokens = self.count_tokens(messages)
+        if tokens > self.context_window:
+            raise ValueError(f"prompt has {tokens} tokens; the context window is {self.context_window}")
         self.prompts.append(messages)
         return self.reply
 
@@ -138,6 +200,37 @@ def test_condense_rewrites_follow_ups_only() -> None:
     assert condense(ScriptedGenerator("  "), history, "And then?") == "And then?"  # type: ignore[arg-type]
     rambling = ScriptedGenerator("x" * 1000)
     assert condense(rambling, history, "And then?") == "And then?"  # type: ignore[arg-type]
+
+
+def test_condense_keeps_the_newest_turns_that_fit_the_window() -> None:
+    """Defect 5: 50 long turns overflowed the context window (a ValueError, a 500 over HTTP)."""
+    generator = ScriptedGenerator("How do I rotate the keys of turn 49?", context_window=2048)
+    history = [Turn(f"question {i} " + "word " * 60, f"answer {i} " + "text " * 60) for i in range(50)]
+    rewritten = condense(generator, history, "And then?")  # type: ignore[arg-type]
+    assert rewritten == "How do I rotate the keys of turn 49?"
+    prompt = generator.prompts[0]
+    assert generator.count_tokens(prompt) <= 2048 - 48  # room left for the rewrite (CONDENSE.max_new_tokens)
+    text = prompt[-1]["content"]
+    assert "question 49 " in text and "answer 49 " in text  # the newest turns are kept...
+    assert "question 0 " not in text  # ...the oldest dropped
+    kept = [i for i in range(50) if f"question {i} " in text]
+    assert kept == list(range(kept[0], 50)) and len(kept) > 5  # a contiguous newest run, as many as fit
+
+    # the newest turn alone is too long: it is cut rather than dropped
+    huge = [Turn("first " + "word " * 5000, "answer " + "text " * 5000)]
+    generator.prompts.clear()
+    assert condense(generator, huge, "And then?") == "How do I rotate the keys of turn 49?"  # type: ignore[arg-type]
+    assert generator.count_tokens(generator.prompts[0]) <= 2048 - 48 and "first word" in str(generator.prompts[0])
+
+    # a question too long for any history: asked as it is (answering it then says it is too long: a 400)
+    generator.prompts.clear()
+    long_question = "why " * 3000
+    assert condense(generator, history, long_question) == long_question  # type: ignore[arg-type]
+    assert generator.prompts == []
+    # the configured window (generation.context_window) is the budget when it is smaller than the model's
+    small = ScriptedGenerator("rewritten")
+    assert condense(small, history, "q?", window=512) == "rewritten"  # type: ignore[arg-type]
+    assert small.count_tokens(small.prompts[0]) <= 512 - 48
 
 
 def test_history_from_openai_messages() -> None:
@@ -195,6 +288,76 @@ def test_keys_cli(tmp_path: Path) -> None:
     assert runner.invoke(cli, [*ws, "keys", "revoke", "1"]).exit_code == 0
     assert "revoked" in runner.invoke(cli, [*ws, "keys", "list"]).output
     assert runner.invoke(cli, [*ws, "keys", "revoke", "7"]).exit_code == 2
+
+
+def test_the_job_worker_survives_database_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Defect 1: `_next()` raised outside the worker's try (a database error), and the jobs thread died for good.
+
+    The database errors are injected (a fault, not a fake store); the job itself is real: its collection
+    was deleted, so it fails with that reason, which needs no model."""
+    from sqlalchemy.exc import OperationalError
+
+    from ragapp import App
+    from ragapp.service.jobs import Jobs
+
+    ws = tmp_path / "ws"
+    store = App(ws).open_store(create=True)
+    jobs = Jobs(store, Collections(ws, store))
+    jobs.backoff_s = 0.05
+    faults = {"_next": 2, "_run": 1, "_set": 1}  # how many calls of each fail, before they work again
+
+    def failing(name: str) -> Any:
+        real = getattr(jobs, name)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            if faults[name]:
+                faults[name] -= 1
+                raise OperationalError("SELECT 1", {}, Exception(f"disk I/O error in {name}"))
+            return real(*args, **kwargs)
+
+        return call
+
+    for name in faults:
+        monkeypatch.setattr(jobs, name, failing(name))
+    job = jobs.submit(jobs.new_id(), "gone", ["a.md"])
+    jobs.start()
+    try:
+        deadline = time.monotonic() + 20
+        while jobs.get(job["id"])["status"] not in ("completed", "failed") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert jobs._thread is not None and jobs._thread.is_alive()
+        done = jobs.get(job["id"])
+        assert done["status"] == "failed" and "no collection named 'gone'" in done["error"], done
+        assert faults == {"_next": 0, "_run": 0, "_set": 0}  # every fault was met, and survived
+        later = jobs.submit(jobs.new_id(), "gone", ["b.md"])  # and the worker still takes new jobs
+        while jobs.get(later["id"])["status"] != "failed" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert jobs.get(later["id"])["status"] == "failed"
+    finally:
+        jobs.stop()
+
+
+def test_upload_outcomes_name_the_reason(tmp_path: Path) -> None:
+    """What `GET /v1/collections/C/uploads` reports for files that were not ingested."""
+    from ragapp.service.jobs import Jobs
+    from ragapp.store import IngestJobRow
+
+    from ragapp import App
+
+    store = App(tmp_path / "ws").open_store(create=True)
+    jobs = Jobs(store, Collections(tmp_path / "ws", store))
+    problems = {"problems": [{"source": "bin.txt", "reason": "binary file"}], "warnings": []}
+    with store.session() as s:
+        s.add(IngestJobRow(id="j1", collection="c", status="failed", files=["a.md"], error="disk full"))
+        s.add(IngestJobRow(id="j2", collection="c", status="completed", files=["bin.txt", "ok.md"], report=problems))
+        s.add(IngestJobRow(id="j3", collection="other", status="queued", files=["x.md"]))
+        s.commit()
+    outcomes = jobs.outcomes("c")
+    assert outcomes["a.md"] == {"job_id": "j1", "status": "failed", "reason": "disk full"}
+    assert outcomes["bin.txt"]["reason"] == "binary file" and outcomes["ok.md"]["reason"] is None
+    assert jobs.pending("other", "x.md") and not jobs.pending("c", "a.md")
+    jobs.drop_collection("c")
+    assert jobs.outcomes("c") == {} and jobs.pending("other", "x.md")
 
 
 @pytest.mark.slow

@@ -8,6 +8,7 @@ shape, `{"error": {"message", "type", "code"}}`, whatever raised them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import shutil
@@ -18,7 +19,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, FastAPI, File, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
@@ -41,14 +42,18 @@ from ragapp.errors import (
 from ragapp.generators import close_loaded
 from ragapp.search import Filters
 from ragapp.service import schemas as s
-from ragapp.service.collections import DEFAULT, Collections
+from ragapp.service.collections import DEFAULT, UPLOADS, Collections, check_name
 from ragapp.service.conversations import Conversations, Turn, condense, history_from_messages
 from ragapp.service.jobs import Jobs
 from ragapp.service.keys import ApiKey, KeyStore
 from ragapp.service.limits import BodyLimit, GenerationQueue, QueueFull
+from ragapp.service.names import invisible_character
 from ragapp.service.telemetry import CONTENT_TYPE, Telemetry
 
 UPLOAD_PATH = re.compile(r"/v1/collections/[^/]+/documents")
+DISCONNECT_POLL_S = 0.25  # how often a non-streamed generation checks that its client is still there
+CLIENT_GONE = 499  # nginx's "client closed request": logged and counted, never seen by the client
+T = TypeVar("T")
 ERRORS = {
     400: "invalid_request_error",
     401: "authentication_error",
@@ -59,6 +64,7 @@ ERRORS = {
     413: "request_too_large",
     415: "unsupported_media_type",
     422: "invalid_request_error",
+    499: "client_closed_request",
     502: "generation_error",
     503: "overloaded_error",
 }
@@ -169,11 +175,16 @@ class Service:
         retrieval: s.Retrieval,
         generation: dict[str, Any],
         on_token: Callable[[str], None] | None = None,
+        gone: threading.Event | None = None,
     ) -> tuple[Answer, str]:
-        """(answer, standalone question); runs on the generation thread."""
+        """(answer, standalone question); runs on the generation thread. Once `gone` is set (the client hung
+        up) it stops at the next step or token."""
         mark = time.perf_counter()
-        standalone = condense(app.generator, history, question)
+        window = min(app.config.generation.context_window, app.generator.context_window)
+        standalone = condense(app.generator, history, question, window)
         condense_s = time.perf_counter() - mark
+        if gone is not None and gone.is_set():
+            raise _ClientGone
         answer = app.ask(
             standalone,
             retrieval.k,
@@ -202,8 +213,37 @@ class Service:
         tokens.labels("completion").inc(answer.timings.get("completion_tokens", 0))
         return conversation_id
 
-    async def generate(self, work: Callable[[], Any]) -> Any:
-        return await asyncio.wrap_future(self.submit(work))
+    async def generate(self, request: Request, work: Callable[[threading.Event, Callable[[str], None]], T]) -> T:
+        """`work(gone, on_token)` on the generation queue, stopped when the client disconnects.
+
+        A non-streamed answer is generated token by token too, so that a client that hangs up (a proxy
+        timeout, a closed tab) stops the generation within a token instead of holding the queue for
+        nobody: `on_token` raises once `gone` is set. Then the request ends with a 499 that nobody reads.
+        """
+        gone = threading.Event()
+
+        def on_token(_: str) -> None:
+            if gone.is_set():
+                raise _ClientGone
+
+        def run() -> T:
+            if gone.is_set():  # hung up while waiting in the queue
+                raise _ClientGone
+            return work(gone, on_token)
+
+        future = asyncio.wrap_future(self.submit(run))
+        try:
+            while True:
+                done, _ = await asyncio.wait({future}, timeout=DISCONNECT_POLL_S)
+                if done:
+                    return future.result()
+                if await request.is_disconnected():
+                    gone.set()
+                    with contextlib.suppress(Exception):
+                        await future  # it stops at the next token; the queue is free again when this returns
+                    raise _ClientGone
+        finally:
+            gone.set()  # the request ended in any other way (cancelled): stop generating too
 
     def submit(self, work: Callable[[], Any]) -> Any:
         try:
@@ -295,11 +335,25 @@ def create_app(workspace: Path) -> FastAPI:
     async def _ragapp_error(_: Request, exc: RagappError) -> JSONResponse:
         return error_response(_status(exc), str(exc))
 
+    @api.exception_handler(_ClientGone)
+    async def _client_gone(_: Request, __: _ClientGone) -> Response:
+        return error_response(CLIENT_GONE, "the client disconnected; the generation was stopped")
+
     @api.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
         if any(e.get("type") == "json_invalid" for e in errors):
             return error_response(400, "the body is not valid JSON")
+        if UPLOAD_PATH.fullmatch(request.url.path):
+            # A multipart part without a file name arrives as text, not as a file.
+            where = [tuple(e.get("loc", ())) for e in errors]
+            unnamed = [loc[2] for loc in where if len(loc) > 2 and loc[:2] == ("body", "files")]
+            if unnamed:
+                return error_response(
+                    400,
+                    f"upload has an empty file name (part {int(unnamed[0]) + 1} of `files`): "
+                    "send every file with its name (curl: -F files=@PATH)",
+                )
         parts = []
         for e in errors[:5]:
             where = ".".join(str(p) for p in e.get("loc", ()) if p != "body")
@@ -354,18 +408,20 @@ def create_app(workspace: Path) -> FastAPI:
         }
 
     @api.post("/v1/query", response_model=s.QueryResponse, tags=["answers"], responses=error_responses(502))
-    async def query(body: s.QueryRequest, key: Key) -> dict[str, Any]:
+    async def query(body: s.QueryRequest, key: Key, request: Request) -> dict[str, Any]:
         """Answer a question with numbered citations; pass `conversation_id` back to ask a follow-up."""
         app = service.readable(key, body.collection)
         history = service.history(key, body.collection, body.conversation_id)
         queued = time.perf_counter()
 
-        def work() -> tuple[Answer, str, float]:
+        def work(gone: threading.Event, on_token: Callable[[str], None]) -> tuple[Answer, str, float]:
             waited = time.perf_counter() - queued
-            answer, standalone = service.answer(app, body.question, history, body, body.generation())
+            answer, standalone = service.answer(
+                app, body.question, history, body, body.generation(), on_token=on_token, gone=gone
+            )
             return answer, standalone, waited
 
-        answer, standalone, waited = await service.generate(work)
+        answer, standalone, waited = await service.generate(request, work)
         conversation_id = service.record(body.collection, key, body.conversation_id, body.question, standalone, answer)
         out = answer.to_dict()
         out.update(
@@ -387,7 +443,7 @@ def create_app(workspace: Path) -> FastAPI:
             **error_responses(502),
         },
     )
-    async def chat(body: s.ChatRequest, key: Key) -> Any:
+    async def chat(body: s.ChatRequest, key: Key, request: Request) -> Any:
         """OpenAI-compatible chat: the last user message is answered from collection `model` with RAG.
 
         Earlier user/assistant messages (or the stored turns of `conversation_id`) are the history used to
@@ -419,7 +475,10 @@ def create_app(workspace: Path) -> FastAPI:
 
         if not body.stream:
             answer, standalone = await service.generate(
-                lambda: service.answer(app, question, history, retrieval, generation)
+                request,
+                lambda gone, on_token: service.answer(
+                    app, question, history, retrieval, generation, on_token=on_token, gone=gone
+                ),
             )
             conversation_id = service.record(collection, key, body.conversation_id, question, standalone, answer)
             return {
@@ -455,7 +514,7 @@ def create_app(workspace: Path) -> FastAPI:
             if gone.is_set():  # hung up while waiting in the queue
                 return
             try:
-                put("done", service.answer(app, question, history, retrieval, generation, on_token=on_token))
+                put("done", service.answer(app, question, history, retrieval, generation, on_token, gone))
             except _ClientGone:
                 pass
             except BaseException as exc:
@@ -540,19 +599,27 @@ def create_app(workspace: Path) -> FastAPI:
     def create_collection(body: s.CollectionRequest, key: Key) -> dict[str, Any]:
         """A new empty collection (admin)."""
         service.admin(key)
+        check_name(body.name)
+        # Keys still scoped to this name are leftovers of a deleted collection: the new one is not theirs.
+        service.keys.forget_collection(body.name)
         service.collections.create(body.name)
         return info(body.name)
 
     @api.delete("/v1/collections/{collection}", status_code=204, tags=["collections"])
     def delete_collection(collection: str, key: Key) -> Response:
-        """Delete a collection with its documents, files and conversations (admin)."""
+        """Delete a collection with its documents, files, conversations and jobs (admin).
+
+        It leaves every key's scope: a key that read only this collection is revoked, so a collection
+        created later under the same name is readable by no old key."""
         service.admin(key)
         if service.jobs.busy(collection):
             raise ApiError(
                 409, f"collection {collection!r} has ingest jobs queued or running; delete it when they are done"
             )
         service.collections.delete(collection)
+        service.keys.forget_collection(collection)
         service.conversations.drop_collection(collection)
+        service.jobs.drop_collection(collection)
         return Response(status_code=204)
 
     @api.get("/v1/collections/{collection}/documents", response_model=s.DocumentList, tags=["collections"])
@@ -615,6 +682,63 @@ def create_app(workspace: Path) -> FastAPI:
             source.unlink(missing_ok=True)
         return {"removed": report.removed, "chunks_removed": report.chunks_removed}
 
+    def uploaded(app: App, collection: str) -> list[dict[str, Any]]:
+        folder = service.collections.folder(collection) / UPLOADS
+        files = sorted(p for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
+        documents = {d["source"]: d["id"] for d in app.documents()} if files else {}
+        outcomes = service.jobs.outcomes(collection) if files else {}
+        out = []
+        for path in files:
+            document_id = documents.get(str(path.resolve()))
+            outcome = outcomes.get(path.name, {})
+            if document_id is not None:
+                status, reason = "ingested", None
+            elif outcome.get("status") in ("queued", "running"):
+                status, reason = "pending", None
+            else:
+                status = "failed"
+                reason = outcome.get("reason") or "not ingested (no upload job records why): upload it again"
+            size = path.stat().st_size
+            out.append(
+                {
+                    "name": path.name,
+                    "size": size,
+                    "status": status,
+                    "document_id": document_id,
+                    "job_id": outcome.get("job_id"),
+                    "reason": reason,
+                }
+            )
+        return out
+
+    @api.get("/v1/collections/{collection}/uploads", response_model=s.UploadList, tags=["collections"])
+    def list_uploads(collection: str, key: Key) -> dict[str, Any]:
+        """The uploaded files of a collection: ingested (with the document id), pending, or failed with the reason."""
+        app = service.readable(key, collection)
+        return {"collection": collection, "uploads": uploaded(app, collection)}
+
+    @api.delete("/v1/collections/{collection}/uploads/{name}", response_model=s.UploadRemoved, tags=["collections"])
+    def delete_upload(collection: str, name: str, key: Key) -> dict[str, Any]:
+        """Delete an uploaded file (admin): one that failed to ingest, or an ingested one with its document."""
+        service.admin(key)
+        app = service.readable(key, collection)
+        _plain_name(name)
+        path = service.collections.folder(collection) / UPLOADS / name
+        with service.jobs.moving:  # no job moves a file into uploads/ meanwhile
+            if not path.is_file():
+                raise ApiError(404, f"no uploaded file {name!r} in collection {collection!r}")
+            if service.jobs.pending(collection, name):
+                raise ApiError(409, f"{name}: an upload job with this file is queued or running; retry when it is done")
+            source = str(path.resolve())
+            ids = [d["id"] for d in app.documents() if d["source"] == source]
+            report = app.remove_documents(ids) if ids else None
+            path.unlink(missing_ok=True)
+        return {
+            "name": name,
+            "removed": report.removed if report else 0,
+            "chunks_removed": report.chunks_removed if report else 0,
+        }
+
     @api.get("/v1/jobs/{job_id}", response_model=s.Job, tags=["collections"])
     def job(job_id: str, key: Key) -> dict[str, Any]:
         """An ingest job: queued, running, completed (with its ingest report) or failed (with the error)."""
@@ -656,18 +780,27 @@ class _ClientGone(Exception):
     pass
 
 
-def _upload_name(name: str) -> str:
-    """An upload's name as given, if it is a plain supported file name; traversal and oddities are refused."""
+def _plain_name(name: str) -> str:
+    """`name` if it is a plain file name that displays as it is; traversal and oddities are refused (400)."""
+    if not name:
+        raise ApiError(400, "upload has an empty file name: send every file with its name")
+    problem = invisible_character(name)
+    if problem is not None:
+        raise ApiError(400, f"upload name {name!r} {problem}: rename the file")
     if (
-        not name
-        or name in (".", "..")
+        name in (".", "..")
         or "/" in name
         or "\\" in name
         or name.startswith(".")
-        or any(ord(c) < 32 or c == "\x7f" for c in name)
         or len(name.encode("utf-8", "surrogatepass")) > 255
     ):
         raise ApiError(400, f"upload name {name!r} is not a plain file name")
+    return name
+
+
+def _upload_name(name: str) -> str:
+    """An upload's name as given, if it is a plain supported file name."""
+    _plain_name(name)
     suffix = Path(name).suffix.lower()
     if suffix not in SUPPORTED_SUFFIXES:
         kinds = ", ".join(sorted(SUPPORTED_SUFFIXES))

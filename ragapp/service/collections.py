@@ -23,6 +23,7 @@ from sqlalchemy import text
 from ragapp.app import App
 from ragapp.config import CONFIG_FILE
 from ragapp.errors import Conflict, NotFound, UsageError, WorkspaceError
+from ragapp.service.names import invisible_character
 from ragapp.store import Store
 
 DEFAULT = "default"
@@ -50,6 +51,9 @@ def collection_toml(server_toml: str, schema: str) -> str:
 
 
 def check_name(name: str) -> str:
+    problem = invisible_character(name)
+    if problem is not None:
+        raise UsageError(f"collection name {name!r} {problem}: use 1-64 of a-z, 0-9, '-' and '_'")
     if not NAME.fullmatch(name):
         raise UsageError(
             f"collection name {name!r}: use 1-64 of a-z, 0-9, '-' and '_', starting with a letter or digit"

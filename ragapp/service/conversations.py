@@ -31,18 +31,66 @@ class Turn:
     answer: str
 
 
-def condense(generator: Generator, history: Sequence[Turn], question: str) -> str:
-    """`question` rewritten to stand alone given `history` (oldest first); unchanged without history."""
+def condense(generator: Generator, history: Sequence[Turn], question: str, window: int | None = None) -> str:
+    """`question` rewritten to stand alone given `history` (oldest first); unchanged without history.
+
+    The prompt fits `window` tokens (default: the generator's context window) with room for the rewrite:
+    the newest turns that fit are kept, the older ones dropped (`fit_history`).
+    """
     if not history:
         return question
+    budget = (window or generator.context_window) - CONDENSE.max_new_tokens
+    turns = fit_history(generator, history, question, budget)
+    if not turns:  # not even a cut of the last turn fits beside the question: the question goes as asked
+        return question
+    rewritten = generator.generate(condense_messages(turns, question), CONDENSE).strip().strip('"').strip()
+    # A small model may answer instead of rewriting, or write nothing: then the question goes as asked.
+    return rewritten if rewritten and len(rewritten) <= 4 * len(question) + 200 else question
+
+
+def condense_messages(history: Sequence[Turn], question: str) -> list[Message]:
     lines = []
     for turn in history:
         lines += [f"User: {turn.question}", f"Assistant: {turn.answer}"]
     prompt = "Conversation:\n" + "\n".join(lines) + f"\n\nLast question: {question}\nRewritten question:"
-    messages: list[Message] = [{"role": "system", "content": CONDENSE_SYSTEM}, {"role": "user", "content": prompt}]
-    rewritten = generator.generate(messages, CONDENSE).strip().strip('"').strip()
-    # A small model may answer instead of rewriting, or write nothing: then the question goes as asked.
-    return rewritten if rewritten and len(rewritten) <= 4 * len(question) + 200 else question
+    return [{"role": "system", "content": CONDENSE_SYSTEM}, {"role": "user", "content": prompt}]
+
+
+def fit_history(generator: Generator, history: Sequence[Turn], question: str, budget: int) -> list[Turn]:
+    """The newest turns of `history` whose condense prompt fits `budget` tokens (counted with the
+    generator's tokenizer). When the newest turn alone is too long, it is kept cut short (its start);
+    an empty list when not even that leaves room."""
+
+    def fits(turns: Sequence[Turn]) -> bool:
+        return generator.count_tokens(condense_messages(turns, question)) <= budget
+
+    if not fits([]):
+        return []
+    lo, hi = 0, len(history)  # binary search: the most newest turns that fit
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if fits(history[-mid:]):
+            lo = mid
+        else:
+            hi = mid - 1
+    if lo:
+        return list(history[-lo:])
+    last = history[-1]
+    lo, hi = 0, max(len(last.question), len(last.answer))  # the longest cut of both texts that fits
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if fits([_cut(last, mid)]):
+            lo = mid
+        else:
+            hi = mid - 1
+    return [_cut(last, lo)] if lo >= 40 else []  # a sliver of a turn is noise, not context
+
+
+def _cut(turn: Turn, chars: int) -> Turn:
+    def cut(text: str) -> str:
+        return text if len(text) <= chars else text[:chars] + "…"
+
+    return Turn(cut(turn.question), cut(turn.answer))
 
 
 def history_from_messages(messages: Sequence[dict[str, str]]) -> list[Turn]:

@@ -20,13 +20,16 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import delete, or_, select, update
+from sqlalchemy.exc import DBAPIError
 
 from ragapp.errors import NotFound, RagappError
 from ragapp.service.collections import STAGING, UPLOADS, Collections
 from ragapp.store import IngestJobRow, Store, utcnow
 
 log = logging.getLogger("ragapp.service")
+DATABASE_TRIES = 3  # runs of a job that a database error interrupted, before it is failed
+MAX_BACKOFF_S = 30.0  # the longest wait between retries of a worker that keeps failing (e.g. database down)
 
 
 def job_dict(row: IngestJobRow) -> dict[str, Any]:
@@ -54,6 +57,10 @@ class Jobs:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._tries: dict[str, int] = {}  # job id -> runs cut short by a database error
+        # Held while staged files move into uploads/, so that removing an upload never races a job's move.
+        self.moving = threading.Lock()
+        self.backoff_s = 0.5  # the first wait after the worker fails; doubled while failures repeat
 
     def staging(self, collection: str, job_id: str) -> Path:
         return self.collections.folder(collection) / STAGING / job_id
@@ -84,6 +91,39 @@ class Jobs:
                 IngestJobRow.collection == collection, IngestJobRow.status.in_(("queued", "running"))
             )
             return s.scalar(query.limit(1)) is not None
+
+    def pending(self, collection: str, name: str) -> bool:
+        """Whether a queued or running job of `collection` has a file called `name`."""
+        with self.store.session() as s:
+            query = select(IngestJobRow.files).where(
+                IngestJobRow.collection == collection, IngestJobRow.status.in_(("queued", "running"))
+            )
+            return any(name in files for files in s.scalars(query))
+
+    def outcomes(self, collection: str) -> dict[str, dict[str, Any]]:
+        """For each file name ever uploaded to `collection`, what its newest job did with it:
+        {"job_id", "status" (the job's), "reason" (why it was not ingested, if it was not)}."""
+        with self.store.session() as s:
+            rows = s.scalars(
+                select(IngestJobRow).where(IngestJobRow.collection == collection).order_by(IngestJobRow.created_at)
+            ).all()
+            out: dict[str, dict[str, Any]] = {}
+            for row in rows:
+                problems = {p.get("source"): p.get("reason") for p in (row.report or {}).get("problems", [])}
+                for name in row.files:
+                    reason = row.error if row.status == "failed" else problems.get(name)
+                    out[name] = {"job_id": row.id, "status": row.status, "reason": reason}
+        return out
+
+    def drop_collection(self, collection: str) -> None:
+        """Forget a deleted collection's finished jobs: a new collection of the same name starts clean."""
+        with self.store.session() as s:
+            s.execute(
+                delete(IngestJobRow).where(
+                    IngestJobRow.collection == collection, IngestJobRow.status.in_(("completed", "failed"))
+                )
+            )
+            s.commit()
 
     # -- the worker -------------------------------------------------------------------------------
 
@@ -124,21 +164,60 @@ class Jobs:
             s.commit()
 
     def _work(self) -> None:
+        """Run jobs until stopped. Nothing may end this thread: a database error (or any other) is logged,
+        the worker waits a little longer each time it repeats (up to `MAX_BACKOFF_S`) and tries again."""
+        failures = 0
         while not self._stop.is_set():
-            job_id = self._next()
-            if job_id is None:
-                self._wake.wait(5.0)
-                self._wake.clear()
-                continue
             try:
-                report = self._run(job_id)
-            except RagappError as exc:
-                self._set(job_id, status="failed", error=str(exc), finished_at=utcnow())
-            except Exception as exc:  # a bug must fail the job, not the worker
-                log.exception("ingest job %s failed", job_id)
-                self._set(job_id, status="failed", error=f"{type(exc).__name__}: {exc}", finished_at=utcnow())
-            else:
-                self._set(job_id, status="completed", report=report, finished_at=utcnow())
+                self._work_once()
+                failures = 0
+            except Exception:
+                failures += 1
+                wait = min(MAX_BACKOFF_S, self.backoff_s * 2 ** min(failures - 1, 10))
+                log.exception("the ingest-jobs worker failed (%d in a row); retrying in %.1f s", failures, wait)
+                self._stop.wait(wait)
+
+    def _work_once(self) -> None:
+        """Claim and run one job, or wait for one to be queued."""
+        job_id = self._next()
+        if job_id is None:
+            self._wake.wait(5.0)
+            self._wake.clear()
+            return
+        outcome: dict[str, Any]
+        try:
+            outcome = {"status": "completed", "report": self._run(job_id), "finished_at": utcnow()}
+        except RagappError as exc:
+            outcome = {"status": "failed", "error": str(exc), "finished_at": utcnow()}
+        except DBAPIError as exc:
+            # The database failed, not the files: run the job again later, a few times, before giving up.
+            tries = self._tries[job_id] = self._tries.get(job_id, 0) + 1
+            log.exception("ingest job %s: database error (try %d of %d)", job_id, tries, DATABASE_TRIES)
+            if tries < DATABASE_TRIES:
+                self._finish(job_id, status="queued", started_at=None)
+                self._stop.wait(self.backoff_s * 2**tries)
+                return
+            outcome = {"status": "failed", "error": f"database error: {exc.orig or exc}", "finished_at": utcnow()}
+        except Exception as exc:  # a bug must fail the job, not the worker
+            log.exception("ingest job %s failed", job_id)
+            outcome = {"status": "failed", "error": f"{type(exc).__name__}: {exc}", "finished_at": utcnow()}
+        self._tries.pop(job_id, None)
+        self._finish(job_id, **outcome)
+
+    def _finish(self, job_id: str, **values: Any) -> None:
+        """Record a job's outcome, retrying while the database refuses; a job is never left `running`."""
+        failures = 0
+        while True:
+            try:
+                self._set(job_id, **values)
+                return
+            except Exception:
+                failures += 1
+                if self._stop.is_set():  # shutting down: `start` queues the job again next time
+                    raise
+                wait = min(MAX_BACKOFF_S, self.backoff_s * 2 ** min(failures - 1, 10))
+                log.exception("cannot record the outcome of ingest job %s; retrying in %.1f s", job_id, wait)
+                self._stop.wait(wait)
 
     def _run(self, job_id: str) -> dict[str, Any]:
         job = self.get(job_id)
@@ -147,9 +226,10 @@ class Jobs:
         staged = self.staging(collection, job_id)
         uploads = self.collections.folder(collection) / UPLOADS
         uploads.mkdir(exist_ok=True)
-        for name in job["files"]:
-            if (staged / name).exists():
-                os.replace(staged / name, uploads / name)
+        with self.moving:
+            for name in job["files"]:
+                if (staged / name).exists():
+                    os.replace(staged / name, uploads / name)
         shutil.rmtree(staged, ignore_errors=True)
         paths = [uploads / name for name in job["files"]]
         report = app.ingest([p for p in paths if p.exists()]).to_dict()

@@ -15,6 +15,8 @@ from datetime import datetime
 
 from sqlalchemy import func, select
 
+from ragapp.errors import UsageError
+from ragapp.service.names import invisible_character
 from ragapp.store import ApiKeyRow, Store, utcnow
 
 KEY_PREFIX = "rag_"
@@ -61,6 +63,9 @@ class KeyStore:
 
     def create(self, collections: Sequence[str] = (), admin: bool = False, name: str = "") -> tuple[str, ApiKey]:
         """A new key: (the secret, to hand over once, and its record)."""
+        problem = invisible_character(name)
+        if problem is not None:
+            raise UsageError(f"key name {name!r} {problem}: a name that displays differently misleads `keys list`")
         secret = KEY_PREFIX + secrets.token_urlsafe(32)
         row = ApiKeyRow(
             name=name, prefix=secret[:12], key_hash=_hash(secret), collections=sorted(set(collections)), admin=admin
@@ -84,6 +89,26 @@ class KeyStore:
     def list(self) -> list[ApiKey]:
         with self.store.session() as s:
             return [_key(r) for r in s.scalars(select(ApiKeyRow).order_by(ApiKeyRow.id))]
+
+    def forget_collection(self, collection: str) -> list[int]:
+        """Take a deleted collection out of every live key's scope; the ids of the keys this changed.
+
+        A key that read only that collection is revoked (its record keeps the name); a key that read others
+        keeps those. So a collection created later under the same name is readable by no old key.
+        """
+        changed = []
+        with self.store.session() as s:
+            for row in s.scalars(select(ApiKeyRow).where(ApiKeyRow.revoked_at.is_(None))):
+                if collection not in row.collections:
+                    continue
+                left = [c for c in row.collections if c != collection]
+                if left or row.admin:
+                    row.collections = left
+                else:
+                    row.revoked_at = utcnow()
+                changed.append(row.id)
+            s.commit()
+        return changed
 
     def revoke(self, key_id: int) -> bool:
         """Revoke a key; False when there is no such key (revoking twice is fine)."""

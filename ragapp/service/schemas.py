@@ -156,7 +156,12 @@ class ModelList(BaseModel):
 
 
 class CollectionRequest(_Strict):
-    name: str = Field(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9_-]*$")
+    # The name is checked by the route (a 400 that says what is wrong with it); the pattern documents it.
+    name: str = Field(
+        max_length=1000,
+        description="1-64 of a-z, 0-9, '-' and '_', starting with a letter or digit.",
+        json_schema_extra={"pattern": r"^[a-z0-9][a-z0-9_-]{0,63}$"},
+    )
 
 
 class CollectionInfo(BaseModel):
@@ -199,6 +204,28 @@ class Job(BaseModel):
 
 class Removed(BaseModel):
     removed: int
+    chunks_removed: int
+
+
+class UploadInfo(BaseModel):
+    name: str
+    size: int
+    status: Literal["ingested", "pending", "failed"] = Field(
+        description="ingested (it is the document `document_id`), pending (a job is on it) or failed (see `reason`)."
+    )
+    document_id: int | None
+    job_id: str | None = Field(description="The newest upload job that had this file.")
+    reason: str | None = Field(description="Why it was not ingested, when it was not.")
+
+
+class UploadList(BaseModel):
+    collection: str
+    uploads: list[UploadInfo]
+
+
+class UploadRemoved(BaseModel):
+    name: str
+    removed: int = Field(description="Documents removed with the file (0 for a file that was never ingested).")
     chunks_removed: int
 
 

@@ -11,6 +11,7 @@ tombstones that searches skip; `rebuilt` drops them, and the workspace calls it 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -27,6 +28,28 @@ faiss.omp_set_num_threads(1)
 
 class IndexFileError(Exception):
     """The index file is unreadable or does not match what the workspace expects."""
+
+
+def _reason(exc: RuntimeError) -> str:
+    """FAISS's message without the C++ function and source line it starts with."""
+    line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    for marker in ("failed: ", "Error: ", ": "):
+        if marker in line:
+            line = line.rpartition(marker)[2]
+            break
+    return re.sub(r" \([^()]*\)$", "", line).strip()  # the stale errno text FAISS appends
+
+
+def stored_ids(path: Path) -> np.ndarray:
+    """The ids a saved index holds, read without copying its vectors (memory-mapped) and without knowing the
+    model's dimension: what checks of a workspace need. Raises IndexFileError for a file FAISS cannot read."""
+    try:
+        raw = faiss.read_index(str(path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
+    except RuntimeError as exc:
+        raise IndexFileError(f"{path}: unreadable FAISS index ({_reason(exc)})") from exc
+    if not isinstance(raw, faiss.IndexIDMap2):
+        raise IndexFileError(f"{path}: expected an IndexIDMap2, found {type(raw).__name__}")
+    return faiss.vector_to_array(raw.id_map).astype(np.int64)
 
 
 class FaissIndex:
@@ -51,7 +74,7 @@ class FaissIndex:
         try:
             raw = faiss.read_index(str(path))
         except RuntimeError as exc:
-            raise IndexFileError(f"{path}: unreadable FAISS index ({str(exc).splitlines()[0]})") from exc
+            raise IndexFileError(f"{path}: unreadable FAISS index ({_reason(exc)})") from exc
         if not isinstance(raw, faiss.IndexIDMap2):
             raise IndexFileError(f"{path}: expected an IndexIDMap2, found {type(raw).__name__}")
         if raw.d != dim:

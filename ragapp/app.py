@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ragapp.config import EffectiveConfig, load_config
-from ragapp.errors import EmptyWorkspace, UsageError, WorkspaceError
+from ragapp.errors import DamagedDatabase, EmptyWorkspace, UsageError, WorkspaceError
 from ragapp.generators import GenerationConfig, Generator, Message, load_generator
 from ragapp.search import Filters, Mode, SearchHit
-from ragapp.store import SCHEMA_VERSION, Store, StoreMissing, shown_url
+from ragapp.store import SCHEMA_VERSION, Store, StoreMissing, damaged_message, shown_url
 
 if TYPE_CHECKING:
     from langchain_core.language_models import BaseChatModel
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from ragapp.prompt import Passage
     from ragapp.reward import RewardModel
     from ragapp.tools.search_documents import PassageLedger
-    from ragapp.vector_index import VectorIndex
+    from ragapp.vector_index import IndexCheck, VectorIndex
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +167,8 @@ class App:
         if self._store is None:
             if not self.config.database.url and not self.db_path.exists() and not create:
                 raise self._nothing_ingested()
+            if not self.config.database.url:
+                self._refuse_emptied_database()
             if create:
                 self.workspace.mkdir(parents=True, exist_ok=True)
             try:
@@ -174,6 +176,18 @@ class App:
             except StoreMissing:
                 raise self._nothing_ingested() from None
         return self._store
+
+    def _refuse_emptied_database(self) -> None:
+        """A 0-byte ragapp.db beside an index was emptied (truncated, overwritten), not just created: SQLite
+        would take it for a new database and ingest would start over on it. A new workspace has an empty
+        file only for the instant before its tables are created, and no index yet. (os.stat: a descriptor
+        opened and closed on a file SQLite holds would drop SQLite's locks.)"""
+        try:
+            size = os.stat(self.db_path).st_size
+        except FileNotFoundError:
+            return
+        if size == 0 and ((self.workspace / INDEX_FILE).exists() or any(self.workspace.glob("bm25-*"))):
+            raise DamagedDatabase(damaged_message(str(self.db_path), "0 bytes, but the workspace has indexes"))
 
     def has_store(self) -> bool:
         """Whether the workspace's database exists (and holds ragapp's tables); nothing is created."""
@@ -274,6 +288,24 @@ class App:
         if not store.has_chunks():
             raise self._nothing_ingested()
         return store
+
+    def ingest_running(self) -> bool:
+        """Whether some process holds the ingest lock now (this one included): on PostgreSQL the advisory
+        lock every machine takes, else the workspace's lock file. A run row still `running` without it
+        was killed."""
+        if self.config.database.url and self.has_store():
+            return self.open_store().writer_running()
+        try:
+            fd = os.open(self.workspace / LOCK_FILE, os.O_RDONLY)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)  # a lock file of its own, never one SQLite holds (see ragapp.locks)
+        return False
 
     @contextmanager
     def ingest_lock(self, wait: bool = False) -> Iterator[None]:
@@ -390,7 +422,8 @@ class App:
             c = self.config
             chunker = Chunker(self.embedder.tokenizer, c.chunking.chunk_tokens, c.chunking.overlap_tokens)
             max_bytes = int(c.ingest.max_file_mb * 1e6)
-            yield Ingestor(store, self._index(store), self._keywords(store), self.embedder, chunker, max_bytes)
+            limits = c.ingest.parse_limits()
+            yield Ingestor(store, self._index(store), self._keywords(store), self.embedder, chunker, max_bytes, limits)
 
     def search(
         self,
@@ -411,21 +444,25 @@ class App:
     def _search(self, store: Store, query: str, k: int | None, mode: Mode | None, filters: Filters) -> list[SearchHit]:
         from ragapp.search import SearchParts, search
 
-        def vectors() -> VectorIndex:
-            index = self._reader_index(store)
-            if index.notes:
-                raise WorkspaceError(f"{index.notes[0]}; run `ragapp ingest PATH` to rebuild it")
-            return index
-
         parts = SearchParts(
             store=store,
             settings=self.config.retrieval,
             embedder=lambda: self.embedder,
-            vectors=vectors,
+            vectors=lambda: self._searchable_index(store),
             keywords=lambda: self._reader_keywords(store),
             generator=lambda: self.generator,
         )
         return search(parts, query, k or self.config.retrieval.k, mode, filters)
+
+    def _searchable_index(self, store: Store) -> VectorIndex:
+        """The reader's vector index, or an error saying why a search with it would be silently incomplete."""
+        index = self._reader_index(store)
+        if index.notes:
+            raise WorkspaceError(
+                f"{index.notes[0]}: dense and hybrid search would miss passages; run `ragapp ingest PATH` "
+                "(any path) to rebuild it from the database, or use --mode bm25 until then"
+            )
+        return index
 
     def sampling(self, generation: dict[str, Any] | GenerationConfig | None = None) -> GenerationConfig:
         """The configured generation settings with `generation`'s overrides applied."""
@@ -516,7 +553,7 @@ class App:
         store = self._require_chunks()
         filters = Filters.of(filters)
         if (mode or self.config.retrieval.mode) != "bm25":
-            _ = self.embedder
+            self._searchable_index(store)  # before the generator loads: a broken index fails at once
         generator = self.generator
         load_s = time.perf_counter() - started
 
@@ -712,11 +749,16 @@ class App:
             out.update(documents=0, chunks=0, pending=0, last_ingest=None)
             return out
         store = self.open_store(create=False)
+        out.update(store.counts())
+        check = self.check_index(store)
         if self.index_kind(store) == "pgvector":
             from indexes.pgvector_index import TABLE
 
             out["index"] = {"kind": "pgvector", "table": TABLE}
-        out.update(store.counts())
+        out["index"].update(state=check.state, vectors=check.vectors)
+        if check.problem:
+            out["index"]["problem"] = check.problem
+        out["pending"] += check.absent  # marked indexed, but without a vector: waiting to be indexed again
         pointer = self._keywords(store).pointer()
         folder = self.workspace / pointer if pointer else None
         out["keyword_index"] = {
@@ -729,7 +771,8 @@ class App:
             if run is None
             else {
                 "id": run.id,
-                "status": run.status,
+                # Killed (kill -9, power loss) before it could record how it ended; the next ingest records it too.
+                "status": "interrupted" if run.status == "running" and not self.ingest_running() else run.status,
                 "started_at": run.started_at.isoformat(timespec="seconds"),
                 "seconds": round(run.seconds, 3),
                 "files_seen": run.files_seen,
@@ -738,6 +781,14 @@ class App:
             }
         )
         return out
+
+    def check_index(self, store: Store) -> IndexCheck:
+        """How the vector index agrees with the chunks SQL marks indexed (no model is loaded)."""
+        from ragapp.vector_index import check_faiss_file, check_pgvector
+
+        if self.index_kind(store) == "pgvector":
+            return check_pgvector(store)
+        return check_faiss_file(self.workspace / INDEX_FILE, store)
 
     def generation_info(self) -> dict[str, Any]:
         """What generates answers, from config alone (nothing is loaded or contacted)."""

@@ -25,6 +25,10 @@ class WorkspaceError(RagappError):
     """The workspace cannot be opened as it is (newer schema, locked, unwritable)."""
 
 
+class DamagedDatabase(WorkspaceError):
+    """The workspace's SQLite file is not a database any more (truncated, overwritten, emptied)."""
+
+
 class GenerationError(RagappError):
     """The generator cannot answer: its server is down or refused the request, its engine is missing..."""
 

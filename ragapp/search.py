@@ -201,12 +201,13 @@ def search(
 def _dense(
     parts: SearchParts, query: str, hypothetical: str | None, depth: int, restrict: Restriction | None
 ) -> list[tuple[int, float]]:
+    index = parts.vectors()  # first: an index that cannot answer fails before the model loads
     embedder = parts.embedder()
     vector = embedder.embed_queries([query] if hypothetical is None else [query, hypothetical])
     if len(vector) > 1:  # HyDE: the question and its hypothetical answer, averaged
         vector = vector.mean(axis=0, keepdims=True)
         vector /= np.linalg.norm(vector)
-    return parts.vectors().search(vector, depth, restrict)
+    return index.search(vector, depth, restrict)
 
 
 def _diversify(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import sqlite3
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
@@ -41,11 +42,11 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.engine import URL
+from sqlalchemy.engine import URL, ExceptionContext
 from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 
-from ragapp.errors import WorkspaceError
+from ragapp.errors import DamagedDatabase, WorkspaceError
 from ragapp.locks import exclusive_lock
 
 log = logging.getLogger(__name__)
@@ -348,6 +349,14 @@ def _reason(exc: OperationalError) -> str:
     return str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
 
 
+def damaged_message(path: str, reason: str) -> str:
+    """The one line for a workspace database that is no longer a whole SQLite file, and the ways out."""
+    return (
+        f"the database {path} is damaged ({reason}): restore it from a backup, or move it away and run "
+        "`ragapp ingest PATH` again to rebuild the workspace from your files (`ragapp doctor` checks a workspace)"
+    )
+
+
 class StoreMissing(WorkspaceError):
     """The database has no ragapp tables yet (and the caller did not ask to create them)."""
 
@@ -365,6 +374,7 @@ class Store:
         self.dialect = self.engine.dialect.name
         if self.dialect == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
+            event.listen(self.engine, "handle_error", self._damaged_sqlite)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         try:
             self._migrate(create)
@@ -396,6 +406,14 @@ class Store:
             except OSError:  # a read-only folder: nothing here can migrate a schema either, so nothing to order
                 pass
             yield
+
+    def _damaged_sqlite(self, context: ExceptionContext) -> None:
+        """SQLite's words for a file that is not (or no longer wholly) a database, wherever a statement meets
+        them, become one clear error naming the file. Only the plain DatabaseError: its subclasses are a
+        locked database, an I/O error, a constraint..., which a damaged file is not."""
+        if type(context.original_exception) is sqlite3.DatabaseError:
+            path = self.engine.url.database or self.url
+            raise DamagedDatabase(damaged_message(path, str(context.original_exception))) from None
 
     @property
     def _in_schema(self) -> str:
@@ -463,6 +481,19 @@ class Store:
             finally:
                 connection.scalar(select(func.pg_advisory_unlock(key)))
                 connection.commit()
+
+    def writer_running(self) -> bool:
+        """On PostgreSQL, whether some process on some machine holds the writer lock now (False on SQLite:
+        the workspace's lock file tells there). Taken and released at once if free."""
+        if self.dialect != "postgresql":
+            return False
+        key = lock_key(self._lock_name("ingest"))
+        with self.engine.connect() as connection:
+            free = bool(connection.scalar(select(func.pg_try_advisory_lock(key))))
+            if free:
+                connection.scalar(select(func.pg_advisory_unlock(key)))
+            connection.commit()
+        return not free
 
     # -- meta -------------------------------------------------------------------------------------
 

@@ -7,21 +7,25 @@ the index file is replaced atomically, and only then are the chunks marked `inde
 
 SQL also says which vectors of a graph index are tombstones: those whose chunk is gone (ids are never
 reused). So the file needs no list of them, and a crash cannot make the two disagree.
+
+What no crash can do, a person can: delete `index.faiss`, or put back an older copy. Then chunks SQL
+marks indexed have no vector. Opening the index notices (`absent_from`): a reader refuses dense
+search, saying why; the next ingest marks those chunks pending again (`reconcile`) and embeds them.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
 
 import numpy as np
-from sqlalchemy import select, update
+from sqlalchemy import func, inspect, select, text, update
 
 from indexes import FaissIndex, IndexFileError
-from indexes.faiss_index import IndexKind
+from indexes.faiss_index import IndexKind, stored_ids
 from ragapp.errors import WorkspaceError
 from ragapp.store import ChunkRow, Store
 
@@ -46,6 +50,89 @@ class Restriction:
         if self._chunk_ids is None:
             self._chunk_ids = np.asarray(self.store.chunk_ids_of(self.documents), dtype=np.int64)
         return self._chunk_ids
+
+
+def absent_from(store: Store, read_ids: Callable[[], np.ndarray]) -> tuple[np.ndarray, np.ndarray, int]:
+    """(ids `read_ids` returns, the chunks SQL marks indexed whose ids it lacks, how many SQL marks indexed).
+
+    SQL is read before and after the index: a concurrent ingest saves its file before it marks chunks,
+    and removes a vector only after its chunk is deleted, so a chunk marked both times was in every copy
+    of the file saved in between. Only such chunks count as absent: a reader never mistakes a
+    running ingest for a damaged index."""
+    before = store.chunk_ids(indexed=True)
+    ids = read_ids()
+    after = store.chunk_ids(indexed=True)
+    both = before & after
+    marked = np.fromiter(both, dtype=np.int64, count=len(both))
+    return ids, np.setdiff1d(marked, ids), len(after)
+
+
+@dataclass
+class IndexCheck:
+    """How a workspace's vectors agree with the chunks SQL marks indexed (for `status` and `doctor`)."""
+
+    state: str  # ok | missing (no file or table) | unreadable | incomplete (marked chunks without a vector)
+    vectors: int  # vectors stored (a graph's tombstones included)
+    marked: int  # chunks SQL marks indexed
+    absent: int  # marked chunks without a vector: dense search cannot find them
+    stale: int  # vectors of deleted chunks: a graph's tombstones, or a crash the next ingest repairs
+    problem: str | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        return {k: v for k, v in vars(self).items() if k != "problem" or v is not None}
+
+
+def check_faiss_file(path: Path, store: Store) -> IndexCheck:
+    """Read `path`'s ids (memory-mapped, no model needed) and compare them with SQL."""
+    problem: list[str] = []
+
+    def read() -> np.ndarray:
+        if not path.exists():
+            return np.zeros(0, dtype=np.int64)
+        try:
+            return stored_ids(path)
+        except IndexFileError as exc:
+            problem.append(str(exc))
+            return np.zeros(0, dtype=np.int64)
+
+    ids, absent, marked = absent_from(store, read)
+    chunks = np.fromiter(store.chunk_ids(), dtype=np.int64)
+    stale = len(np.setdiff1d(ids, chunks))
+    if problem:
+        return IndexCheck("unreadable", 0, marked, len(absent), 0, f"{problem[0]} (rebuild: `ragapp ingest PATH`)")
+    if not path.exists() and len(absent):  # no file and nothing marked: a first ingest not finished yet
+        return IndexCheck("missing", 0, marked, len(absent), 0, f"{path} is missing (rebuild: `ragapp ingest PATH`)")
+    if len(absent):
+        why = (
+            f"{path} lacks the vectors of {len(absent)} of the {marked} chunks marked indexed "
+            "(rebuild: `ragapp ingest PATH`)"
+        )
+        return IndexCheck("incomplete", len(ids), marked, len(absent), stale, why)
+    return IndexCheck("ok", len(ids), marked, 0, stale)
+
+
+def check_pgvector(store: Store) -> IndexCheck:
+    """Count pgvector's rows against the chunks marked indexed (one transaction writes both, so they agree
+    unless someone edited the tables)."""
+    from indexes.pgvector_index import TABLE
+
+    with store.engine.connect() as connection:
+        marked = connection.scalar(select(func.count()).where(ChunkRow.indexed.is_(True))) or 0
+        if not inspect(connection).has_table(TABLE, schema=store.pg_schema or None):
+            state = "missing" if marked else "ok"
+            problem = f"the table {TABLE} is missing (rebuild: `ragapp ingest PATH`)" if marked else None
+            return IndexCheck(state, 0, marked, marked, 0, problem)
+        vectors = connection.scalar(text(f"SELECT count(*) FROM {TABLE}")) or 0
+        absent = connection.scalar(
+            text(
+                "SELECT count(*) FROM chunks c WHERE c.indexed "
+                f"AND NOT EXISTS (SELECT 1 FROM {TABLE} v WHERE v.chunk_id = c.id)"
+            )
+        ) or 0
+    if absent:
+        why = f"{absent} of the {marked} chunks marked indexed have no row in {TABLE} (rebuild: `ragapp ingest PATH`)"
+        return IndexCheck("incomplete", vectors, marked, absent, 0, why)
+    return IndexCheck("ok", vectors, marked, 0, 0)
 
 
 class VectorIndex(Protocol):
@@ -83,13 +170,24 @@ class WorkspaceIndex:
         stored = self.store.get_meta(FINGERPRINT_KEY)
         if stored is not None and stored != self.fingerprint:
             return self._start_over(f"embedding model changed ({stored} -> {self.fingerprint})")
-        if not self.path.exists():
-            return FaissIndex(self.dim, self._layout(0), self.hnsw_m)
+        loaded: list[FaissIndex] = []
+
+        def read() -> np.ndarray:
+            if self.path.exists():
+                # Any layout loads: a file of the other kind is converted by the next save, not re-embedded.
+                loaded.append(FaissIndex.load(self.path, self.dim, None, self.hnsw_m))
+            else:
+                loaded.append(FaissIndex(self.dim, self._layout(0), self.hnsw_m))
+            return loaded[0].ids()
+
         try:
-            # Any layout loads: a file of the other kind is converted by the next save, not re-embedded.
-            index = FaissIndex.load(self.path, self.dim, None, self.hnsw_m)
+            _, absent, marked = absent_from(self.store, read)
         except IndexFileError as exc:
             return self._start_over(str(exc))
+        index = loaded[0]
+        if len(absent):  # a writer's reconcile marks them pending; a reader refuses dense search (see `notes`)
+            where = "is missing" if not self.path.exists() else f"lacks {len(absent)} of them"
+            self.notes.append(f"the vector index {self.path} {where} ({marked} chunks are marked indexed)")
         if index.kind == "hnsw":
             stored = index.ids()
             index.remove(stored[~np.isin(stored, np.fromiter(self.store.chunk_ids(), dtype=np.int64))])

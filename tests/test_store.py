@@ -4,6 +4,7 @@ Every test runs on SQLite and on PostgreSQL (the `database` fixture)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -167,3 +168,35 @@ def test_version_3_database_gains_the_job_worker_column_and_keeps_its_jobs(url: 
     with store.session() as s:
         assert s.execute(text("SELECT id, worker FROM ingest_jobs")).all() == [("j1", None)]
     store.close()
+
+
+# -- a damaged SQLite file (issue 21, defect 9); about the file itself, so SQLite only ----------------
+
+
+def _damage(path: Path, how: str) -> None:
+    if how == "truncated":
+        os.truncate(path, 100)  # `truncate -s 100 ragapp.db`: the header, no pages
+    elif how == "overwritten":
+        path.write_bytes(b"not a database at all " * 200)
+    else:  # a page in the middle of a larger database, met by a later query
+        with path.open("r+b") as f:
+            f.seek(4096 * 3)
+            f.write(bytes(range(256)) * 16)
+
+
+@pytest.mark.parametrize("how", ["truncated", "overwritten", "torn page"])
+def test_a_damaged_sqlite_file_is_one_clear_error_naming_it(tmp_path: Path, how: str) -> None:
+    path = tmp_path / "ragapp.db"
+    store = Store(f"sqlite:///{path}")
+    for n in range(40):  # a few pages of documents and chunks
+        store.replace_document(make_doc(f"/d{n}.txt", "x" * 500), f"h{n}", 1, 1.0, make_chunks(5))
+    store.close()
+    _damage(path, how)
+    with pytest.raises(WorkspaceError) as raised:  # DamagedDatabase, a one-line error the CLI prints
+        damaged = Store(f"sqlite:///{path}", create=False)
+        damaged.counts()
+        damaged.document_list()
+        damaged.chunks_with_documents(list(range(1, 201)))
+    message = str(raised.value)
+    assert str(path) in message and "restore it from a backup" in message and "ragapp doctor" in message
+    assert "\n" not in message

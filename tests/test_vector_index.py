@@ -148,3 +148,68 @@ def test_changing_kind_converts_the_saved_index(tmp_path: Path) -> None:
     graph.save()
     assert graph.index.kind == "hnsw" and store.counts()["pending"] == 0  # converted, not re-embedded
     assert WorkspaceIndex(tmp_path / "index.faiss", store, DIM, "m|8", "hnsw", 8).index.kind == "hnsw"
+
+
+# -- index.faiss deleted or replaced by hand (issue 21, defect 6) ----------------------------------
+
+
+def test_a_deleted_index_file_is_noticed_and_the_next_ingest_re_embeds_its_chunks(tmp_path: Path) -> None:
+    store, ids = setup_workspace(tmp_path)
+    filled(open_index(tmp_path, store), ids)
+    (tmp_path / "index.faiss").unlink()
+    reader = open_index(tmp_path, store)
+    assert reader.notes and str(tmp_path / "index.faiss") in reader.notes[0] and "missing" in reader.notes[0]
+    from ragapp.vector_index import check_faiss_file  # new: imported here, so the lines above run on old code
+
+    assert check_faiss_file(tmp_path / "index.faiss", store).state == "missing"
+    writer = open_index(tmp_path, store)
+    assert writer.reconcile()["lost"] == 5  # their flags reset in one commit: a crash from here re-embeds them
+    assert store.counts()["pending"] == 5
+    writer.add(ids, vectors(5))
+    writer.save()
+    assert not open_index(tmp_path, store).notes
+    assert check_faiss_file(tmp_path / "index.faiss", store).state == "ok"
+
+
+def test_an_older_copy_of_the_index_file_is_noticed(tmp_path: Path) -> None:
+    store, ids = setup_workspace(tmp_path)
+    index = filled(open_index(tmp_path, store), ids[:3])
+    older = (tmp_path / "index.faiss").read_bytes()
+    index.add(ids[3:], vectors(2))
+    index.save()
+    (tmp_path / "index.faiss").write_bytes(older)  # a backup put back
+    assert "lacks 2 of them" in open_index(tmp_path, store).notes[0]
+    from ragapp.vector_index import check_faiss_file
+
+    check = check_faiss_file(tmp_path / "index.faiss", store)
+    assert (check.state, check.vectors, check.marked, check.absent) == ("incomplete", 3, 5, 2)
+
+
+def test_a_truncated_or_garbage_index_file_is_reported_unreadable(tmp_path: Path) -> None:
+    store, ids = setup_workspace(tmp_path)
+    filled(open_index(tmp_path, store), ids)
+    whole = (tmp_path / "index.faiss").read_bytes()
+    from ragapp.vector_index import check_faiss_file
+
+    for damaged in (whole[:100], whole[: len(whole) // 2], b"garbage" * 50, b""):
+        (tmp_path / "index.faiss").write_bytes(damaged)
+        check = check_faiss_file(tmp_path / "index.faiss", store)
+        assert (check.state, check.absent) == ("unreadable", 5), damaged[:10]
+        assert "unreadable FAISS index" in (check.problem or "") and "Error in" not in (check.problem or "")
+        assert "unreadable FAISS index" in open_index(tmp_path, store).notes[0]
+
+
+def test_a_concurrent_ingest_is_not_taken_for_a_damaged_index(tmp_path: Path) -> None:
+    """The reader reads the file, then an ingest saves a newer one and marks its chunks: not absent."""
+    from ragapp.vector_index import absent_from
+
+    store, ids = setup_workspace(tmp_path)
+    filled(open_index(tmp_path, store), ids[:3])
+
+    def read_then_ingest_finishes() -> np.ndarray:
+        held = open_index(tmp_path, store).index.ids()
+        store.set_indexed(ids[3:], True)  # the ingest marks what its (newer) file holds
+        return held
+
+    _, absent, marked = absent_from(store, read_then_ingest_finishes)
+    assert (len(absent), marked) == (0, 5)

@@ -1,4 +1,5 @@
-"""`ragapp status` and `ragapp config show`: what is in the workspace and how it is configured."""
+"""`ragapp status`, `ragapp doctor` and `ragapp config show`: what is in the workspace, whether its parts are
+whole and agree, and how it is configured."""
 
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ def status(as_json: bool) -> None:
         click.echo(f"Index:      pgvector, table {index['table']}")
     else:
         click.echo(f"Index:      {index['kind']}, {index['bytes'] / 1e6:.1f} MB")
+    if index.get("state", "ok") != "ok":
+        click.echo(f"            {index['state'].upper()}: {index.get('problem', '')}")
     if "keyword_index" in info:
         click.echo(f"Keywords:   BM25, {info['keyword_index']['bytes'] / 1e6:.1f} MB")
     click.echo(f"Embedding:  {info['embedding']['model']} on {info['embedding']['device']}")
@@ -66,4 +69,28 @@ def config_show(as_json: bool) -> None:
         click.echo()
 
 
-COMMANDS = (status, config)
+@click.command()
+@json_option
+def doctor(as_json: bool) -> None:
+    """Check the workspace: database integrity, vector and keyword indexes against the database,
+    interrupted ingests, orphaned uploads. Changes nothing; exits 1 if something needs repair.
+
+    Warnings are what the next `ragapp ingest` completes by itself; errors need you (see
+    docs/troubleshooting.md)."""
+    from ragapp.doctor import examine
+
+    app = open_app()
+    findings = examine(app)
+    failed = any(f.level == "error" for f in findings)
+    if as_json:
+        emit_json({"workspace": str(app.workspace), "ok": not failed, "findings": [f.to_dict() for f in findings]})
+    else:
+        for f in findings:
+            click.echo(f"{f.level.upper():8} {f.check}: {f.message}")
+        problems = sum(f.level != "ok" for f in findings)
+        click.echo("No problems found." if not problems else f"{problems} finding(s) need attention.")
+    if failed:
+        raise SystemExit(1)
+
+
+COMMANDS = (status, doctor, config)

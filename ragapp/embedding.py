@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ragapp.errors import ConfigError
+from ragapp.locks import MODEL_LOADING
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -63,17 +64,21 @@ class Embedder:
     """Loads the model once; embeds batches into L2-normalised float32 vectors (cosine = inner product)."""
 
     def __init__(self, model: str = "", device: str = "cpu", batch_size: int = 16, dtype: str = "auto"):
-        import torch
-        from sentence_transformers import SentenceTransformer
-        from transformers.utils import logging as hf_logging
+        with MODEL_LOADING:  # see ragapp.locks
+            import torch
+            from sentence_transformers import SentenceTransformer
+            from transformers.utils import logging as hf_logging
 
-        hf_logging.disable_progress_bar()  # ragapp shows its own progress; a weights bar is noise
-        self.folder, self.model_id = resolve_model(model)
-        self.batch_size = batch_size
-        self.dtype = resolve_dtype(dtype, device)
-        self.model: SentenceTransformer = SentenceTransformer(
-            str(self.folder), device=device, local_files_only=True, model_kwargs={"dtype": getattr(torch, self.dtype)}
-        )
+            hf_logging.disable_progress_bar()  # ragapp shows its own progress; a weights bar is noise
+            self.folder, self.model_id = resolve_model(model)
+            self.batch_size = batch_size
+            self.dtype = resolve_dtype(dtype, device)
+            self.model: SentenceTransformer = SentenceTransformer(
+                str(self.folder),
+                device=device,
+                local_files_only=True,
+                model_kwargs={"dtype": getattr(torch, self.dtype)},
+            )
         self.dim = int(self.model.get_embedding_dimension())
         # One model serves every thread of a server (searches, an ingest job). A fast tokenizer is not
         # safe to share across threads ("Already borrowed"), so one thread encodes at a time, and
@@ -153,7 +158,7 @@ class Embedder:
 
     def _build_query_encoder(self) -> OnnxQueryEncoder | None:
         """The ONNX encoder, built on the first query (once, whichever threads ask); None means use torch."""
-        with self._query_lock:
+        with self._query_lock, MODEL_LOADING:  # see ragapp.locks
             if self._query_encoder is not None or self._query_fallback:
                 return self._query_encoder
             if self.model.device.type != "cpu":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,3 +26,9 @@ def exclusive_lock(path: str | Path, wait: bool = True) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+# Loading models imports torch, transformers, sentence-transformers and their extras. Two threads doing
+# that at once (a fresh server's first search and first query) break those packages' lazy and circular
+# imports: "cannot import name 'AutoModelForCausalLM' from 'transformers'", a 500. Loads take turns.
+MODEL_LOADING = threading.RLock()

@@ -9,6 +9,7 @@ import functools
 import weakref
 
 from ragapp.generators.base import GenerationConfig, Generator, Message
+from ragapp.locks import MODEL_LOADING
 
 __all__ = ["BACKENDS", "GenerationConfig", "Generator", "Message", "close_loaded", "load_generator"]
 
@@ -29,26 +30,29 @@ def load_generator(
     timeout: float = 120.0,
 ) -> Generator:
     """A loaded generator. `model` is a local model (GGUF or folder) except for `openai`: a served model name."""
-    generator: Generator
-    if backend == "transformers":
-        from ragapp.generators.transformers_local import TransformersGenerator
+    with MODEL_LOADING:  # see ragapp.locks
+        generator: Generator
+        if backend == "transformers":
+            from ragapp.generators.transformers_local import TransformersGenerator
 
-        generator = TransformersGenerator(model or None, device=device, dtype=dtype, adapter=adapter or None)
-    elif backend == "vllm":
-        from ragapp.generators.vllm_local import VllmGenerator
+            generator = TransformersGenerator(model or None, device=device, dtype=dtype, adapter=adapter or None)
+        elif backend == "vllm":
+            from ragapp.generators.vllm_local import VllmGenerator
 
-        generator = VllmGenerator(model or None, dtype=dtype, context_window=context_window, adapter=adapter or None)
-    elif backend == "openai":
-        from ragapp.generators.openai_client import DEFAULT_BASE_URL, OpenAIGenerator
+            generator = VllmGenerator(
+                model or None, dtype=dtype, context_window=context_window, adapter=adapter or None
+            )
+        elif backend == "openai":
+            from ragapp.generators.openai_client import DEFAULT_BASE_URL, OpenAIGenerator
 
-        generator = OpenAIGenerator(
-            base_url or DEFAULT_BASE_URL, model, api_key, timeout=timeout, context_window=context_window
-        )
-    else:
-        raise ValueError(f"unknown generation backend {backend!r} (available: {', '.join(BACKENDS)})")
-    generator = generator.load()  # type: ignore[attr-defined]
-    _loaded.add(generator)
-    return generator
+            generator = OpenAIGenerator(
+                base_url or DEFAULT_BASE_URL, model, api_key, timeout=timeout, context_window=context_window
+            )
+        else:
+            raise ValueError(f"unknown generation backend {backend!r} (available: {', '.join(BACKENDS)})")
+        generator = generator.load()  # type: ignore[attr-defined]
+        _loaded.add(generator)
+        return generator
 
 
 def close_loaded() -> None:

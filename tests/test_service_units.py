@@ -19,7 +19,7 @@ from ragapp.cli import cli
 from ragapp.cli.serve import is_loopback
 from ragapp.errors import Conflict, NotFound, UsageError
 from ragapp.service.api import ApiError, _upload_name
-from ragapp.service.collections import Collections
+from ragapp.service.collections import DEFAULT, Collections
 from ragapp.service.conversations import Conversations, Turn, condense, history_from_messages
 from ragapp.service.keys import KeyStore
 from ragapp.service.limits import GenerationQueue, QueueFull
@@ -358,6 +358,30 @@ def test_upload_outcomes_name_the_reason(tmp_path: Path) -> None:
     assert jobs.pending("other", "x.md") and not jobs.pending("c", "a.md")
     jobs.drop_collection("c")
     assert jobs.outcomes("c") == {} and jobs.pending("other", "x.md")
+
+
+def test_staging_folders_of_uploads_never_accepted_are_removed_at_start(tmp_path: Path) -> None:
+    """A server killed between writing an upload's files and queueing its job left them in `.staging` for good."""
+    import os
+
+    from ragapp import App
+    from ragapp.service.collections import STAGING
+    from ragapp.service.jobs import Jobs
+
+    ws = tmp_path / "ws"
+    store = App(ws).open_store(create=True)
+    jobs = Jobs(store, Collections(ws, store))
+    queued = jobs.new_id()
+    for name in ("orphan", queued, "young"):
+        (ws / STAGING / name).mkdir(parents=True)
+        (ws / STAGING / name / "a.md").write_text("# a\n")
+    for name in ("orphan", queued):  # older than the grace period
+        os.utime(ws / STAGING / name, (time.time() - 3600, time.time() - 3600))
+    jobs.submit(queued, DEFAULT, ["a.md"])
+    jobs._drop_unqueued_staging()
+    assert not (ws / STAGING / "orphan").exists()
+    assert (ws / STAGING / queued / "a.md").exists()  # its job will move it
+    assert (ws / STAGING / "young" / "a.md").exists()  # maybe an upload another process is still writing
 
 
 @pytest.mark.slow

@@ -16,6 +16,7 @@ import os
 import shutil
 import socket
 import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -131,8 +132,28 @@ class Jobs:
         with self.store.session() as s:  # a job left running was cut short by a stop: run it again
             s.execute(update(IngestJobRow).where(IngestJobRow.status == "running", self._mine()).values(status="queued"))
             s.commit()
+        self._drop_unqueued_staging()
         self._thread = threading.Thread(target=self._work, name="ragapp-ingest-jobs", daemon=True)
         self._thread.start()
+
+    def _drop_unqueued_staging(self, older_than_s: float = 60.0) -> None:
+        """Remove staging folders that never got a job row: their upload was cut short (the server was
+        killed, the client left) before it was answered, so nobody was told it was accepted. Folders
+        younger than `older_than_s` may be an upload another process on this folder is still writing."""
+        cutoff = time.time() - older_than_s
+        for collection in self.collections.names():
+            staging = self.collections.folder(collection) / STAGING
+            if not staging.is_dir():
+                continue
+            folders = [p for p in staging.iterdir() if p.is_dir() and p.stat().st_mtime < cutoff]
+            if not folders:
+                continue
+            with self.store.session() as s:
+                queued = set(s.scalars(select(IngestJobRow.id).where(IngestJobRow.id.in_([p.name for p in folders]))))
+            for folder in folders:
+                if folder.name not in queued:
+                    log.warning("removing %s: an upload that was never accepted (cut short before its job)", folder)
+                    shutil.rmtree(folder, ignore_errors=True)
 
     def stop(self, timeout: float = 30.0) -> None:
         self._stop.set()

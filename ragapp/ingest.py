@@ -175,7 +175,7 @@ class Ingestor:
             self._finish_run(report, "completed")
         except BaseException as exc:
             report.seconds = time.monotonic() - started
-            self._finish_run(report, "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed")
+            self._finish_run(report, "interrupted" if _interrupted(exc) else "failed")
             raise
         return report
 
@@ -310,3 +310,14 @@ class Ingestor:
                     IngestProblem(run_id=run.id, source=p.source, severity=severity, reason=p.reason) for p in problems
                 )
             s.commit()
+
+
+def _interrupted(exc: BaseException | None) -> bool:
+    """Whether a Ctrl-C is behind `exc`, also when cleaning up after it raised something else."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False

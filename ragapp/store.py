@@ -14,7 +14,7 @@ import hashlib
 import logging
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -449,7 +449,10 @@ class Store:
         try:
             yield session
         except BaseException:
-            session.rollback()
+            # A Ctrl-C that cancelled PostgreSQL's query can leave a connection whose rollback fails too: the
+            # error that got here says what happened, not the failed rollback.
+            with suppress(Exception):
+                session.rollback()
             raise
         finally:
             session.close()

@@ -24,6 +24,7 @@ import pytest
 from connectors import sandbox
 from connectors.base import MB, ParseError, ParseLimits
 from connectors.filesystem import parse
+from tests.pdf_files import assemble_pdf
 
 W_NS = b'xmlns:w="http://schemas.openxmlformats.org/wordprocessingml/2006/main"'
 PARAGRAPH = b"<w:p><w:r><w:t>Some text here, number 12345</w:t></w:r></w:p>"
@@ -62,16 +63,7 @@ def pdf_bomb(pages: int, stream_bytes: int) -> bytes:
         b"<< /Font << /F1 << /Type /Font /Subtype /Type1 /BaseFont /Helvetica >> >> >>",
     ]
     objects += [b"<< /Type /Page /Parent 2 0 R /Resources 4 0 R /Contents 3 0 R >>"] * pages
-    out = bytearray(b"%PDF-1.4\n")
-    offsets = []
-    for number, body in enumerate(objects, 1):
-        offsets.append(len(out))
-        out += b"%d 0 obj\n%s\nendobj\n" % (number, body)
-    xref = len(out)
-    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
-    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
-    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
-    return bytes(out)
+    return assemble_pdf(objects)
 
 
 def parent_peak_mb() -> float:

@@ -20,6 +20,7 @@ from pypdf import PdfReader, PdfWriter
 from connectors import formats
 from connectors.base import Document, FileProblem, ParseError
 from connectors.filesystem import DEFAULT_EXCLUDE, SUPPORTED_SUFFIXES, discover, outside_reason, parse, read_bytes
+from tests.pdf_files import assemble_pdf
 
 MB = 1_000_000  # decimal, like the max_file_mb setting
 SPHINX_PAGE = Path("/usr/share/doc/python3.11/html/library/argparse.html")
@@ -82,17 +83,7 @@ def make_pdf(pages: list[list[str]], title: str = "Test manual") -> bytes:
             f"/Resources << /Font << /F1 3 0 R >> >> /Contents {6 + 2 * i} 0 R >>".encode()
         )
         objects.append(b"<< /Length %d >>\nstream\n%s\nendstream" % (len(stream), stream))
-    out = bytearray(b"%PDF-1.4\n")
-    offsets = []
-    for number, body in enumerate(objects, 1):
-        offsets.append(len(out))
-        out += b"%d 0 obj\n%s\nendobj\n" % (number, body)
-    xref = len(out)
-    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
-    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
-    out += b"trailer\n<< /Size %d /Root 1 0 R /Info 4 0 R >>\n" % (len(objects) + 1)
-    out += b"startxref\n%d\n%%%%EOF\n" % xref
-    return bytes(out)
+    return assemble_pdf(objects, trailer=b"/Info 4 0 R")
 
 
 def encrypt_pdf(data: bytes, user_password: str) -> bytes:

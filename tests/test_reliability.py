@@ -130,6 +130,22 @@ class Ledger:
             self.turns.append((cid, question))
         return cid
 
+    def accepted_upload(self, client: httpx.Client, tries: int = 20) -> str:
+        """An upload answered 202 (one the kill of the round before cut off is retried); its job id."""
+        for _ in range(tries):
+            job_id = self.upload(client)
+            if job_id is not None:
+                return job_id
+        raise AssertionError(f"no upload was accepted in {tries} tries")
+
+    def first_turn(self, client: httpx.Client, tries: int = 20) -> str:
+        """A new conversation with one answered turn (a request the kill of the round before cut off is retried)."""
+        for _ in range(tries):
+            cid = self.turn(client, f"{QUESTIONS[0]} (turn {next(_numbers)})", None, chat=False)
+            if cid is not None:
+                return cid
+        raise AssertionError(f"no conversation could be started in {tries} tries")
+
     def conversation(self, client: httpx.Client, turns: int = 3) -> str | None:
         """A conversation of `turns` turns (query and chat alternating); stops at the first that fails."""
         cid = None
@@ -487,18 +503,14 @@ def kill_mid_upload(server: Server, key: str, ledger: Ledger, ws: Path) -> str:
 
 def kill_after_202(server: Server, key: str, ledger: Ledger, ws: Path) -> str:
     with server.client(key) as c:
-        job_id = None
-        while job_id is None:
-            job_id = ledger.upload(c)
+        job_id = ledger.accepted_upload(c)
         kill_hard(server)
     return f"killed right after job {job_id[:8]}'s 202"
 
 
 def kill_when_job_running(server: Server, key: str, ledger: Ledger, ws: Path) -> str:
     with server.client(key) as c:
-        job_id = None
-        while job_id is None:
-            job_id = ledger.upload(c)
+        job_id = ledger.accepted_upload(c)
         seen = wait_until(lambda: c.get(f"/v1/jobs/{job_id}").json()["status"] != "queued", 120)
         status = c.get(f"/v1/jobs/{job_id}").json()["status"]
         kill_hard(server)
@@ -527,9 +539,7 @@ def kill_mid_ingest_write(server: Server, key: str, ledger: Ledger, ws: Path) ->
 
 def kill_after_turn(server: Server, key: str, ledger: Ledger, ws: Path) -> str:
     with server.client(key) as c:
-        cid = None
-        while cid is None:
-            cid = ledger.turn(c, f"{QUESTIONS[0]} (turn {next(_numbers)})", None, chat=False)
+        cid = ledger.first_turn(c)
         ledger.turn(c, f"{QUESTIONS[1]} (turn {next(_numbers)})", cid, chat=True)
         kill_hard(server)
     return f"killed right after conversation {cid[:8]}'s second turn"
@@ -538,9 +548,7 @@ def kill_after_turn(server: Server, key: str, ledger: Ledger, ws: Path) -> str:
 def kill_mid_stream(server: Server, key: str, ledger: Ledger, ws: Path) -> str:
     """A streamed follow-up has sent its first words: the kill lands during generation (before it is stored)."""
     with server.client(key) as c:
-        cid = None
-        while cid is None:
-            cid = ledger.turn(c, f"{QUESTIONS[0]} (turn {next(_numbers)})", None, chat=False)
+        cid = ledger.first_turn(c)
         body = {"messages": [{"role": "user", "content": QUESTIONS[1]}], "conversation_id": cid, "stream": True}
         with ledger.lock:
             ledger.sent["chat stream"] += 1

@@ -200,3 +200,34 @@ def test_a_damaged_sqlite_file_is_one_clear_error_naming_it(tmp_path: Path, how:
     message = str(raised.value)
     assert str(path) in message and "restore it from a backup" in message and "ragapp doctor" in message
     assert "\n" not in message
+
+
+def test_the_error_leaves_a_session_even_when_its_rollback_fails(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Ctrl-C that cancels PostgreSQL's query can break the connection, and the rollback then fails too:
+    the Ctrl-C must still be what leaves (an ingest records itself "interrupted", not "failed").
+    The failing rollback is injected (a fault, on a real store)."""
+    from sqlalchemy.exc import OperationalError
+
+    from ragapp.ingest import _interrupted
+
+    store = Store(url)
+
+    def broken_rollback(self: Session) -> None:
+        raise OperationalError("ROLLBACK", {}, Exception("server closed the connection unexpectedly"))
+
+    monkeypatch.setattr(Session, "rollback", broken_rollback)
+    with pytest.raises(KeyboardInterrupt):
+        with store.session() as s:
+            s.execute(text("SELECT 1"))
+            raise KeyboardInterrupt
+    monkeypatch.undo()
+    assert store.get_meta("schema_version") == str(SCHEMA_VERSION)  # the store still works
+
+    try:  # an error raised while handling a Ctrl-C still counts as one; an error alone does not
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise OperationalError("COMMIT", {}, Exception("connection lost"))  # noqa: B904
+    except OperationalError as exc:
+        assert _interrupted(exc) is True
+    assert _interrupted(OperationalError("COMMIT", {}, Exception("connection lost"))) is False

@@ -21,6 +21,7 @@ from evals.results import ItemResult, Metrics, RunResult
 from evals.runs import FINISHED, RunStore
 from ragapp.errors import RagappError, ScoringUnsupported, UsageError
 from ragapp.generators import GenerationConfig
+from ragapp.locks import held
 
 if TYPE_CHECKING:
     from ragapp.app import Answer, App
@@ -79,17 +80,7 @@ def lock_path(workspace: Path, run_id: int) -> Path:
 
 def _busy(workspace: Path, run_id: int) -> bool:
     """Whether another process holds the run's lock (a run left 'running' by a killed process is not busy)."""
-    path = lock_path(workspace, run_id)
-    if not path.exists():
-        return False
-    fd = os.open(path, os.O_RDWR)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return False
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
+    return held(lock_path(workspace, run_id))
 
 
 def _open_run(

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from ragapp.config import EffectiveConfig, load_config
 from ragapp.errors import DamagedDatabase, EmptyWorkspace, UsageError, WorkspaceError
 from ragapp.generators import GenerationConfig, Generator, Message, load_generator
+from ragapp.locks import held
 from ragapp.search import Filters, Mode, SearchHit
 from ragapp.store import SCHEMA_VERSION, Store, StoreMissing, damaged_message, shown_url
 
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 DB_FILE = "ragapp.db"
 LOCK_FILE = "ingest.lock"
 INDEX_FILE = "index.faiss"
+STAGING = ".staging"  # `ragapp serve`: uploads accepted but not yet ingested, one folder per job
 DEFAULT_WORKSPACE = ".ragapp"
 AGENT_TOOLS = ("search_documents", "sql_query", "calculator")
 
@@ -295,17 +297,7 @@ class App:
         was killed."""
         if self.config.database.url and self.has_store():
             return self.open_store().writer_running()
-        try:
-            fd = os.open(self.workspace / LOCK_FILE, os.O_RDONLY)
-        except FileNotFoundError:
-            return False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        finally:
-            os.close(fd)  # a lock file of its own, never one SQLite holds (see ragapp.locks)
-        return False
+        return held(self.workspace / LOCK_FILE)
 
     @contextmanager
     def ingest_lock(self, wait: bool = False) -> Iterator[None]:

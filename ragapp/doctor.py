@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 from sqlalchemy import select, text
 
+from ragapp.app import STAGING
 from ragapp.errors import EmptyWorkspace, WorkspaceError
 
 if TYPE_CHECKING:
@@ -20,7 +21,6 @@ if TYPE_CHECKING:
     from ragapp.store import Store
 
 Level = Literal["ok", "warning", "error"]
-STAGING = ".staging"
 
 
 @dataclass

@@ -28,6 +28,21 @@ def exclusive_lock(path: str | Path, wait: bool = True) -> Iterator[None]:
         os.close(fd)
 
 
+def held(path: str | Path) -> bool:
+    """Whether another process holds the lock on `path` now (False when the file does not exist)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
 # Loading models imports torch, transformers, sentence-transformers and their extras. Two threads doing
 # that at once (a fresh server's first search and first query) break those packages' lazy and circular
 # imports: "cannot import name 'AutoModelForCausalLM' from 'transformers'", a 500. Loads take turns.

@@ -339,10 +339,9 @@ def test_the_job_worker_survives_database_errors(tmp_path: Path, monkeypatch: py
 
 def test_upload_outcomes_name_the_reason(tmp_path: Path) -> None:
     """What `GET /v1/collections/C/uploads` reports for files that were not ingested."""
+    from ragapp import App
     from ragapp.service.jobs import Jobs
     from ragapp.store import IngestJobRow
-
-    from ragapp import App
 
     store = App(tmp_path / "ws").open_store(create=True)
     jobs = Jobs(store, Collections(tmp_path / "ws", store))
@@ -365,7 +364,7 @@ def test_staging_folders_of_uploads_never_accepted_are_removed_at_start(tmp_path
     import os
 
     from ragapp import App
-    from ragapp.service.collections import STAGING
+    from ragapp.app import STAGING
     from ragapp.service.jobs import Jobs
 
     ws = tmp_path / "ws"

@@ -30,7 +30,6 @@ DEFAULT = "default"
 FOLDER = "collections"
 NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 UPLOADS = "uploads"  # uploaded files, ingested from here
-STAGING = ".staging"  # uploads accepted but not yet ingested, one folder per job
 SCHEMA_COMMENT = "ragapp collection: "  # PostgreSQL: the comment on a collection's schema, with its name
 
 

@@ -24,8 +24,9 @@ from typing import Any
 from sqlalchemy import delete, or_, select, update
 from sqlalchemy.exc import DBAPIError
 
+from ragapp.app import STAGING
 from ragapp.errors import NotFound, RagappError
-from ragapp.service.collections import STAGING, UPLOADS, Collections
+from ragapp.service.collections import UPLOADS, Collections
 from ragapp.store import IngestJobRow, Store, utcnow
 
 log = logging.getLogger("ragapp.service")
@@ -194,7 +195,7 @@ class Jobs:
                 failures = 0
             except Exception:
                 failures += 1
-                wait = min(MAX_BACKOFF_S, self.backoff_s * 2 ** min(failures - 1, 10))
+                wait = self._backoff(failures)
                 log.exception("the ingest-jobs worker failed (%d in a row); retrying in %.1f s", failures, wait)
                 self._stop.wait(wait)
 
@@ -216,7 +217,7 @@ class Jobs:
             log.exception("ingest job %s: database error (try %d of %d)", job_id, tries, DATABASE_TRIES)
             if tries < DATABASE_TRIES:
                 self._finish(job_id, status="queued", started_at=None)
-                self._stop.wait(self.backoff_s * 2**tries)
+                self._stop.wait(self._backoff(tries + 1))
                 return
             outcome = {"status": "failed", "error": f"database error: {exc.orig or exc}", "finished_at": utcnow()}
         except Exception as exc:  # a bug must fail the job, not the worker
@@ -224,6 +225,10 @@ class Jobs:
             outcome = {"status": "failed", "error": f"{type(exc).__name__}: {exc}", "finished_at": utcnow()}
         self._tries.pop(job_id, None)
         self._finish(job_id, **outcome)
+
+    def _backoff(self, failures: int) -> float:
+        """The wait after `failures` failures in a row: `backoff_s`, doubling, at most `MAX_BACKOFF_S`."""
+        return min(MAX_BACKOFF_S, self.backoff_s * 2 ** min(failures - 1, 10))
 
     def _finish(self, job_id: str, **values: Any) -> None:
         """Record a job's outcome, retrying while the database refuses; a job is never left `running`."""
@@ -236,7 +241,7 @@ class Jobs:
                 failures += 1
                 if self._stop.is_set():  # shutting down: `start` queues the job again next time
                     raise
-                wait = min(MAX_BACKOFF_S, self.backoff_s * 2 ** min(failures - 1, 10))
+                wait = self._backoff(failures)
                 log.exception("cannot record the outcome of ingest job %s; retrying in %.1f s", job_id, wait)
                 self._stop.wait(wait)
 

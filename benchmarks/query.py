@@ -46,7 +46,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def build_real(workspace: Path, data: Path) -> None:
-    from connectors.beir import BeirCollection
+    from ragapp.connectors.beir import BeirCollection
     from ragapp import App
 
     with App(workspace, config={"index": {"kind": "flat"}}) as app:
@@ -57,7 +57,7 @@ def add_copies(workspace: Path, copies: int, seed: int = 0) -> None:
     """`copies` noisy copies of every stored chunk, stored the way an ingest stores them (SQL, then vectors)."""
     from sqlalchemy import select
 
-    from connectors.base import Document, Section
+    from ragapp.connectors.base import Document, Section
     from ragapp import App
     from ragapp.chunking import Chunk
     from ragapp.store import ChunkRow, DocumentRow
@@ -176,7 +176,7 @@ def main() -> None:
     sys.path.insert(0, str(ensure_baseline_libs(args.cache)))
     from langchain_huggingface import HuggingFaceEmbeddings
 
-    from connectors.beir import BeirCollection
+    from ragapp.connectors.beir import BeirCollection
     from ragapp import App
     from ragapp.embedding import shipped_model_path
 

@@ -37,7 +37,7 @@ counterpart in the same round (median of those ratios).
 Recall@10 of each approximate search against FAISS flat on the same vectors (filtered: against FAISS
 flat with the same filter), the share of queries where pgvector's exact scan returns FAISS flat's top
 10 (same ids in the same order, and as a set), and pgvector's recall and p50 at other hnsw.ef_search
-values (--ef-search; set through indexes.pgvector_index.EF_SEARCH for this process only).
+values (--ef-search; set through ragapp.indexes.pgvector_index.EF_SEARCH for this process only).
 
 Not a test: nothing is asserted.
 """
@@ -104,8 +104,8 @@ class Built:
 
 
 def test_queries(data: Path) -> list[str]:
-    from connectors.beir import BeirCollection
-    from evals.trec import read_qrels
+    from ragapp.connectors.beir import BeirCollection
+    from ragapp.evals.trec import read_qrels
 
     collection = BeirCollection.open(data)
     judged = read_qrels(collection.qrels_path("test"))
@@ -218,7 +218,7 @@ def ingest_pgvector(
     without the graph, which CREATE INDEX then builds (not ragapp's path: so that the searches see every vector)."""
     from sqlalchemy import text
 
-    from indexes.pgvector_index import TABLE
+    from ragapp.indexes.pgvector_index import TABLE
     from ragapp.store import Store
     from ragapp.vector_index import PgVectorWorkspaceIndex
 
@@ -363,7 +363,7 @@ def main() -> None:
 
     import pgserver
 
-    from indexes import pgvector_index
+    from ragapp.indexes import pgvector_index
     from ragapp.vector_index import Restriction
 
     _, large = ensure_corpus(args.data, args.cache)

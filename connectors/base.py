@@ -64,7 +64,7 @@ class ParseLimits:
 
     `expanded_bytes` caps what a compressed format unpacks to (a .docx's zip members, a PDF's page
     content streams summed over pages); `elements` caps the XML/HTML elements; `seconds` (wall time)
-    and `memory_bytes` (address space of the parser process) are enforced by `connectors.sandbox`.
+    and `memory_bytes` (address space of the parser process) are enforced by `ragapp.connectors.sandbox`.
     """
 
     expanded_bytes: int = 200 * MB

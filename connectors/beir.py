@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from connectors.base import Document, Section
+from ragapp.connectors.base import Document, Section
 
 
 class CollectionError(Exception):

@@ -2,7 +2,7 @@
 
 `discover` walks the roots and says why a file is skipped instead of silently dropping it;
 `read_bytes` refuses FIFOs, devices and oversized files before reading; `parse` hands the bytes to
-the parser registered for the suffix in `connectors.formats` (in `connectors.sandbox`'s worker process
+the parser registered for the suffix in `ragapp.connectors.formats` (in `ragapp.connectors.sandbox`'s worker process
 for the formats that can unpack into bombs).
 """
 
@@ -16,9 +16,9 @@ from pathlib import Path
 
 from wcmatch import glob as wcglob
 
-from connectors.base import Document, FileProblem, ParseError, ParseLimits, human_size
-from connectors.formats import DEFAULT_LIMITS, LIMITED, PARSERS, parse_document, unsupported
-from connectors.sandbox import parse_isolated
+from ragapp.connectors.base import Document, FileProblem, ParseError, ParseLimits, human_size
+from ragapp.connectors.formats import DEFAULT_LIMITS, LIMITED, PARSERS, parse_document, unsupported
+from ragapp.connectors.sandbox import parse_isolated
 
 SUPPORTED_SUFFIXES: frozenset[str] = frozenset(PARSERS)
 

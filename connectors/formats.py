@@ -2,7 +2,7 @@
 
 Every parser takes `(source, data)` and returns a `Document` whose sections are exact slices of its
 text (`doc.text[s.start:s.start + len(s.text)] == s.text`), or raises `ParseError` with a reason a
-user can act on. Parsers never touch the filesystem: reading is `connectors.filesystem`'s job.
+user can act on. Parsers never touch the filesystem: reading is `ragapp.connectors.filesystem`'s job.
 """
 
 from __future__ import annotations
@@ -30,12 +30,12 @@ if TYPE_CHECKING:  # imported where a PDF or .docx is parsed: together 30 MB tha
     from docx.document import Document as DocxDocument
     from docx.text.paragraph import Paragraph
 
-from connectors.base import UNSUPPORTED, Document, ParseError, ParseLimits, Section, human_size
+from ragapp.connectors.base import UNSUPPORTED, Document, ParseError, ParseLimits, Section, human_size
 
 Parser = Callable[[str, bytes], Document]
 PARSERS: dict[str, Parser] = {}
 DEFAULT_LIMITS = ParseLimits()
-# Formats that unpack (zip, Flate streams) or build big trees: parsed in `connectors.sandbox`'s worker
+# Formats that unpack (zip, Flate streams) or build big trees: parsed in `ragapp.connectors.sandbox`'s worker
 # process under `ParseLimits`, given to their parsers as `limits=`. The rest grow linearly with the
 # file (at most ingest.max_file_mb) and are parsed in-process.
 LIMITED: frozenset[str] = frozenset((".pdf", ".docx", ".html", ".htm"))

@@ -26,10 +26,12 @@ import sys
 import threading
 import time
 import warnings
+
+import ragapp
 from pathlib import Path
 from typing import IO, Any
 
-from connectors.base import Document, ParseError, ParseLimits, Section, human_size
+from ragapp.connectors.base import Document, ParseError, ParseLimits, Section, human_size
 
 try:
     import resource
@@ -38,8 +40,9 @@ except ImportError:  # not on Windows: the worker then runs without a memory cap
 
 _READY = b"ragapp-parser-ready\n"
 _START_SECONDS = 120.0  # importing the parsers on a busy machine; not a per-file limit
-_ROOT = str(Path(__file__).resolve().parent.parent)  # the folder holding the `connectors` package
-_BOOT = "import sys; sys.path.insert(0, sys.argv[1]); from connectors.sandbox import serve; serve()"
+# The folder holding the `ragapp` package this process imported, so the worker imports the same code.
+_ROOT = str(Path(ragapp.__file__).resolve().parent.parent)
+_BOOT = "import sys; sys.path.insert(0, sys.argv[1]); from ragapp.connectors.sandbox import serve; serve()"
 
 
 def memory_reason(limits: ParseLimits) -> str:
@@ -255,7 +258,7 @@ def serve() -> None:
     os.dup2(2, 1)  # a parser's stray print() must not end up inside a reply
     requests = sys.stdin.buffer
     warnings.simplefilter("ignore")
-    from connectors.formats import parse_document
+    from ragapp.connectors.formats import parse_document
 
     import bs4  # noqa: F401  imported once here, not on the first file under its time limit
     import docx  # noqa: F401

@@ -24,7 +24,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL, Connection, Engine, Result, make_url
 from sqlalchemy.pool import NullPool
 
-from connectors.base import Document, FileProblem, Section
+from ragapp.connectors.base import Document, FileProblem, Section
 
 FETCH_ROWS = 500  # rows fetched from the database at a time: memory stays flat whatever the table's size
 _BINARY = (bytes, bytearray, memoryview)

@@ -1,11 +1,11 @@
 """Evaluation: metrics, batch runs over question/answer datasets, stored runs, comparisons, gates, reports.
 
     from ragapp import App
-    from evals import evaluate
+    from ragapp.evals import evaluate
     run = evaluate(App(".ragapp"), "questions.jsonl")
     run.aggregates["rougeL"]
 
-Names are imported on first use, so `import evals.results` (the CLI does) stays cheap.
+Names are imported on first use, so `import ragapp.evals.results` (the CLI does) stays cheap.
 """
 
 from __future__ import annotations
@@ -14,18 +14,18 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "Comparison": "evals.comparison",
-    "compare": "evals.comparison",
-    "Dataset": "evals.dataset",
-    "Example": "evals.dataset",
-    "load_dataset": "evals.dataset",
-    "ItemResult": "evals.results",
-    "Problem": "evals.results",
-    "RunResult": "evals.results",
-    "evaluate": "evals.runner",
-    "score_predictions": "evals.runner",
-    "RunStore": "evals.runs",
-    "write_report": "evals.report",
+    "Comparison": "ragapp.evals.comparison",
+    "compare": "ragapp.evals.comparison",
+    "Dataset": "ragapp.evals.dataset",
+    "Example": "ragapp.evals.dataset",
+    "load_dataset": "ragapp.evals.dataset",
+    "ItemResult": "ragapp.evals.results",
+    "Problem": "ragapp.evals.results",
+    "RunResult": "ragapp.evals.results",
+    "evaluate": "ragapp.evals.runner",
+    "score_predictions": "ragapp.evals.runner",
+    "RunStore": "ragapp.evals.runs",
+    "write_report": "ragapp.evals.report",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -17,8 +17,8 @@ from typing import Any
 
 from tqdm import tqdm
 
-from connectors.beir import BeirCollection, CollectionError
-from evals.trec import DEFAULT_METRICS, evaluate, parse_metric, read_qrels, write_trec_run
+from ragapp.connectors.beir import BeirCollection, CollectionError
+from ragapp.evals.trec import DEFAULT_METRICS, evaluate, parse_metric, read_qrels, write_trec_run
 from ragapp.app import App
 from ragapp.errors import UsageError
 from ragapp.search import MODES

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from evals.metrics import Bleu, corpus_bleu_from, sentence_bleu
-from evals.results import ItemResult, RunResult
-from evals.summary import LOWER_IS_BETTER, metric_names
+from ragapp.evals.metrics import Bleu, corpus_bleu_from, sentence_bleu
+from ragapp.evals.results import ItemResult, RunResult
+from ragapp.evals.summary import LOWER_IS_BETTER, metric_names
 
 RESAMPLES = 1000
 CONFIDENCE = 0.95

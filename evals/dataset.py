@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from evals.results import Problem
+from ragapp.evals.results import Problem
 from ragapp.errors import UsageError
 
 MAX_BYTES = 200_000_000

@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
-from evals.results import Metrics
-from evals.summary import LOWER_IS_BETTER
+from ragapp.evals.results import Metrics
+from ragapp.evals.summary import LOWER_IS_BETTER
 from ragapp.errors import RagappError, UsageError
 
 

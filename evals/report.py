@@ -27,9 +27,9 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from evals.metrics import source_matches
-from evals.results import ItemResult, Metrics, RunResult
-from evals.summary import LOWER_IS_BETTER, metric_names
+from ragapp.evals.metrics import source_matches
+from ragapp.evals.results import ItemResult, Metrics, RunResult
+from ragapp.evals.summary import LOWER_IS_BETTER, metric_names
 
 # --- metric names: grouping, ordering, formatting -------------------------------------------------
 
@@ -84,7 +84,7 @@ def ordered_metrics(names: Iterable[str]) -> list[str]:
 
 
 def _unit_range(name: str) -> bool:
-    """Scores on 0..1 (evals.metrics puts BLEU there too, not on sacrebleu's 0..100)."""
+    """Scores on 0..1 (ragapp.evals.metrics puts BLEU there too, not on sacrebleu's 0..100)."""
     return bool(_ROUGE.fullmatch(name) or _RETRIEVAL.fullmatch(name) or _BLEU_PRECISION.fullmatch(name)) or name in ("bleu", "bleu_bp")
 
 
@@ -711,7 +711,7 @@ def render_report(run: RunResult, worst: int = 10) -> str:
         "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
         f'<meta http-equiv="Content-Security-Policy" content="{_CSP}">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        '<meta name="generator" content="ragapp evals.report">'
+        '<meta name="generator" content="ragapp ragapp.evals.report">'
         '<link rel="icon" href="data:,">'  # or the browser asks file:// for /favicon.ico
         f"<title>{_e(run.name)} · evaluation report</title><style>{_CSS}</style></head>\n<body><main>"
         + _header(run)

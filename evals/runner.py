@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
-from evals.dataset import Dataset, Example, load_dataset
-from evals.metrics import perplexity, retrieval_metrics, rouge, sentence_bleu
-from evals.results import ItemResult, Metrics, RunResult
-from evals.runs import FINISHED, RunStore
+from ragapp.evals.dataset import Dataset, Example, load_dataset
+from ragapp.evals.metrics import perplexity, retrieval_metrics, rouge, sentence_bleu
+from ragapp.evals.results import ItemResult, Metrics, RunResult
+from ragapp.evals.runs import FINISHED, RunStore
 from ragapp.errors import RagappError, ScoringUnsupported, UsageError
 from ragapp.generators import GenerationConfig
 from ragapp.locks import held

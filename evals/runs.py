@@ -9,8 +9,8 @@ from typing import Any
 from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 
-from evals.results import ItemResult, Problem, RunResult
-from evals.summary import aggregate
+from ragapp.evals.results import ItemResult, Problem, RunResult
+from ragapp.evals.summary import aggregate
 from ragapp.errors import UsageError
 from ragapp.store import EvalItemRow, EvalRunRow, Store, utcnow
 

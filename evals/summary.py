@@ -13,8 +13,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from evals.metrics import corpus_bleu
-from evals.results import ItemResult, Metrics
+from ragapp.evals.metrics import corpus_bleu
+from ragapp.evals.results import ItemResult, Metrics
 
 # Metrics where a smaller value is the better one; every other metric is "higher is better".
 LOWER_IS_BETTER = frozenset({"perplexity", "latency_s", "latency_p50_s", "latency_p95_s"})

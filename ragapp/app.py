@@ -23,8 +23,8 @@ if TYPE_CHECKING:
     from langchain_core.language_models import BaseChatModel
     from langchain_core.tools import BaseTool
 
-    from connectors import Document
-    from indexes.bm25_index import Bm25Index
+    from ragapp.connectors import Document
+    from ragapp.indexes.bm25_index import Bm25Index
     from ragapp.agent import AgentResult, Step
     from ragapp.embedding import Embedder
     from ragapp.ingest import Ingestor, IngestReport
@@ -372,9 +372,9 @@ class App:
 
         Rows are keyed by their id columns (default: the table's primary key), so only new or changed rows
         are embedded again; with `sync`, documents of rows that are gone from the table or query are
-        removed. The database is only read. See `connectors.sql.SqlSource` for `template` and `title`.
+        removed. The database is only read. See `ragapp.connectors.sql.SqlSource` for `template` and `title`.
         """
-        from connectors.sql import SqlSource, SqlSourceError
+        from ragapp.connectors.sql import SqlSource, SqlSourceError
 
         source = SqlSource(url, table, query, tuple(id_columns), template, title, tuple(metadata_columns))
         try:
@@ -744,7 +744,7 @@ class App:
         out.update(store.counts())
         check = self.check_index(store)
         if self.index_kind(store) == "pgvector":
-            from indexes.pgvector_index import TABLE
+            from ragapp.indexes.pgvector_index import TABLE
 
             out["index"] = {"kind": "pgvector", "table": TABLE}
         out["index"].update(state=check.state, vectors=check.vectors)

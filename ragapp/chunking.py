@@ -13,7 +13,7 @@ from typing import Any
 
 from langchain_text_splitters import RecursiveCharacterTextSplitter
 
-from connectors import Document
+from ragapp.connectors import Document
 
 
 @dataclass(frozen=True)

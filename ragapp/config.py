@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from connectors.base import ParseLimits
+from ragapp.connectors.base import ParseLimits
 from ragapp.errors import ConfigError
 from ragapp.generators.base import GenerationConfig
 

@@ -86,7 +86,7 @@ def _vectors(app: App, store: Store, running: bool) -> list[Finding]:
 
 
 def _keywords(app: App, store: Store, running: bool) -> list[Finding]:
-    from indexes.bm25_index import IDS_FILE, Bm25Index, KeywordIndexError
+    from ragapp.indexes.bm25_index import IDS_FILE, Bm25Index, KeywordIndexError
 
     keywords = app._keywords(store)
     name = keywords.pointer()

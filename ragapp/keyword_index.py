@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from indexes.bm25_index import IDS_FILE, Bm25Index, KeywordIndexError
+from ragapp.indexes.bm25_index import IDS_FILE, Bm25Index, KeywordIndexError
 from ragapp.store import Store
 
 log = logging.getLogger(__name__)

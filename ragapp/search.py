@@ -17,12 +17,12 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 import numpy as np
 from wcmatch import glob as wcglob
 
-from indexes.fusion import maximal_marginal_relevance, reciprocal_rank_fusion, weighted_score_fusion
+from ragapp.indexes.fusion import maximal_marginal_relevance, reciprocal_rank_fusion, weighted_score_fusion
 from ragapp.errors import UsageError
 from ragapp.generators.base import GenerationConfig, Generator
 
 if TYPE_CHECKING:
-    from indexes.bm25_index import Bm25Index
+    from ragapp.indexes.bm25_index import Bm25Index
     from ragapp.config import RetrievalSettings
     from ragapp.embedding import Embedder
     from ragapp.store import DocumentRow, Store

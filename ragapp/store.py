@@ -52,7 +52,7 @@ from ragapp.locks import exclusive_lock
 log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
-    from connectors import Document
+    from ragapp.connectors import Document
     from ragapp.chunking import Chunk
 
 SCHEMA_VERSION = 4

@@ -24,8 +24,8 @@ from typing import Literal, Protocol
 import numpy as np
 from sqlalchemy import func, inspect, select, text, update
 
-from indexes import FaissIndex, IndexFileError
-from indexes.faiss_index import IndexKind, stored_ids
+from ragapp.indexes import FaissIndex, IndexFileError
+from ragapp.indexes.faiss_index import IndexKind, stored_ids
 from ragapp.errors import WorkspaceError
 from ragapp.store import ChunkRow, Store
 
@@ -114,7 +114,7 @@ def check_faiss_file(path: Path, store: Store) -> IndexCheck:
 def check_pgvector(store: Store) -> IndexCheck:
     """Count pgvector's rows against the chunks marked indexed (one transaction writes both, so they agree
     unless someone edited the tables)."""
-    from indexes.pgvector_index import TABLE
+    from ragapp.indexes.pgvector_index import TABLE
 
     with store.engine.connect() as connection:
         marked = connection.scalar(select(func.count()).where(ChunkRow.indexed.is_(True))) or 0
@@ -289,7 +289,7 @@ class PgVectorWorkspaceIndex:
     kind = "pgvector"
 
     def __init__(self, store: Store, dim: int, fingerprint: str, hnsw_m: int):
-        from indexes.pgvector_index import PgVectorError, PgVectorIndex
+        from ragapp.indexes.pgvector_index import PgVectorError, PgVectorIndex
 
         if store.dialect != "postgresql":
             raise WorkspaceError("index.kind = pgvector needs a PostgreSQL database (database.url = postgresql://...)")
@@ -316,7 +316,7 @@ class PgVectorWorkspaceIndex:
 
     def reconcile(self) -> dict[str, int]:
         """Writers only: create or replace the table, then make the `indexed` flags agree with the vectors."""
-        from indexes.pgvector_index import PgVectorError
+        from ragapp.indexes.pgvector_index import PgVectorError
 
         with self.store.engine.begin() as connection:
             try:

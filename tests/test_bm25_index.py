@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from indexes.bm25_index import IDS_FILE, INFO_FILE, Bm25Index, KeywordIndexError
+from ragapp.indexes.bm25_index import IDS_FILE, INFO_FILE, Bm25Index, KeywordIndexError
 
 TEXTS = {
     10: "The quick brown fox jumps over the lazy dog.",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from transformers import AutoTokenizer
 
-from connectors.formats import parse_markdown
+from ragapp.connectors.formats import parse_markdown
 from ragapp.chunking import Chunker
 from ragapp.embedding import shipped_model_path
 

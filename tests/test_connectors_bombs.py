@@ -21,9 +21,9 @@ from pathlib import Path
 import docx
 import pytest
 
-from connectors import sandbox
-from connectors.base import MB, ParseError, ParseLimits
-from connectors.filesystem import parse
+from ragapp.connectors import sandbox
+from ragapp.connectors.base import MB, ParseError, ParseLimits
+from ragapp.connectors.filesystem import parse
 from tests.pdf_files import assemble_pdf
 
 W_NS = b'xmlns:w="http://schemas.openxmlformats.org/wordprocessingml/2006/main"'

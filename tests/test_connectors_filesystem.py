@@ -17,9 +17,9 @@ import docx
 import pytest
 from pypdf import PdfReader, PdfWriter
 
-from connectors import formats
-from connectors.base import Document, FileProblem, ParseError
-from connectors.filesystem import DEFAULT_EXCLUDE, SUPPORTED_SUFFIXES, discover, outside_reason, parse, read_bytes
+from ragapp.connectors import formats
+from ragapp.connectors.base import Document, FileProblem, ParseError
+from ragapp.connectors.filesystem import DEFAULT_EXCLUDE, SUPPORTED_SUFFIXES, discover, outside_reason, parse, read_bytes
 from tests.pdf_files import assemble_pdf
 
 MB = 1_000_000  # decimal, like the max_file_mb setting

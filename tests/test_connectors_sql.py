@@ -1,4 +1,4 @@
-"""connectors.sql on a real SQLite database: rows as documents, keys, templates, read-only, incremental ingest."""
+"""ragapp.connectors.sql on a real SQLite database: rows as documents, keys, templates, read-only, incremental ingest."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from connectors import Document, FileProblem, Section
-from connectors.sql import SqlSource, SqlSourceError, json_safe
+from ragapp.connectors import Document, FileProblem, Section
+from ragapp.connectors.sql import SqlSource, SqlSourceError, json_safe
 from ragapp import App
 from ragapp.cli import cli
 from ragapp.errors import UsageError

@@ -20,7 +20,7 @@ from conftest import default_sigint
 from sqlalchemy import create_engine, select, text
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
-from indexes import Bm25Index
+from ragapp.indexes import Bm25Index
 from ragapp import App
 from ragapp.keyword_index import POINTER_KEY
 from ragapp.store import ChunkRow, DocumentRow, IngestRun, database_url

@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import text
 
-from connectors import Document, Section
+from ragapp.connectors import Document, Section
 from ragapp import App
 from ragapp.chunking import Chunk
 from ragapp.cli import cli

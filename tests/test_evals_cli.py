@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from evals.runner import answer_metrics
+from ragapp.evals.runner import answer_metrics
 from ragapp.cli import cli
 
 pytestmark = pytest.mark.usefixtures("database")
@@ -125,9 +125,9 @@ def test_unfinished_run_is_continued_unless_another_process_holds_it(ws: Path, t
     import fcntl
     import os
 
-    from evals.dataset import load_dataset
-    from evals.runner import lock_path
-    from evals.runs import RunStore
+    from ragapp.evals.dataset import load_dataset
+    from ragapp.evals.runner import lock_path
+    from ragapp.evals.runs import RunStore
     from ragapp import App
 
     p = write(tmp_path / "p.jsonl")
@@ -152,15 +152,13 @@ def test_unfinished_run_is_continued_unless_another_process_holds_it(ws: Path, t
 
 
 def test_python_api_is_reachable_as_ragapp_evals() -> None:
-    import evals
     import ragapp.evals
     from ragapp.evals import compare, evaluate, score_predictions, write_report
 
-    assert ragapp.evals is evals
     assert {evaluate.__module__, score_predictions.__module__, compare.__module__, write_report.__module__} == {
-        "evals.runner",
-        "evals.comparison",
-        "evals.report",
+        "ragapp.evals.runner",
+        "ragapp.evals.comparison",
+        "ragapp.evals.report",
     }
     with pytest.raises(AttributeError):
-        evals.no_such_name  # noqa: B018
+        ragapp.evals.no_such_name  # noqa: B018

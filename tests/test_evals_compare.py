@@ -11,10 +11,10 @@ from datetime import UTC, datetime
 
 import pytest
 
-from evals.comparison import compare
-from evals.metrics import corpus_bleu, sentence_bleu
-from evals.results import ItemResult, RunResult
-from evals.summary import aggregate
+from ragapp.evals.comparison import compare
+from ragapp.evals.metrics import corpus_bleu, sentence_bleu
+from ragapp.evals.results import ItemResult, RunResult
+from ragapp.evals.summary import aggregate
 
 WORDS = "the cat sat on a mat while dogs ran in parks near old red houses by rivers".split()
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from evals.dataset import load_dataset
+from ragapp.evals.dataset import load_dataset
 from ragapp.errors import UsageError
 
 GOOD = {"question": "Q?", "answer": "A."}

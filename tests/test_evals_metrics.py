@@ -1,4 +1,4 @@
-"""evals.metrics: the course's worked examples, exact agreement with rouge-score / sacrebleu, retrieval metrics."""
+"""ragapp.evals.metrics: the course's worked examples, exact agreement with rouge-score / sacrebleu, retrieval metrics."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import sacrebleu
 from rouge_score import rouge_scorer
 from sklearn.metrics import ndcg_score
 
-from evals.metrics import (
+from ragapp.evals.metrics import (
     Bleu,
     corpus_bleu,
     corpus_bleu_from,

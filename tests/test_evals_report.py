@@ -19,10 +19,10 @@ from typing import Any
 import pytest
 from lxml import html as lxml_html
 
-from evals import report
-from evals.report import format_metric, render_report, worst_items, write_report
-from evals.results import ItemResult, Problem, RunResult
-from evals.summary import aggregate
+from ragapp.evals import report
+from ragapp.evals.report import format_metric, render_report, worst_items, write_report
+from ragapp.evals.results import ItemResult, Problem, RunResult
+from ragapp.evals.summary import aggregate
 from tests.conftest import CHROMIUM, CHROMIUM_ARGS
 
 HOSTILE = "Is <script>alert(1)</script> & \"quoted\" text safe?"
@@ -209,7 +209,7 @@ def test_contents_header_summary_worst_errors() -> None:
     assert expected[0].item_id == "q03"
     scores = [i.metrics["rougeL"] for i in expected]
     assert scores == sorted(scores)
-    # Citations from an expected source are marked, using evals.metrics.source_matches semantics.
+    # Citations from an expected source are marked, using ragapp.evals.metrics.source_matches semantics.
     for card, item in zip(cards, expected):
         marked = len(card.xpath(".//table[@class='citations']//tr[@class='match']"))
         assert marked == sum(c["source"] == f"docs/{item.expected_sources[0]}" for c in item.citations)

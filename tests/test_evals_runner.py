@@ -16,9 +16,9 @@ from conftest import default_sigint
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
-from evals import evaluate, load_dataset
-from evals.runner import answer_metrics
-from evals.runs import RunStore
+from ragapp.evals import evaluate, load_dataset
+from ragapp.evals.runner import answer_metrics
+from ragapp.evals.runs import RunStore
 from ragapp import App
 from ragapp.errors import EmptyWorkspace
 from ragapp.store import database_url

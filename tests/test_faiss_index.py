@@ -8,7 +8,7 @@ import faiss
 import numpy as np
 import pytest
 
-from indexes import FaissIndex, IndexFileError
+from ragapp.indexes import FaissIndex, IndexFileError
 
 
 def unit_vectors(n: int, dim: int = 16, seed: int = 0) -> np.ndarray:

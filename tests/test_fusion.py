@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from indexes.fusion import maximal_marginal_relevance, reciprocal_rank_fusion, weighted_score_fusion
+from ragapp.indexes.fusion import maximal_marginal_relevance, reciprocal_rank_fusion, weighted_score_fusion
 
 
 def test_rrf_matches_hand_computed_scores() -> None:

@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence  # noqa: E402
 
 import pytest  # noqa: E402
 
-from evals.metrics import perplexity  # noqa: E402
+from ragapp.evals.metrics import perplexity  # noqa: E402
 from ragapp.generators.base import Generator, Message  # noqa: E402
 from ragapp.generators.transformers_local import TransformersGenerator  # noqa: E402
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from indexes import Bm25Index
+from ragapp.indexes import Bm25Index
 from ragapp import App
 from ragapp.errors import UsageError, WorkspaceError
 from ragapp.keyword_index import POINTER_KEY

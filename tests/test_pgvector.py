@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from connectors import Document, Section
-from indexes import FaissIndex
+from ragapp.connectors import Document, Section
+from ragapp.indexes import FaissIndex
 from ragapp import App
 from ragapp.chunking import Chunk
 from ragapp.errors import WorkspaceError

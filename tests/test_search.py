@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from indexes import Bm25Index
+from ragapp.indexes import Bm25Index
 from ragapp import App
 from ragapp.cli import cli
 from ragapp.errors import UsageError

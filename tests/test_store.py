@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.orm import Session
 
-from connectors import Document, Section
+from ragapp.connectors import Document, Section
 from ragapp.chunking import Chunk
 from ragapp.errors import WorkspaceError
 from ragapp.store import MIGRATIONS, SCHEMA_VERSION, DocumentRow, Meta, Store, StoreMissing, database_url, migrate

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from connectors import Document, Section
+from ragapp.connectors import Document, Section
 from ragapp.chunking import Chunk
 from ragapp.store import Store
 from ragapp.vector_index import WorkspaceIndex

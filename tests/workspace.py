@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 from sqlalchemy import text
 
-from indexes import FaissIndex
+from ragapp.indexes import FaissIndex
 from ragapp import App
 
 

@@ -84,4 +84,7 @@ for command in (
 
 
 def main() -> None:
+    # The command is ragapp's own process: tokenizers must not start threads that a later fork (the
+    # parser worker, `ragapp model serve`) would copy. A library import leaves the environment alone.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     cli(prog_name="ragapp")

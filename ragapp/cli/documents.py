@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from connectors.base import UNSUPPORTED
+from ragapp.connectors.base import UNSUPPORTED
 from ragapp.app import Answer
 from ragapp.cli.common import (
     echo_citations,

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from evals.results import RunResult
+from ragapp.evals.results import RunResult
 from ragapp.cli.common import emit_json, generation_flags, generation_options, json_option, open_app, table
 
 _ANSWER_METRICS = ("rougeL", "rouge1", "rouge2", "bleu")
@@ -45,7 +45,7 @@ def _gate_options(f: Any) -> Any:
 def _gate(fail_under: str | None, max_drop_vs: tuple[str, str] | None) -> Callable[[RunResult], None]:
     """Parse the gate options and load the baseline up front (a typo should not cost a whole run);
     the returned check runs after the results are printed, so CI logs show the numbers, then the verdict."""
-    from evals.gate import check_drops, check_floors, enforce, parse_thresholds
+    from ragapp.evals.gate import check_drops, check_floors, enforce, parse_thresholds
 
     floors = parse_thresholds(fail_under, "--fail-under") if fail_under else {}
     base = allowed = None
@@ -120,7 +120,7 @@ def run(
 
     Interrupted runs (Ctrl-C, a crash) continue where they stopped when the same command is run again.
     """
-    from evals.runner import evaluate
+    from ragapp.evals.runner import evaluate
 
     gate = _gate(fail_under, max_drop_vs)
     app = open_app({"generation": generation_flags(sampling)})
@@ -142,7 +142,7 @@ def score(
     predictions: Path, name: str | None, no_stem: bool, fail_under: str | None, max_drop_vs: tuple[str, str] | None, as_json: bool
 ) -> None:
     """Score answers produced elsewhere: JSONL with `prediction` and `reference` (or `answer`) per line."""
-    from evals.runner import score_predictions
+    from ragapp.evals.runner import score_predictions
 
     gate = _gate(fail_under, max_drop_vs)
     result = score_predictions(open_app(), predictions, name=name, stem=not no_stem, progress=sys.stderr.isatty())
@@ -154,7 +154,7 @@ def score(
 
 
 def _runs() -> Any:
-    from evals.runs import RunStore
+    from ragapp.evals.runs import RunStore
     from ragapp.errors import UsageError
 
     app = open_app()
@@ -212,7 +212,7 @@ def show(run_ref: str, show_items: bool, fail_under: str | None, max_drop_vs: tu
 @json_option
 def compare_runs(run_a: str, run_b: str, by: str, top: int, as_json: bool) -> None:
     """Per-metric change from RUN_A to RUN_B with 95% paired bootstrap intervals, and the questions that changed most."""
-    from evals.comparison import compare
+    from ragapp.evals.comparison import compare
 
     runs = _runs()
     c = compare(runs.load(run_a), runs.load(run_b), by=by, top=top)
@@ -253,7 +253,7 @@ def compare_runs(run_a: str, run_b: str, by: str, top: int, as_json: bool) -> No
 @click.option("--worst", type=click.IntRange(0), default=10, show_default=True, help="How many of the worst answers to show.")
 def report(run_ref: str, out: Path, worst: int) -> None:
     """Write a self-contained HTML report of RUN: metrics, distributions, the worst answers with their sources."""
-    from evals.report import write_report
+    from ragapp.evals.report import write_report
 
     path = write_report(_runs().load(run_ref), out, worst=worst)
     click.echo(f"Wrote {path}")

@@ -159,7 +159,7 @@ def _from_file(path: Path) -> tuple[list[int], list[str], list[str]]:
 
 def _from_run(ref: str) -> tuple[list[int], list[str], list[str]]:
     """The answered items of an evaluation run (position = the dataset line)."""
-    from evals.runs import RunStore
+    from ragapp.evals.runs import RunStore
     from ragapp.errors import UsageError
 
     app = open_app()

@@ -28,7 +28,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingRes
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import ragapp
-from connectors.filesystem import SUPPORTED_SUFFIXES
+from ragapp.connectors.filesystem import SUPPORTED_SUFFIXES
 from ragapp.app import Answer, App
 from ragapp.errors import (
     Conflict,

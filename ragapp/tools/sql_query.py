@@ -48,7 +48,7 @@ from sqlalchemy.types import NullType
 from sqlglot import exp
 from sqlglot.tokens import TokenType
 
-from connectors.sql import read_only_sqlite
+from ragapp.connectors.sql import read_only_sqlite
 from ragapp.errors import ConfigError
 from ragapp.tools import sqlite_worker
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ragapp.evals.bench import bench_retrieval  # noqa: E402
+from ragapp.evals.bench import bench_retrieval
 
 PUBLISHED = {"scifact": {"bm25": 0.665, "all-MiniLM-L6-v2": 0.64}}
 

@@ -47,6 +47,7 @@ def percentile(values: list[float], q: float) -> float:
 
 def build_real(workspace: Path, data: Path) -> None:
     from ragapp.connectors.beir import BeirCollection
+
     from ragapp import App
 
     with App(workspace, config={"index": {"kind": "flat"}}) as app:
@@ -55,9 +56,9 @@ def build_real(workspace: Path, data: Path) -> None:
 
 def add_copies(workspace: Path, copies: int, seed: int = 0) -> None:
     """`copies` noisy copies of every stored chunk, stored the way an ingest stores them (SQL, then vectors)."""
+    from ragapp.connectors.base import Document, Section
     from sqlalchemy import select
 
-    from ragapp.connectors.base import Document, Section
     from ragapp import App
     from ragapp.chunking import Chunk
     from ragapp.store import ChunkRow, DocumentRow
@@ -175,8 +176,8 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     sys.path.insert(0, str(ensure_baseline_libs(args.cache)))
     from langchain_huggingface import HuggingFaceEmbeddings
-
     from ragapp.connectors.beir import BeirCollection
+
     from ragapp import App
     from ragapp.embedding import shipped_model_path
 

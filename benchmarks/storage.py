@@ -216,9 +216,9 @@ def ingest_pgvector(
 ) -> Built:
     """ragapp's ingest path until `budget` seconds have passed (0: no limit); the rest, if any, is loaded
     without the graph, which CREATE INDEX then builds (not ragapp's path: so that the searches see every vector)."""
+    from ragapp.indexes.pgvector_index import TABLE
     from sqlalchemy import text
 
-    from ragapp.indexes.pgvector_index import TABLE
     from ragapp.store import Store
     from ragapp.vector_index import PgVectorWorkspaceIndex
 
@@ -362,8 +362,8 @@ def main() -> None:
     wall = time.perf_counter()
 
     import pgserver
-
     from ragapp.indexes import pgvector_index
+
     from ragapp.vector_index import Restriction
 
     _, large = ensure_corpus(args.data, args.cache)

@@ -14,11 +14,10 @@ import stat
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from wcmatch import glob as wcglob
-
 from ragapp.connectors.base import Document, FileProblem, ParseError, ParseLimits, human_size
 from ragapp.connectors.formats import DEFAULT_LIMITS, LIMITED, PARSERS, parse_document, unsupported
 from ragapp.connectors.sandbox import parse_isolated
+from wcmatch import glob as wcglob
 
 SUPPORTED_SUFFIXES: frozenset[str] = frozenset(PARSERS)
 

@@ -244,7 +244,7 @@ def parse_markdown(source: str, data: bytes) -> Document:
     _require_text(text)
     slug, fence, title = _Slugger(), "", None
     marks: list[_Mark] = []
-    for line in re.finditer(r"^.*$", text, re.M):
+    for line in re.finditer(r"^.*$", text, re.MULTILINE):
         if fence:  # inside a fenced block: only its closing fence matters
             if re.fullmatch(rf" {{0,3}}{fence[0]}{{{len(fence)},}}[ \t]*", line[0]):
                 fence = ""
@@ -255,9 +255,7 @@ def parse_markdown(source: str, data: bytes) -> Document:
             marks.append((line.start(), name, slug(name), None))
             if title is None and len(heading[1]) == 1:
                 title = name
-    return Document(
-        source, "markdown", text, _cut(text, marks), title=title or PurePath(source).stem, warnings=warns
-    )
+    return Document(source, "markdown", text, _cut(text, marks), title=title or PurePath(source).stem, warnings=warns)
 
 
 # --- HTML ---------------------------------------------------------------------------------------
@@ -397,7 +395,7 @@ def _pdf_content_bytes(page: Any) -> int:
             total += len(stream.get_data())
     resources = page.get("/Resources")
     xobjects = resources.get_object().get("/XObject") if resources is not None else None
-    for ref in (xobjects.get_object().values() if xobjects is not None else ()):
+    for ref in xobjects.get_object().values() if xobjects is not None else ():
         form = ref.get_object()
         if hasattr(form, "get_data") and form.get("/Subtype") == "/Form":
             total += len(form.get_data())
@@ -483,7 +481,9 @@ def _count_elements(stream: IO[bytes], counted: int, limit: int, what: str) -> i
             chunk, carry = chunk[:-1], b"<"
         counted += chunk.count(b"<") - chunk.count(b"</") - chunk.count(b"<?") - chunk.count(b"<!")
         if counted > limit:
-            raise ParseError(f"{what} has more than {limit:,} elements, which exceeds the element limit (ingest.max_elements)")
+            raise ParseError(
+                f"{what} has more than {limit:,} elements, which exceeds the element limit (ingest.max_elements)"
+            )
     return counted
 
 

@@ -26,12 +26,12 @@ import sys
 import threading
 import time
 import warnings
-
-import ragapp
 from pathlib import Path
 from typing import IO, Any
 
 from ragapp.connectors.base import Document, ParseError, ParseLimits, Section, human_size
+
+import ragapp
 
 try:
     import resource
@@ -258,11 +258,10 @@ def serve() -> None:
     os.dup2(2, 1)  # a parser's stray print() must not end up inside a reply
     requests = sys.stdin.buffer
     warnings.simplefilter("ignore")
-    from ragapp.connectors.formats import parse_document
-
     import bs4  # noqa: F401  imported once here, not on the first file under its time limit
     import docx  # noqa: F401
     import pypdf  # noqa: F401
+    from ragapp.connectors.formats import parse_document
 
     replies.write(_READY)
     replies.flush()

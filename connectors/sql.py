@@ -21,10 +21,9 @@ from typing import Any, Self
 from urllib.parse import quote
 
 import sqlalchemy as sa
+from ragapp.connectors.base import Document, FileProblem, Section
 from sqlalchemy.engine import URL, Connection, Engine, Result, make_url
 from sqlalchemy.pool import NullPool
-
-from ragapp.connectors.base import Document, FileProblem, Section
 
 FETCH_ROWS = 500  # rows fetched from the database at a time: memory stays flat whatever the table's size
 _BINARY = (bytes, bytearray, memoryview)

@@ -15,10 +15,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
 from ragapp.connectors.beir import BeirCollection, CollectionError
 from ragapp.evals.trec import DEFAULT_METRICS, evaluate, parse_metric, read_qrels, write_trec_run
+from tqdm import tqdm
+
 from ragapp.app import App
 from ragapp.errors import UsageError
 from ragapp.search import MODES

@@ -13,7 +13,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-
 from ragapp.evals.metrics import Bleu, corpus_bleu_from, sentence_bleu
 from ragapp.evals.results import ItemResult, RunResult
 from ragapp.evals.summary import LOWER_IS_BETTER, metric_names
@@ -37,7 +36,7 @@ class MetricDelta:
 
     @property
     def verdict(self) -> str:
-        """"better" / "worse" when the interval excludes 0, else "same"."""
+        """ "better" / "worse" when the interval excludes 0, else "same"."""
         if self.low <= 0 <= self.high:
             return "same"
         up = self.low > 0
@@ -127,14 +126,18 @@ def compare(
         rows = rng.integers(0, len(keep), size=(resamples, len(keep)))
         diff = stat_b(rows) - stat_a(rows)
         low, high = np.percentile(diff, [tail, 100 - tail])
-        deltas.append(MetricDelta(name, float(stat_a(whole)[0]), float(stat_b(whole)[0]), float(low), float(high), len(keep)))
+        deltas.append(
+            MetricDelta(name, float(stat_a(whole)[0]), float(stat_b(whole)[0]), float(low), float(high), len(keep))
+        )
     latency = [i for i in ids if "latency_s" in a_items[i].timings and "latency_s" in b_items[i].timings]
     if latency:
         va = np.array([a_items[i].timings["latency_s"] for i in latency], dtype=float)
         vb = np.array([b_items[i].timings["latency_s"] for i in latency], dtype=float)
         rows = rng.integers(0, len(latency), size=(resamples, len(latency)))
         low, high = np.percentile(vb[rows].mean(axis=1) - va[rows].mean(axis=1), [tail, 100 - tail])
-        deltas.append(MetricDelta("latency_s", float(va.mean()), float(vb.mean()), float(low), float(high), len(latency)))
+        deltas.append(
+            MetricDelta("latency_s", float(va.mean()), float(vb.mean()), float(low), float(high), len(latency))
+        )
     changed = []
     for i in ids:
         va_, vb_ = a_items[i].metrics.get(by), b_items[i].metrics.get(by)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ragapp.evals.results import Problem
+
 from ragapp.errors import UsageError
 
 MAX_BYTES = 200_000_000

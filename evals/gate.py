@@ -7,6 +7,7 @@ from collections.abc import Mapping
 
 from ragapp.evals.results import Metrics
 from ragapp.evals.summary import LOWER_IS_BETTER
+
 from ragapp.errors import RagappError, UsageError
 
 
@@ -48,7 +49,9 @@ def check_floors(aggregates: Metrics, floors: Mapping[str, float]) -> list[str]:
         if value is None:
             failures.append(f"{name} has no value in this run, required {floor:g}")
         elif name in LOWER_IS_BETTER and value > floor:
-            failures.append(f"{name} = {value:.4g} is {value - floor:.4g} above the allowed {floor:g} (lower is better)")
+            failures.append(
+                f"{name} = {value:.4g} is {value - floor:.4g} above the allowed {floor:g} (lower is better)"
+            )
         elif name not in LOWER_IS_BETTER and value < floor:
             failures.append(f"{name} = {value:.4f} is {floor - value:.4f} below the required {floor:g}")
     return failures

@@ -26,7 +26,6 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-
 from ragapp.evals.metrics import source_matches
 from ragapp.evals.results import ItemResult, Metrics, RunResult
 from ragapp.evals.summary import LOWER_IS_BETTER, metric_names
@@ -85,7 +84,10 @@ def ordered_metrics(names: Iterable[str]) -> list[str]:
 
 def _unit_range(name: str) -> bool:
     """Scores on 0..1 (ragapp.evals.metrics puts BLEU there too, not on sacrebleu's 0..100)."""
-    return bool(_ROUGE.fullmatch(name) or _RETRIEVAL.fullmatch(name) or _BLEU_PRECISION.fullmatch(name)) or name in ("bleu", "bleu_bp")
+    return bool(_ROUGE.fullmatch(name) or _RETRIEVAL.fullmatch(name) or _BLEU_PRECISION.fullmatch(name)) or name in (
+        "bleu",
+        "bleu_bp",
+    )
 
 
 def format_seconds(value: float) -> str:
@@ -208,7 +210,14 @@ def _timing(name: str) -> Callable[[ItemResult], float | None]:
 _DPI = 200  # drawn at twice the displayed size so it stays sharp on high-density screens
 _SIZE = (5.6, 3.3)  # inches at 100 px per inch: 560 × 330 CSS px, two to a row at 1200 px
 _BLUE, _ORANGE, _GREEN, _RED, _GREY = "#3566a8", "#d9822b", "#2e8b57", "#c0392b", "#8c959f"
-_FAMILY_COLOURS = {"hit": _BLUE, "recall": "#6d9bd6", "precision": "#8e6bbf", "mrr": _GREEN, "map": "#5aa17f", "ndcg": _ORANGE}
+_FAMILY_COLOURS = {
+    "hit": _BLUE,
+    "recall": "#6d9bd6",
+    "precision": "#8e6bbf",
+    "mrr": _GREEN,
+    "map": "#5aa17f",
+    "ndcg": _ORANGE,
+}
 
 
 @dataclass(frozen=True)
@@ -254,7 +263,7 @@ def _plot(key: str, fig: Figure, alt: str, caption: str) -> Plot:
 
 
 def _stats(name: str, values: Sequence[float]) -> str:
-    f = lambda v: format_metric(name, v)  # noqa: E731
+    f = lambda v: format_metric(name, v)
     return f"mean {f(float(np.mean(values)))}, median {f(float(np.median(values)))}, min {f(min(values))}, max {f(max(values))}"
 
 
@@ -330,8 +339,10 @@ def _scatter(items: Sequence[ItemResult], by: str | None) -> Plot | None:
     pairs = [
         (item, float(s), float(t))
         for item in items
-        if (s := item.metrics.get(by)) is not None and (t := item.timings.get("latency_s")) is not None
-        and math.isfinite(s) and math.isfinite(t)
+        if (s := item.metrics.get(by)) is not None
+        and (t := item.timings.get("latency_s")) is not None
+        and math.isfinite(s)
+        and math.isfinite(t)
     ]
     if len(pairs) < 3:
         return None
@@ -592,7 +603,9 @@ def _expected_sources(item: ItemResult) -> str:
     for expected in item.expected_sources:
         found = any(_matches([expected], c) for c in item.citations)
         badge = (
-            '<span class="badge match">retrieved</span>' if found else '<span class="badge missing">not retrieved</span>'
+            '<span class="badge match">retrieved</span>'
+            if found
+            else '<span class="badge missing">not retrieved</span>'
         )
         rows.append(f"<li><span class='mono'>{_e(expected)}</span> {badge}</li>")
     return f"<h4>Expected sources</h4><ul class='sources'>{''.join(rows)}</ul>"

@@ -13,12 +13,12 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tqdm import tqdm
-
 from ragapp.evals.dataset import Dataset, Example, load_dataset
 from ragapp.evals.metrics import perplexity, retrieval_metrics, rouge, sentence_bleu
 from ragapp.evals.results import ItemResult, Metrics, RunResult
 from ragapp.evals.runs import FINISHED, RunStore
+from tqdm import tqdm
+
 from ragapp.errors import RagappError, ScoringUnsupported, UsageError
 from ragapp.generators import GenerationConfig
 from ragapp.locks import held

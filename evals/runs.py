@@ -6,11 +6,11 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from ragapp.evals.results import ItemResult, Problem, RunResult
+from ragapp.evals.summary import aggregate
 from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 
-from ragapp.evals.results import ItemResult, Problem, RunResult
-from ragapp.evals.summary import aggregate
 from ragapp.errors import UsageError
 from ragapp.store import EvalItemRow, EvalRunRow, Store, utcnow
 
@@ -71,7 +71,9 @@ class RunStore:
         with self.store.session() as s:
             return s.scalar(select(EvalRunRow.id).where(EvalRunRow.name == name)) is not None
 
-    def resumable(self, kind: str, dataset_hash: str, config: dict[str, Any], models: dict[str, Any]) -> list[EvalRunRow]:
+    def resumable(
+        self, kind: str, dataset_hash: str, config: dict[str, Any], models: dict[str, Any]
+    ) -> list[EvalRunRow]:
         """Unfinished runs over the same data with the same settings and models, newest first."""
         with self.store.session() as s:
             rows = s.scalars(

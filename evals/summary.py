@@ -12,7 +12,6 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
-
 from ragapp.evals.metrics import corpus_bleu
 from ragapp.evals.results import ItemResult, Metrics
 

@@ -108,8 +108,10 @@ def write_trec_run(path: Path, run: Run, tag: str) -> None:
     """The 6-column TREC run format (`qid Q0 docid rank score tag`) that trec_eval reads."""
     with open(path, "w", encoding="utf-8") as f:
         for qid in sorted(run):
-            for rank, doc in enumerate(trec_order(run[qid]), start=1):
-                f.write(f"{qid} Q0 {doc} {rank} {run[qid][doc]!r} {tag}\n")
+            f.writelines(
+                f"{qid} Q0 {doc} {rank} {run[qid][doc]!r} {tag}\n"
+                for rank, doc in enumerate(trec_order(run[qid]), start=1)
+            )
 
 
 def read_trec_run(path: Path) -> dict[str, dict[str, float]]:

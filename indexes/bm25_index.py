@@ -89,7 +89,9 @@ class Bm25Index:
         """Top `k` (chunk id, score) with a positive score; `allowed` (ids) restricts the search before ranking."""
         if self._retriever is None or k <= 0:
             return []
-        tokens = _bm25s().tokenize([query], stopwords="en", stemmer=self._stemmer, return_ids=False, show_progress=False)
+        tokens = _bm25s().tokenize(
+            [query], stopwords="en", stemmer=self._stemmer, return_ids=False, show_progress=False
+        )
         token_ids = self._retriever.get_tokens_ids(tokens[0])
         if not token_ids:
             return []
@@ -141,7 +143,9 @@ class Bm25Index:
         info = cls.info(folder)
         try:
             ids = np.load(folder / IDS_FILE, allow_pickle=False)
-            retriever = None if info["empty"] else _bm25s().BM25.load(str(folder), allow_pickle=False, show_progress=False)
+            retriever = (
+                None if info["empty"] else _bm25s().BM25.load(str(folder), allow_pickle=False, show_progress=False)
+            )
         except KeywordIndexError:
             raise
         except (OSError, ValueError, KeyError, TypeError) as exc:

@@ -23,10 +23,10 @@ if TYPE_CHECKING:
     from langchain_core.language_models import BaseChatModel
     from langchain_core.tools import BaseTool
 
-    from ragapp.connectors import Document
-    from ragapp.indexes.bm25_index import Bm25Index
     from ragapp.agent import AgentResult, Step
+    from ragapp.connectors import Document
     from ragapp.embedding import Embedder
+    from ragapp.indexes.bm25_index import Bm25Index
     from ragapp.ingest import Ingestor, IngestReport
     from ragapp.keyword_index import WorkspaceKeywords
     from ragapp.prompt import Passage
@@ -310,7 +310,9 @@ class App:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 if not wait:
-                    raise WorkspaceError(f"another ingest is running in {self.workspace}; wait for it to finish") from None
+                    raise WorkspaceError(
+                        f"another ingest is running in {self.workspace}; wait for it to finish"
+                    ) from None
                 log.warning("waiting for another ingest in %s to finish", self.workspace)
                 fcntl.flock(fd, fcntl.LOCK_EX)
             if self._store is None:

@@ -127,8 +127,17 @@ class GenerationSettings(GenerationConfig):
 
     def backend_key(self) -> tuple[str, str, str, str, str, int, str, str, float]:
         """What identifies a loaded generator (arguments of `load_generator`)."""
-        return (self.backend, self.model, self.device, self.dtype, self.adapter, self.context_window,
-                self.base_url if self.backend == "openai" else "", self.api_key, self.timeout)
+        return (
+            self.backend,
+            self.model,
+            self.device,
+            self.dtype,
+            self.adapter,
+            self.context_window,
+            self.base_url if self.backend == "openai" else "",
+            self.api_key,
+            self.timeout,
+        )
 
     def sampling(self) -> GenerationConfig:
         return GenerationConfig(**{k: getattr(self, k) for k in GenerationConfig.model_fields})

@@ -109,7 +109,8 @@ def _keywords(app: App, store: Store, running: bool) -> list[Finding]:
     if held != chunks and not running:
         return [
             Finding(
-                "keyword index", "warning",
+                "keyword index",
+                "warning",
                 f"{folder} holds {len(held)} chunks, the database {len(chunks)}: "
                 "run `ragapp ingest PATH` to bring it in step",
             )  # fmt: skip
@@ -126,7 +127,8 @@ def _runs(app: App, store: Store, running: bool) -> list[Finding]:
         runs = ", ".join(f"#{i}" for i in stuck)
         return [
             Finding(
-                "ingest runs", "warning",
+                "ingest runs",
+                "warning",
                 f"run {runs} was interrupted (killed before it finished); the next `ragapp ingest` completes its work",
             )  # fmt: skip
         ]

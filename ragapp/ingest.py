@@ -18,10 +18,10 @@ from typing import Any, TypeVar
 from sqlalchemy import update
 from tqdm import tqdm
 
+from ragapp.chunking import Chunk, Chunker
 from ragapp.connectors import Document, FileProblem, ParseError
 from ragapp.connectors.base import ParseLimits
 from ragapp.connectors.filesystem import discover, parse, read_bytes
-from ragapp.chunking import Chunk, Chunker
 from ragapp.embedding import Embedder
 from ragapp.keyword_index import WorkspaceKeywords
 from ragapp.store import IngestProblem, IngestRun, Store, utcnow

@@ -16,7 +16,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -364,7 +364,7 @@ def train_reward(
         test_accuracy_before=before["accuracy"] if before else None,
         test_accuracy_after=after["accuracy"] if after else None,
         notes=list(rankings.notes),
-        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
     )
     with staged(out) as staging:
         model.save_pretrained(staging)  # safetensors

@@ -17,14 +17,14 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 import numpy as np
 from wcmatch import glob as wcglob
 
-from ragapp.indexes.fusion import maximal_marginal_relevance, reciprocal_rank_fusion, weighted_score_fusion
 from ragapp.errors import UsageError
 from ragapp.generators.base import GenerationConfig, Generator
+from ragapp.indexes.fusion import maximal_marginal_relevance, reciprocal_rank_fusion, weighted_score_fusion
 
 if TYPE_CHECKING:
-    from ragapp.indexes.bm25_index import Bm25Index
     from ragapp.config import RetrievalSettings
     from ragapp.embedding import Embedder
+    from ragapp.indexes.bm25_index import Bm25Index
     from ragapp.store import DocumentRow, Store
     from ragapp.vector_index import Restriction, VectorIndex
 

@@ -52,8 +52,8 @@ from ragapp.locks import exclusive_lock
 log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
-    from ragapp.connectors import Document
     from ragapp.chunking import Chunk
+    from ragapp.connectors import Document
 
 SCHEMA_VERSION = 4
 # Row ids: 64-bit on PostgreSQL (ids are never reused, so they only grow); SQLite's INTEGER is 64-bit already
@@ -331,7 +331,9 @@ def database_url(url: str) -> URL:
     try:
         parsed = make_url(url)
     except ArgumentError:
-        raise WorkspaceError(f"database.url {url!r} is not a database URL (e.g. postgresql://user@host/dbname)") from None
+        raise WorkspaceError(
+            f"database.url {url!r} is not a database URL (e.g. postgresql://user@host/dbname)"
+        ) from None
     if parsed.drivername in ("postgresql", "postgres"):
         parsed = parsed.set(drivername="postgresql+psycopg")
     return parsed
@@ -386,11 +388,10 @@ class Store:
             raise
 
     def _migrate(self, create: bool) -> None:
-        with self._sqlite_file_lock():
-            with self.session() as session:
-                if not create and not inspect(session.connection()).has_table("meta", schema=self.pg_schema or None):
-                    raise StoreMissing(f"{shown_url(self.url)} holds no ragapp workspace" + self._in_schema)
-                migrate(session, lock=self._lock_name("migrate"))
+        with self._sqlite_file_lock(), self.session() as session:
+            if not create and not inspect(session.connection()).has_table("meta", schema=self.pg_schema or None):
+                raise StoreMissing(f"{shown_url(self.url)} holds no ragapp workspace" + self._in_schema)
+            migrate(session, lock=self._lock_name("migrate"))
 
     @contextmanager
     def _sqlite_file_lock(self) -> Iterator[None]:

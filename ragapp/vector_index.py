@@ -24,9 +24,9 @@ from typing import Literal, Protocol
 import numpy as np
 from sqlalchemy import func, inspect, select, text, update
 
+from ragapp.errors import WorkspaceError
 from ragapp.indexes import FaissIndex, IndexFileError
 from ragapp.indexes.faiss_index import IndexKind, stored_ids
-from ragapp.errors import WorkspaceError
 from ragapp.store import ChunkRow, Store
 
 log = logging.getLogger(__name__)
@@ -123,12 +123,15 @@ def check_pgvector(store: Store) -> IndexCheck:
             problem = f"the table {TABLE} is missing (rebuild: `ragapp ingest PATH`)" if marked else None
             return IndexCheck(state, 0, marked, marked, 0, problem)
         vectors = connection.scalar(text(f"SELECT count(*) FROM {TABLE}")) or 0
-        absent = connection.scalar(
-            text(
-                "SELECT count(*) FROM chunks c WHERE c.indexed "
-                f"AND NOT EXISTS (SELECT 1 FROM {TABLE} v WHERE v.chunk_id = c.id)"
+        absent = (
+            connection.scalar(
+                text(
+                    "SELECT count(*) FROM chunks c WHERE c.indexed "
+                    f"AND NOT EXISTS (SELECT 1 FROM {TABLE} v WHERE v.chunk_id = c.id)"
+                )
             )
-        ) or 0
+            or 0
+        )
     if absent:
         why = f"{absent} of the {marked} chunks marked indexed have no row in {TABLE} (rebuild: `ragapp ingest PATH`)"
         return IndexCheck("incomplete", vectors, marked, absent, 0, why)

@@ -154,7 +154,9 @@ def database_of_its_own(request: pytest.FixtureRequest) -> Iterator[None]:
 
 
 @pytest.fixture
-def fresh_database(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, _isolated_env: None) -> Iterator[None]:
+def fresh_database(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, _isolated_env: None
+) -> Iterator[None]:
     """In a `module_database` module: a database of the test's own on the PostgreSQL run."""
     if request.getfixturevalue("module_database") == "sqlite":
         yield

@@ -26,7 +26,9 @@ def workspace(tmp_path_factory: pytest.TempPathFactory, module_database: str) ->
 
 
 def test_ask_answers_with_numbered_citations(workspace: Path) -> None:
-    answer = App(workspace).ask("How do I remove documents whose files were deleted?", generation={"max_new_tokens": 48})
+    answer = App(workspace).ask(
+        "How do I remove documents whose files were deleted?", generation={"max_new_tokens": 48}
+    )
     assert answer.answer.strip()
     assert [c.n for c in answer.citations] == list(range(1, len(answer.citations) + 1))
     assert any("--sync" in c.text for c in answer.citations)  # retrieval found the passage that answers
@@ -82,12 +84,21 @@ def test_few_shot_template_from_config(workspace: Path) -> None:
 
 def test_cli_ask_json_shape(workspace: Path) -> None:
     result = CliRunner().invoke(
-        cli, ["-w", str(workspace), "ask", "How do I see the effective configuration?", "--max-new-tokens", "32", "--json"]
+        cli,
+        ["-w", str(workspace), "ask", "How do I see the effective configuration?", "--max-new-tokens", "32", "--json"],
     )
     assert result.exit_code == 0, result.stderr
     data = json.loads(result.stdout)
     assert isinstance(data["answer"], str) and data["answer"]
-    assert data["citations"] and set(data["citations"][0]) >= {"n", "source", "page", "anchor", "chunk_id", "score", "cited"}
+    assert data["citations"] and set(data["citations"][0]) >= {
+        "n",
+        "source",
+        "page",
+        "anchor",
+        "chunk_id",
+        "score",
+        "cited",
+    }
 
 
 def test_cli_ask_streams_then_lists_sources(workspace: Path) -> None:

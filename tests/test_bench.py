@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-
 from ragapp.connectors.beir import BeirCollection, CollectionError
 from ragapp.evals.trec import read_qrels, read_trec_run
+
 from ragapp.cli import cli
 
 ROOT = Path(__file__).resolve().parent.parent

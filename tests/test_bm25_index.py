@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from ragapp.indexes.bm25_index import IDS_FILE, INFO_FILE, Bm25Index, KeywordIndexError
 
 TEXTS = {

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from ragapp.connectors.formats import parse_markdown
 from transformers import AutoTokenizer
 
-from ragapp.connectors.formats import parse_markdown
 from ragapp.chunking import Chunker
 from ragapp.embedding import shipped_model_path
 

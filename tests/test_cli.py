@@ -25,7 +25,9 @@ def run(*args: str) -> tuple[int, str, str]:
 
 
 def test_missing_path_exits_2_with_one_line(tmp_path: Path) -> None:
-    proc = subprocess.run([*RAGAPP, "-w", str(tmp_path / "ws"), "ingest", str(tmp_path / "nope")], capture_output=True, text=True)
+    proc = subprocess.run(
+        [*RAGAPP, "-w", str(tmp_path / "ws"), "ingest", str(tmp_path / "nope")], capture_output=True, text=True
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [f"Error: path not found: {tmp_path / 'nope'}"]
     assert not (tmp_path / "ws").exists()  # nothing created for a failed command
@@ -69,10 +71,14 @@ def test_status_names_the_generation_backend(tmp_path: Path) -> None:
     (tmp_path / "ragapp.toml").write_text('[generation]\nbackend = "openai"\nbase_url = "http://10.0.0.5:8000/v1"\n')
     code, out, _ = run("-w", str(tmp_path), "status")
     assert code == 0 and "Generation: openai: the server's first model (http://10.0.0.5:8000/v1)" in out
-    (tmp_path / "ragapp.toml").write_text('[generation]\nbackend = "vllm"\ndtype = "bfloat16"\nadapter = "/a/support"\n')
+    (tmp_path / "ragapp.toml").write_text(
+        '[generation]\nbackend = "vllm"\ndtype = "bfloat16"\nadapter = "/a/support"\n'
+    )
     code, out, _ = run("-w", str(tmp_path), "status", "--json")
     generation = json.loads(out)["generation"]
-    assert generation["backend"] == "vllm" and generation["dtype"] == "bfloat16" and generation["adapter"] == "/a/support"
+    assert (
+        generation["backend"] == "vllm" and generation["dtype"] == "bfloat16" and generation["adapter"] == "/a/support"
+    )
     assert generation["device"] in ("cpu", "cuda", "none (vLLM is not installed)")
 
 

@@ -74,7 +74,9 @@ def test_two_ingests_at_once_lose_and_duplicate_nothing(tmp_path: Path, postgres
         sources = list(s.scalars(select(DocumentRow.source)))
         assert len(sources) == len(set(sources)) and set(sources) == expected_sources
         per_document = s.execute(
-            select(ChunkRow.document_id, ChunkRow.ordinal, func.count()).group_by(ChunkRow.document_id, ChunkRow.ordinal)
+            select(ChunkRow.document_id, ChunkRow.ordinal, func.count()).group_by(
+                ChunkRow.document_id, ChunkRow.ordinal
+            )
         ).all()
         assert all(n == 1 for _, _, n in per_document)  # no chunk twice
     assert store.counts()["pending"] == 0

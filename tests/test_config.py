@@ -50,12 +50,24 @@ def test_env_string_values_need_no_quotes(tmp_path: Path) -> None:
         ("", {"RAGAPP_GENERATION_TEMPERATURE": "-1"}, "(from RAGAPP_GENERATION_TEMPERATURE)"),
         ("[retrieval]\nkk = 3\n", {}, "retrieval.kk: unknown setting"),
         ("[index]\nkind = 'ivf'\n", {}, "index.kind:"),
-        ("[chunking]\nchunk_tokens = 50\noverlap_tokens = 50\n", {}, "overlap_tokens must be smaller than chunk_tokens"),
+        (
+            "[chunking]\nchunk_tokens = 50\noverlap_tokens = 50\n",
+            {},
+            "overlap_tokens must be smaller than chunk_tokens",
+        ),
         ("[prompt]\ntemplate = 'no fields'\n", {}, "template must contain {context}"),
         ("retrieval = 3\n", {}, "retrieval: expected a [retrieval] table"),
         ("", {"RAGAPP_BOGUS_X": "1"}, "RAGAPP_BOGUS_X: unknown setting"),
-        ("[generation]\nbackend = 'llamacpp'\n", {}, "generation.backend: Input should be 'transformers', 'vllm' or 'openai'"),
-        ("", {"RAGAPP_GENERATION_DTYPE": "int4"}, "generation.dtype: Input should be 'float32', 'bfloat16' or 'float16'"),
+        (
+            "[generation]\nbackend = 'llamacpp'\n",
+            {},
+            "generation.backend: Input should be 'transformers', 'vllm' or 'openai'",
+        ),
+        (
+            "",
+            {"RAGAPP_GENERATION_DTYPE": "int4"},
+            "generation.dtype: Input should be 'float32', 'bfloat16' or 'float16'",
+        ),
         ("[generation]\ntimeout = 0\n", {}, "generation.timeout: Input should be greater than 0"),
     ],
 )

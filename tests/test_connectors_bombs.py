@@ -20,10 +20,10 @@ from pathlib import Path
 
 import docx
 import pytest
-
 from ragapp.connectors import sandbox
 from ragapp.connectors.base import MB, ParseError, ParseLimits
 from ragapp.connectors.filesystem import parse
+
 from tests.pdf_files import assemble_pdf
 
 W_NS = b'xmlns:w="http://schemas.openxmlformats.org/wordprocessingml/2006/main"'
@@ -43,7 +43,9 @@ def docx_bomb(chunk: bytes, repeats: int) -> bytes:
             member = zipfile.ZipInfo("word/document.xml")
             member.compress_type = zipfile.ZIP_DEFLATED
             with dst.open(member, "w", force_zip64=True) as body:
-                body.write(b'<?xml version="1.0" encoding="UTF-8" standalone="yes"?>\n<w:document ' + W_NS + b"><w:body>")
+                body.write(
+                    b'<?xml version="1.0" encoding="UTF-8" standalone="yes"?>\n<w:document ' + W_NS + b"><w:body>"
+                )
                 block = chunk * 1000
                 for _ in range(repeats // 1000):
                     body.write(block)
@@ -122,9 +124,7 @@ def test_slow_parse_is_killed_at_the_time_limit_and_the_next_file_parses(tmp_pat
     limits = ParseLimits(expanded_bytes=10**10, seconds=2)  # size check off: only the clock can stop it
     started = time.monotonic()
     reason = refused(tmp_path / "slow.pdf", slow, limits)
-    assert reason == (
-        "parse took longer than 2 s, the time limit (ingest.max_parse_seconds); the parser was stopped"
-    )
+    assert reason == ("parse took longer than 2 s, the time limit (ingest.max_parse_seconds); the parser was stopped")
     assert time.monotonic() - started < 10
     assert sandbox.worker_pid() is None  # killed; the next file starts a new one
     good = pdf_bomb(pages=2, stream_bytes=100)
@@ -136,8 +136,7 @@ def test_parse_past_the_memory_cap_is_stopped_and_reported(tmp_path: Path) -> No
     bomb = docx_bomb(PARAGRAPH, 300_000)  # 900,000 elements: under the element limit; lxml needs ~250 MB
     reason = refused(tmp_path / "big.docx", bomb, ParseLimits(memory_bytes=200 * MB))
     assert reason == (
-        "parse needed more than 200 MB of memory, the memory limit (ingest.max_parse_memory_mb); "
-        "the parser was stopped"
+        "parse needed more than 200 MB of memory, the memory limit (ingest.max_parse_memory_mb); the parser was stopped"
     )
     assert "Some text here" in parse(tmp_path / "ok.docx", docx_bomb(PARAGRAPH, 3)).text
 

@@ -16,10 +16,17 @@ from pathlib import Path
 import docx
 import pytest
 from pypdf import PdfReader, PdfWriter
-
 from ragapp.connectors import formats
 from ragapp.connectors.base import Document, FileProblem, ParseError
-from ragapp.connectors.filesystem import DEFAULT_EXCLUDE, SUPPORTED_SUFFIXES, discover, outside_reason, parse, read_bytes
+from ragapp.connectors.filesystem import (
+    DEFAULT_EXCLUDE,
+    SUPPORTED_SUFFIXES,
+    discover,
+    outside_reason,
+    parse,
+    read_bytes,
+)
+
 from tests.pdf_files import assemble_pdf
 
 MB = 1_000_000  # decimal, like the max_file_mb setting
@@ -201,9 +208,7 @@ def test_default_excludes_always_apply(tmp_path: Path) -> None:
     assert list(discover([tmp_path], include=["*.md", "*.txt"])) == [tmp_path / "keep.md"]
 
 
-def test_discover_file_roots_missing_roots_and_overlaps(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_discover_file_roots_missing_roots_and_overlaps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     md = write(tmp_path / "docs" / "one.md", "x")
     png = write(tmp_path / "pic.png", b"\x89PNG")
     monkeypatch.chdir(tmp_path)
@@ -325,9 +330,8 @@ def test_read_bytes_reports_os_errors(tmp_path: Path) -> None:
 def test_read_bytes_permission_denied(shared_dir: Path) -> None:
     path = write(shared_dir / "locked.txt", "secret")
     path.chmod(0o000)
-    with unprivileged():
-        with pytest.raises(ParseError, match=r"^permission denied$"):
-            read_bytes(path, MB)
+    with unprivileged(), pytest.raises(ParseError, match=r"^permission denied$"):
+        read_bytes(path, MB)
 
 
 # --- dispatch and text decoding -----------------------------------------------------------------

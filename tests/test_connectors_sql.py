@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-
 from ragapp.connectors import Document, FileProblem, Section
 from ragapp.connectors.sql import SqlSource, SqlSourceError, json_safe
+
 from ragapp import App
 from ragapp.cli import cli
 from ragapp.errors import UsageError

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 from conftest import default_sigint
+from ragapp.indexes import Bm25Index
 from sqlalchemy import create_engine, select, text
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
-from ragapp.indexes import Bm25Index
 from ragapp import App
 from ragapp.keyword_index import POINTER_KEY
 from ragapp.store import ChunkRow, DocumentRow, IngestRun, database_url
@@ -37,7 +37,9 @@ RUNNER = (
 def build_corpus(folder: Path, docs: Path, n_files: int = 30) -> None:
     """Real prose (ragapp's docs) reshuffled into many distinct files, so ingest takes a while."""
     folder.mkdir()
-    paragraphs = [p for f in sorted(docs.glob("*.md")) for p in f.read_text(encoding="utf-8").split("\n\n") if len(p) > 80]
+    paragraphs = [
+        p for f in sorted(docs.glob("*.md")) for p in f.read_text(encoding="utf-8").split("\n\n") if len(p) > 80
+    ]
     rng = random.Random(7)
     for i in range(n_files):
         picked = rng.sample(paragraphs, min(12, len(paragraphs)))
@@ -101,8 +103,8 @@ def test_kill_at_every_stage_then_resume(tmp_path: Path, corpus: Path) -> None:
     ws = tmp_path / "ws"
 
     killed_points = []
-    first_chunks = lambda chunks, indexed: chunks > 0  # noqa: E731  (documents written, nothing embedded)
-    some_indexed = lambda chunks, indexed: indexed > 0  # noqa: E731  (at least one index save landed)
+    first_chunks = lambda chunks, indexed: chunks > 0
+    some_indexed = lambda chunks, indexed: indexed > 0
     killed_points.append(kill_when(ws, big, first_chunks))
     seen = counts(ws)
     killed_points.append(kill_when(ws, big, lambda c, i: i > seen[1] and some_indexed(c, i)))
@@ -121,7 +123,9 @@ def test_kill_at_every_stage_then_resume(tmp_path: Path, corpus: Path) -> None:
     assert store.counts()["pending"] == 0
     ids = vector_ids(resumed)
     assert len(ids) == len(set(ids)) and set(ids) == store.chunk_ids()
-    assert resumed.search("configuration precedence", k=1)[0].text == clean.search("configuration precedence", k=1)[0].text
+    assert (
+        resumed.search("configuration precedence", k=1)[0].text == clean.search("configuration precedence", k=1)[0].text
+    )
     pointer = store.get_meta(POINTER_KEY)
     assert [p.name for p in ws.glob("bm25-*")] == [pointer]  # no half-written keyword index left behind
     assert set(Bm25Index.load(ws / pointer).ids.tolist()) == store.chunk_ids()

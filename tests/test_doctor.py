@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from ragapp.connectors import Document, Section
 from sqlalchemy import text
 
-from ragapp.connectors import Document, Section
 from ragapp import App
 from ragapp.chunking import Chunk
 from ragapp.cli import cli

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-
 from ragapp.evals.runner import answer_metrics
+
 from ragapp.cli import cli
 
 pytestmark = pytest.mark.usefixtures("database")
@@ -29,7 +29,17 @@ ROWS = [
 def write(path: Path, worse: bool = False) -> Path:
     with path.open("w", encoding="utf-8") as f:
         for i, (q, ref, pred) in enumerate(ROWS):
-            f.write(json.dumps({"id": f"q{i}", "question": q, "reference": ref, "prediction": "I do not know." if worse and i < 3 else pred}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "id": f"q{i}",
+                        "question": q,
+                        "reference": ref,
+                        "prediction": "I do not know." if worse and i < 3 else pred,
+                    }
+                )
+                + "\n"
+            )
         f.write("{broken\n")
     return path
 
@@ -51,7 +61,9 @@ def test_score_stores_a_run_with_library_values_and_reports_bad_lines(ws: Path, 
     assert code == 0, err
     run = json.loads(out)
     assert run["name"] == "base" and run["status"] == "completed" and run["kind"] == "score"
-    assert run["problems"] == [{"line": 6, "reason": "invalid JSON: Expecting property name enclosed in double quotes (column 2)"}]
+    assert run["problems"] == [
+        {"line": 6, "reason": "invalid JSON: Expecting property name enclosed in double quotes (column 2)"}
+    ]
     first = run["items"][0]
     assert first["metrics"] == pytest.approx(answer_metrics(ROWS[0][2], ROWS[0][1]))
     mean_rouge = sum(answer_metrics(p, r)["rougeL"] for _, r, p in ROWS) / len(ROWS)
@@ -128,6 +140,7 @@ def test_unfinished_run_is_continued_unless_another_process_holds_it(ws: Path, t
     from ragapp.evals.dataset import load_dataset
     from ragapp.evals.runner import lock_path
     from ragapp.evals.runs import RunStore
+
     from ragapp import App
 
     p = write(tmp_path / "p.jsonl")

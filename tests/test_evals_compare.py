@@ -10,17 +10,36 @@ import random
 from datetime import UTC, datetime
 
 import pytest
-
 from ragapp.evals.comparison import compare
 from ragapp.evals.metrics import corpus_bleu, sentence_bleu
 from ragapp.evals.results import ItemResult, RunResult
 from ragapp.evals.summary import aggregate
 
-WORDS = "the cat sat on a mat while dogs ran in parks near old red houses by rivers".split()
+WORDS = [
+    "the",
+    "cat",
+    "sat",
+    "on",
+    "a",
+    "mat",
+    "while",
+    "dogs",
+    "ran",
+    "in",
+    "parks",
+    "near",
+    "old",
+    "red",
+    "houses",
+    "by",
+    "rivers",
+]
 
 
 def run(name: str, items: list[ItemResult]) -> RunResult:
-    return RunResult(1, name, "score", "completed", "d.jsonl", datetime.now(UTC), None, 1.0, {}, {}, aggregate(items), items=items)
+    return RunResult(
+        1, name, "score", "completed", "d.jsonl", datetime.now(UTC), None, 1.0, {}, {}, aggregate(items), items=items
+    )
 
 
 def items(n: int, seed: int, shift: float = 0.0, noise: float = 0.0, ppl: float = 10.0) -> list[ItemResult]:
@@ -64,7 +83,9 @@ def test_point_estimates_equal_the_run_aggregates() -> None:
     for name in ("rougeL", "bleu", "perplexity", "latency_s"):
         m = by_name(c, name)
         assert m.a == pytest.approx(a.aggregates[name]) and m.b == pytest.approx(b.aggregates[name]), name
-    assert by_name(c, "bleu").b == pytest.approx(corpus_bleu([i.prediction for i in b.items], [i.reference for i in b.items]).score)
+    assert by_name(c, "bleu").b == pytest.approx(
+        corpus_bleu([i.prediction for i in b.items], [i.reference for i in b.items]).score
+    )
 
 
 def test_clear_improvement_excludes_zero_and_noise_does_not() -> None:

@@ -7,8 +7,8 @@ import os
 from pathlib import Path
 
 import pytest
-
 from ragapp.evals.dataset import load_dataset
+
 from ragapp.errors import UsageError
 
 GOOD = {"question": "Q?", "answer": "A."}

@@ -20,7 +20,9 @@ QUESTIONS = 8
 
 
 def ragapp(ws: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "ragapp", "-w", str(ws), *args], capture_output=True, text=True, timeout=900)
+    return subprocess.run(
+        [sys.executable, "-m", "ragapp", "-w", str(ws), *args], capture_output=True, text=True, timeout=900
+    )
 
 
 def test_debian_faq_run_and_report(tmp_path: Path) -> None:
@@ -30,7 +32,9 @@ def test_debian_faq_run_and_report(tmp_path: Path) -> None:
     if not dataset.exists():
         pytest.skip(f"{dataset} missing (set RAGAPP_TEST_DATA to the folder holding faq_debian.jsonl)")
     subset = tmp_path / "faq8.jsonl"
-    subset.write_text("".join(dataset.read_text(encoding="utf-8").splitlines(keepends=True)[:QUESTIONS]), encoding="utf-8")
+    subset.write_text(
+        "".join(dataset.read_text(encoding="utf-8").splitlines(keepends=True)[:QUESTIONS]), encoding="utf-8"
+    )
     ws = tmp_path / "ws"
     ingest = ragapp(ws, "ingest", str(FAQ))
     assert ingest.returncode == 0, ingest.stderr

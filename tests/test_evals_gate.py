@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
 from ragapp.evals.gate import GateFailed, check_drops, check_floors, enforce, parse_thresholds
+
 from ragapp.errors import UsageError
 
 RUN = {"rougeL": 0.212, "bleu": 0.15, "hit@5": 0.8, "perplexity": 12.0, "latency_s": 2.0, "ndcg@5": None}

@@ -8,9 +8,6 @@ import random
 import numpy as np
 import pytest
 import sacrebleu
-from rouge_score import rouge_scorer
-from sklearn.metrics import ndcg_score
-
 from ragapp.evals.metrics import (
     Bleu,
     corpus_bleu,
@@ -21,6 +18,8 @@ from ragapp.evals.metrics import (
     sentence_bleu,
     source_matches,
 )
+from rouge_score import rouge_scorer
+from sklearn.metrics import ndcg_score
 
 PAIRS = [  # (prediction, reference)
     ("I am very happy that I am drinking a cup of tea", "I am very happy to say that I am drinking a warm cup of tea"),
@@ -112,7 +111,7 @@ def test_corpus_bleu_equals_library() -> None:
 def _random_pairs(n: int, seed: int) -> list[tuple[str, str]]:
     """Sentences over a small vocabulary, so higher-order n-grams sometimes match and sometimes don't."""
     rng = random.Random(seed)
-    vocab = "the a cat dog sat on mat ran to park and big red , .".split()
+    vocab = ["the", "a", "cat", "dog", "sat", "on", "mat", "ran", "to", "park", "and", "big", "red", ",", "."]
 
     def sentence() -> str:
         return " ".join(rng.choice(vocab) for _ in range(rng.randint(0, 14)))
@@ -197,9 +196,7 @@ def _dcg(ranks: list[int]) -> float:
 def test_retrieval_hand_computed() -> None:
     ranked = [(f"{DOC}/z.html", None), (f"{DOC}/a.html", "s1"), (f"{DOC}/z.html", None), (f"{DOC}/b.html", None)]
     m = retrieval_metrics(ranked, ["a.html", "b.html", "c.html"], k=4)
-    assert m == pytest.approx(
-        {"hit@4": 1.0, "recall@4": 2 / 3, "mrr@4": 0.5, "ndcg@4": _dcg([2, 4]) / _dcg([1, 2, 3])}
-    )
+    assert m == pytest.approx({"hit@4": 1.0, "recall@4": 2 / 3, "mrr@4": 0.5, "ndcg@4": _dcg([2, 4]) / _dcg([1, 2, 3])})
     # only the first k passages count: b.html at rank 4 is out of a top-3
     m3 = retrieval_metrics(ranked, ["a.html", "b.html", "c.html"], k=3)
     assert m3 == pytest.approx({"hit@3": 1.0, "recall@3": 1 / 3, "mrr@3": 0.5, "ndcg@3": _dcg([2]) / _dcg([1, 2, 3])})

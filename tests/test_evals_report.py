@@ -11,21 +11,21 @@ import os
 import random
 import re
 import shutil
-from datetime import datetime, timezone, UTC
+from datetime import UTC, datetime
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
 import pytest
 from lxml import html as lxml_html
-
 from ragapp.evals import report
 from ragapp.evals.report import format_metric, render_report, worst_items, write_report
 from ragapp.evals.results import ItemResult, Problem, RunResult
 from ragapp.evals.summary import aggregate
+
 from tests.conftest import CHROMIUM, CHROMIUM_ARGS
 
-HOSTILE = "Is <script>alert(1)</script> & \"quoted\" text safe?"
+HOSTILE = 'Is <script>alert(1)</script> & "quoted" text safe?'
 
 
 def _citations(rng: random.Random, expected: str, found: bool) -> list[dict[str, Any]]:
@@ -79,7 +79,9 @@ def synthetic_run(n: int = 30, kind: str = "pipeline", seed: int = 7) -> RunResu
         metrics["bleu"] = f1 * 0.6
         if kind == "pipeline":
             found = rng.random() < 0.7
-            metrics.update({"hit@5": float(found), "recall@5": float(found), "mrr@5": found / 2, "ndcg@5": found * 0.63})
+            metrics.update(
+                {"hit@5": float(found), "recall@5": float(found), "mrr@5": found / 2, "ndcg@5": found * 0.63}
+            )
             metrics["perplexity"] = rng.uniform(5, 40)
             item.citations = _citations(rng, expected, found)
             latency = rng.uniform(0.3, 4.0)
@@ -103,7 +105,11 @@ def synthetic_run(n: int = 30, kind: str = "pipeline", seed: int = 7) -> RunResu
         started_at=datetime(2025, 3, 1, 9, 30, 0, tzinfo=UTC),
         finished_at=datetime(2025, 3, 1, 9, 34, 5, tzinfo=UTC),
         seconds=245.3,
-        config={"retrieval": {"k": 5}, "generation": {"max_new_tokens": 128, "stop": ["</s>"]}, "prompt": "Use <ctx> & cite"},
+        config={
+            "retrieval": {"k": 5},
+            "generation": {"max_new_tokens": 128, "stop": ["</s>"]},
+            "prompt": "Use <ctx> & cite",
+        },
         models={"embedding": "all-MiniLM-L6-v2", "generator": "SmolLM2-135M-Instruct"} if kind == "pipeline" else {},
         aggregates=aggregates,
         problems=[Problem(line=31, reason="invalid JSON: expected '}' <near> & here")] if n else [],
@@ -193,11 +199,21 @@ def test_contents_header_summary_worst_errors() -> None:
     run = synthetic_run()
     doc = _doc(render_report(run, worst=7))
     text = doc.text_content()
-    for needle in ("#12", "pipeline", "completed", "all-MiniLM-L6-v2", "SmolLM2-135M-Instruct", "2025-03-01 09:30:00",
-                   "4 min 05 s", "29 scored · 1 error · 1 dataset problem"):
+    for needle in (
+        "#12",
+        "pipeline",
+        "completed",
+        "all-MiniLM-L6-v2",
+        "SmolLM2-135M-Instruct",
+        "2025-03-01 09:30:00",
+        "4 min 05 s",
+        "29 scored · 1 error · 1 dataset problem",
+    ):
         assert needle in text, needle
-    summary = {row.xpath("td")[0].text_content(): row.xpath("td")[1].text_content()
-               for row in doc.xpath("//table[@class='summary']//tr[td]")}
+    summary = {
+        row.xpath("td")[0].text_content(): row.xpath("td")[1].text_content()
+        for row in doc.xpath("//table[@class='summary']//tr[td]")
+    }
     assert set(summary) == set(run.aggregates)
     assert summary["rougeL"] == f"{run.aggregates['rougeL']:.3f}"
     assert summary["latency_s"].endswith(" s") and summary["prompt_tokens"].replace(",", "").isdigit()

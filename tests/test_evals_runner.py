@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 from conftest import default_sigint
-from sqlalchemy import create_engine, text
-from sqlalchemy.exc import OperationalError, ProgrammingError
-
 from ragapp.evals import evaluate, load_dataset
 from ragapp.evals.runner import answer_metrics
 from ragapp.evals.runs import RunStore
+from sqlalchemy import create_engine, text
+from sqlalchemy.exc import OperationalError, ProgrammingError
+
 from ragapp import App
 from ragapp.errors import EmptyWorkspace
 from ragapp.store import database_url
@@ -66,7 +66,9 @@ def test_evaluate_answers_scores_and_stores_every_question(workspace: Path) -> N
     for item in run.items:
         assert item.error is None and item.prediction
         # Stored scores are the metric libraries' values for the stored answer.
-        assert {k: item.metrics[k] for k in answer_metrics("", "x")} == pytest.approx(answer_metrics(item.prediction, item.reference))
+        assert {k: item.metrics[k] for k in answer_metrics("", "x")} == pytest.approx(
+            answer_metrics(item.prediction, item.reference)
+        )
         assert 1 < item.metrics["perplexity"] < 1e4  # type: ignore[operator]
         assert {"hit@4", "recall@4", "mrr@4", "ndcg@4"} <= item.metrics.keys()
         assert item.citations and all(c["source"].startswith(str(workspace.parent / "docs")) for c in item.citations)
@@ -117,7 +119,11 @@ def test_killed_run_continues_where_it_stopped(workspace: Path, tmp_path: Path, 
     before = RunStore(App(ws).open_store()).list()
     old_runs = {r.id for r in before}  # on PostgreSQL the module's database holds earlier tests' runs
     proc = subprocess.Popen(
-        _cli(ws, "--batch-size", "1"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint
+        _cli(ws, "--batch-size", "1"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=default_sigint,
     )
     deadline = time.monotonic() + 300
     while saved_items(ws, "docs_qa", old_runs) < 2:
@@ -150,7 +156,9 @@ def test_eval_run_gate_and_settings_change_make_a_new_run(workspace: Path, tmp_p
     qa = tmp_path / "two.jsonl"
     qa.write_text("".join(QA.read_text().splitlines(keepends=True)[:2]))
     base = [sys.executable, "-m", "ragapp", "-w", str(ws), "eval", "run", str(qa), "--max-new-tokens", "16"]
-    ok = subprocess.run([*base, "--name", "a", "--fail-under", "rougeL=0.0"], capture_output=True, text=True, timeout=600)
+    ok = subprocess.run(
+        [*base, "--name", "a", "--fail-under", "rougeL=0.0"], capture_output=True, text=True, timeout=600
+    )
     assert ok.returncode == 0, ok.stderr
     assert "Quality gate passed." in ok.stdout and "hit@4" in ok.stdout
     bad = subprocess.run([*base, "-k", "2", "--fail-under", "rougeL=0.99"], capture_output=True, text=True, timeout=600)

@@ -7,7 +7,6 @@ import random
 from pathlib import Path
 
 import pytest
-
 from ragapp.evals.trec import evaluate, per_query, read_qrels, read_trec_run, trec_order, write_trec_run
 
 pytrec_eval = pytest.importorskip("pytrec_eval", reason="pytrec-eval-terrier (test extra) is the reference")

@@ -7,7 +7,6 @@ from pathlib import Path
 import faiss
 import numpy as np
 import pytest
-
 from ragapp.indexes import FaissIndex, IndexFileError
 
 

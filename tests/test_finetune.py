@@ -197,7 +197,20 @@ def test_lora_learns_saves_merges_and_loads_in_transformers(tmp_path: Path, colo
     out = tmp_path / "colours-lora"
     result = CliRunner().invoke(
         cli,
-        ["-w", str(tmp_path / "ws"), "finetune", str(colours), "--out", str(out), "--epochs", "3", "--lr", "1e-3", "--merge", "--json"],
+        [
+            "-w",
+            str(tmp_path / "ws"),
+            "finetune",
+            str(colours),
+            "--out",
+            str(out),
+            "--epochs",
+            "3",
+            "--lr",
+            "1e-3",
+            "--merge",
+            "--json",
+        ],
     )
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from ragapp.indexes.fusion import maximal_marginal_relevance, reciprocal_rank_fusion, weighted_score_fusion
 
 

@@ -10,14 +10,14 @@ import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # before transformers / huggingface_hub are imported anywhere
 
-import math  # noqa: E402
-from collections.abc import Iterator, Sequence  # noqa: E402
+import math
+from collections.abc import Iterator, Sequence
 
-import pytest  # noqa: E402
+import pytest
+from ragapp.evals.metrics import perplexity
 
-from ragapp.evals.metrics import perplexity  # noqa: E402
-from ragapp.generators.base import Generator, Message  # noqa: E402
-from ragapp.generators.transformers_local import TransformersGenerator  # noqa: E402
+from ragapp.generators.base import Generator, Message
+from ragapp.generators.transformers_local import TransformersGenerator
 
 FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
 RIGHT = "The capital of France is Paris."

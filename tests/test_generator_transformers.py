@@ -27,17 +27,17 @@ def _audit(event: str, args: tuple) -> None:
 
 sys.addaudithook(_audit)
 
-import threading  # noqa: E402
-from collections.abc import Iterator  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
 
-import pytest  # noqa: E402
+import pytest
 
-from ragapp.generators import gguf  # noqa: E402
-from ragapp.generators.base import GenerationConfig, Generator  # noqa: E402
-from ragapp.generators.gguf import MARKER, ModelNotFound, convert_gguf, is_converted, resolve_model  # noqa: E402
-from ragapp.generators.transformers_local import StopFilter, TransformersGenerator, cut_at_stop  # noqa: E402
+from ragapp.generators import gguf
+from ragapp.generators.base import GenerationConfig, Generator
+from ragapp.generators.gguf import MARKER, ModelNotFound, convert_gguf, is_converted, resolve_model
+from ragapp.generators.transformers_local import StopFilter, TransformersGenerator, cut_at_stop
 
 FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
 PROMPTS = [

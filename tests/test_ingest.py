@@ -10,9 +10,9 @@ import time
 from pathlib import Path
 
 import pytest
+from ragapp.indexes import Bm25Index
 from sqlalchemy import select
 
-from ragapp.indexes import Bm25Index
 from ragapp import App
 from ragapp.errors import UsageError, WorkspaceError
 from ragapp.keyword_index import POINTER_KEY
@@ -98,7 +98,9 @@ def test_changed_file_replaces_only_its_chunks(tmp_path: Path, corpus: Path) -> 
     assert_consistent(app)
     assert "zebra" in app.search("zebra herds at dawn", k=1)[0].text
     assert "zebra" in app.search("zebra herds", k=1, mode="bm25")[0].text  # the keyword index followed
-    target.write_text(target.read_text(encoding="utf-8").replace("zebra", "okapi").replace("Zebra", "Okapi"), encoding="utf-8")
+    target.write_text(
+        target.read_text(encoding="utf-8").replace("zebra", "okapi").replace("Zebra", "Okapi"), encoding="utf-8"
+    )
     app.ingest([corpus])
     assert_consistent(app)
     assert app.search("zebra", k=5, mode="bm25") == []  # the old chunks are gone from the keyword index
@@ -127,7 +129,9 @@ def test_bad_files_are_listed_and_the_rest_ingested(tmp_path: Path, corpus: Path
     (bad / "corrupt.pdf").write_bytes(MINIMAL_PDF_HEADER + b"garbage" * 10)
     (bad / "binary.txt").write_bytes(b"\x00\x01\x02ELF\x00" * 100)
     (bad / "empty.md").write_bytes(b"")
-    (bad / "latin.txt").write_bytes("Caf\xe9 cr\xe8me br\xfbl\xe9e, na\xefve fa\xe7ade r\xe9sum\xe9.\n".encode("latin-1") * 5)
+    (bad / "latin.txt").write_bytes(
+        "Caf\xe9 cr\xe8me br\xfbl\xe9e, na\xefve fa\xe7ade r\xe9sum\xe9.\n".encode("latin-1") * 5
+    )
     (bad / "huge.txt").write_bytes(b"word " * 300_000)  # 1.5 MB, over the 1 MB limit set below
     (bad / "picture.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 64)
     (bad / "dangling.md").symlink_to(bad / "does-not-exist.md")
@@ -257,7 +261,9 @@ def test_pdf_docx_and_html_citations_carry_page_and_anchor(tmp_path: Path) -> No
 def test_identical_chunks_are_embedded_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     folder = tmp_path / "docs"
     folder.mkdir()
-    text = "# Backups\n\n" + "\n\n".join(f"Step {i}: copy the archive to the second disk and verify it." for i in range(30))
+    text = "# Backups\n\n" + "\n\n".join(
+        f"Step {i}: copy the archive to the second disk and verify it." for i in range(30)
+    )
     for name in ("a.md", "copy-of-a.md"):
         (folder / name).write_text(text, encoding="utf-8")
     app = App(tmp_path / "ws")

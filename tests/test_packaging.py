@@ -18,14 +18,28 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_the_wheel_holds_one_top_level_package(tmp_path: Path) -> None:
     """connectors/, indexes/ and evals/ are PyPI names of other projects: installed, they live under ragapp."""
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), str(ROOT)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
         check=True,
         capture_output=True,
         timeout=300,
     )
     (wheel,) = tmp_path.glob("ragapp-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    assert {name.split("/")[0] for name in names} == {"ragapp", f"{wheel.name.split('-')[0]}-{wheel.name.split('-')[1]}.dist-info"}
+    assert {name.split("/")[0] for name in names} == {
+        "ragapp",
+        f"{wheel.name.split('-')[0]}-{wheel.name.split('-')[1]}.dist-info",
+    }
     for module in ("connectors/sandbox.py", "indexes/faiss_index.py", "evals/runner.py", "service/widget/widget.js"):
         assert f"ragapp/{module}" in names, module
     assert "ragapp/evals.py" not in names
@@ -51,7 +65,9 @@ def test_importing_ragapp_leaves_the_environment_alone() -> None:
         "from ragapp.evals import evaluate\n"
         "print(json.dumps({k: v for k, v in os.environ.items() if before.get(k) != v}))"
     )
-    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    result = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300, cwd=ROOT
+    )
     assert result.returncode == 0, result.stderr
     changed = json.loads(result.stdout.strip().splitlines()[-1])
     # joblib (under sentence-transformers) sets KMP_* for OpenMP on import; not ragapp's to undo.

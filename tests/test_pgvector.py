@@ -11,9 +11,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-
 from ragapp.connectors import Document, Section
 from ragapp.indexes import FaissIndex
+
 from ragapp import App
 from ragapp.chunking import Chunk
 from ragapp.errors import WorkspaceError

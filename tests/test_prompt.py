@@ -26,7 +26,9 @@ class WordCounter:
 
 
 def hit(n: int, words: int) -> SearchHit:
-    return SearchHit(n, 1.0 - n / 100, " ".join(f"w{n}" for _ in range(words)), f"/docs/f{n}.md", None, f"H{n}", None, None, 0, 0)
+    return SearchHit(
+        n, 1.0 - n / 100, " ".join(f"w{n}" for _ in range(words)), f"/docs/f{n}.md", None, f"H{n}", None, None, 0, 0
+    )
 
 
 SETTINGS = PromptSettings(system="sys", template="{context}\nQ: {question}")

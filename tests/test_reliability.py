@@ -487,6 +487,7 @@ def kill_mid_upload(server: Server, key: str, ledger: Ledger, ws: Path) -> str:
             yield body[len(body) // 2 :]
 
         outcome: list[httpx.Response | None] = []
+
         def send() -> None:
             outcome.append(ledger.request(c, "POST", UPLOAD, "upload", content=slow_body(), headers=headers))
 

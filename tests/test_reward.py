@@ -186,7 +186,7 @@ def doc_sections(chars: int = 150) -> list[tuple[str, str]]:
     sections: list[tuple[str, str]] = []
     seen: set[str] = set()
     for md in sorted(DOCS.glob("*.md")):
-        parts = re.split(r"^#{2,3} +(.+)$", md.read_text(encoding="utf-8"), flags=re.M)
+        parts = re.split(r"^#{2,3} +(.+)$", md.read_text(encoding="utf-8"), flags=re.MULTILINE)
         for heading, body in zip(parts[1::2], parts[2::2], strict=True):
             lines = [line for line in body.splitlines() if line.strip() and not line.startswith("```")]
             text = re.sub(r"\s+", " ", " ".join(lines)).strip()

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-
 from ragapp.indexes import Bm25Index
+
 from ragapp import App
 from ragapp.cli import cli
 from ragapp.errors import UsageError

@@ -415,7 +415,9 @@ def keyed(
         (ws / "ragapp.toml").write_text("[generation]\nmax_new_tokens = 4\n", encoding="utf-8")
         notes = ws.parent / "notes"
         notes.mkdir()
-        (notes / "alpha.md").write_text("# Alpha\n\nThe alpha launch code is kept in the blue binder.\n", encoding="utf-8")
+        (notes / "alpha.md").write_text(
+            "# Alpha\n\nThe alpha launch code is kept in the blue binder.\n", encoding="utf-8"
+        )
         with App(ws) as app:
             app.ingest([notes])
             collections = Collections(ws, app.open_store())

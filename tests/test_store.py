@@ -8,10 +8,10 @@ import os
 from pathlib import Path
 
 import pytest
+from ragapp.connectors import Document, Section
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.orm import Session
 
-from ragapp.connectors import Document, Section
 from ragapp.chunking import Chunk
 from ragapp.errors import WorkspaceError
 from ragapp.store import MIGRATIONS, SCHEMA_VERSION, DocumentRow, Meta, Store, StoreMissing, database_url, migrate
@@ -216,10 +216,9 @@ def test_the_error_leaves_a_session_even_when_its_rollback_fails(url: str, monke
         raise OperationalError("ROLLBACK", {}, Exception("server closed the connection unexpectedly"))
 
     monkeypatch.setattr(Session, "rollback", broken_rollback)
-    with pytest.raises(KeyboardInterrupt):
-        with store.session() as s:
-            s.execute(text("SELECT 1"))
-            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt), store.session() as s:
+        s.execute(text("SELECT 1"))
+        raise KeyboardInterrupt
     monkeypatch.undo()
     assert store.get_meta("schema_version") == str(SCHEMA_VERSION)  # the store still works
 
@@ -227,7 +226,7 @@ def test_the_error_leaves_a_session_even_when_its_rollback_fails(url: str, monke
         try:
             raise KeyboardInterrupt
         except KeyboardInterrupt:
-            raise OperationalError("COMMIT", {}, Exception("connection lost"))  # noqa: B904
+            raise OperationalError("COMMIT", {}, Exception("connection lost"))
     except OperationalError as exc:
         assert _interrupted(exc) is True
     assert _interrupted(OperationalError("COMMIT", {}, Exception("connection lost"))) is False

@@ -8,8 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-
 from ragapp.connectors import Document, Section
+
 from ragapp.chunking import Chunk
 from ragapp.store import Store
 from ragapp.vector_index import WorkspaceIndex

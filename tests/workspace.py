@@ -6,9 +6,9 @@ import hashlib
 from collections.abc import Sequence
 
 import numpy as np
+from ragapp.indexes import FaissIndex
 from sqlalchemy import text
 
-from ragapp.indexes import FaissIndex
 from ragapp import App
 
 

@@ -59,9 +59,9 @@ def retrieval(
       ragapp bench retrieval ~/beir/scifact --split train --mode hybrid --keep ~/bench/scifact
       ragapp bench retrieval ~/beir/cranfield --fail-under ndcg@10=0.3   # a CI smoke benchmark
     """
+    from ragapp.errors import UsageError
     from ragapp.evals.bench import bench_retrieval
     from ragapp.evals.gate import enforce, parse_thresholds
-    from ragapp.errors import UsageError
 
     floors = parse_thresholds(fail_under, "--fail-under") if fail_under else {}
     unknown = sorted(set(floors) - set(_COLUMNS))

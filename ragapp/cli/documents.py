@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from ragapp.connectors.base import UNSUPPORTED
 from ragapp.app import Answer
 from ragapp.cli.common import (
     echo_citations,
@@ -21,6 +20,7 @@ from ragapp.cli.common import (
     retrieval_options,
     shown_path,
 )
+from ragapp.connectors.base import UNSUPPORTED
 from ragapp.search import Filters, Mode
 
 if TYPE_CHECKING:

@@ -9,8 +9,8 @@ from typing import Any
 
 import click
 
-from ragapp.evals.results import RunResult
 from ragapp.cli.common import emit_json, generation_flags, generation_options, json_option, open_app, table
+from ragapp.evals.results import RunResult
 
 _ANSWER_METRICS = ("rougeL", "rouge1", "rouge2", "bleu")
 
@@ -67,11 +67,17 @@ def _gate(fail_under: str | None, max_drop_vs: tuple[str, str] | None) -> Callab
 
 def print_run(run: RunResult) -> None:
     scored, errors = len(run.scored), len(run.items) - len(run.scored)
-    click.echo(f"Run {run.name} (#{run.id}, {run.kind}): {run.status}, {run.saved}/{run.total} answered, {run.seconds:.1f} s")
+    click.echo(
+        f"Run {run.name} (#{run.id}, {run.kind}): {run.status}, {run.saved}/{run.total} answered, {run.seconds:.1f} s"
+    )
     click.echo(f"Dataset: {run.dataset}")
     if run.models:
         click.echo("Models: " + ", ".join(f"{k} {v}" for k, v in run.models.items()))
-    click.echo(f"Scored {scored}" + (f", {errors} failed" if errors else "") + (f", {len(run.problems)} bad lines skipped" if run.problems else ""))
+    click.echo(
+        f"Scored {scored}"
+        + (f", {errors} failed" if errors else "")
+        + (f", {len(run.problems)} bad lines skipped" if run.problems else "")
+    )
     rows = [[name, fmt(name, value)] for name, value in run.aggregates.items()]
     if rows:
         click.echo(table(rows, ["metric", "value"]))
@@ -100,7 +106,9 @@ def eval_group() -> None:
 @click.argument("dataset", type=click.Path(path_type=Path))
 @click.option("--name", help="Name of the run (default: DATASET's name and a number). An unfinished run is continued.")
 @click.option("-k", type=click.IntRange(1, 100), help="Passages to retrieve per question (default: retrieval.k).")
-@click.option("--batch-size", type=click.IntRange(1, 256), default=4, show_default=True, help="Questions per generation call.")
+@click.option(
+    "--batch-size", type=click.IntRange(1, 256), default=4, show_default=True, help="Questions per generation call."
+)
 @click.option("--no-stem", is_flag=True, help="ROUGE without the Porter stemmer.")
 @generation_options
 @_gate_options
@@ -124,7 +132,9 @@ def run(
 
     gate = _gate(fail_under, max_drop_vs)
     app = open_app({"generation": generation_flags(sampling)})
-    result = evaluate(app, dataset, name=name, k=k, batch_size=batch_size, stem=not no_stem, progress=sys.stderr.isatty())
+    result = evaluate(
+        app, dataset, name=name, k=k, batch_size=batch_size, stem=not no_stem, progress=sys.stderr.isatty()
+    )
     if as_json:
         emit_json(result.to_dict())
     else:
@@ -139,7 +149,12 @@ def run(
 @_gate_options
 @json_option
 def score(
-    predictions: Path, name: str | None, no_stem: bool, fail_under: str | None, max_drop_vs: tuple[str, str] | None, as_json: bool
+    predictions: Path,
+    name: str | None,
+    no_stem: bool,
+    fail_under: str | None,
+    max_drop_vs: tuple[str, str] | None,
+    as_json: bool,
 ) -> None:
     """Score answers produced elsewhere: JSONL with `prediction` and `reference` (or `answer`) per line."""
     from ragapp.evals.runner import score_predictions
@@ -154,8 +169,8 @@ def score(
 
 
 def _runs() -> Any:
-    from ragapp.evals.runs import RunStore
     from ragapp.errors import UsageError
+    from ragapp.evals.runs import RunStore
 
     app = open_app()
     if not app.has_store():
@@ -177,7 +192,14 @@ def list_runs(as_json: bool) -> None:
     hit_names = sorted({n for r in runs for n in r.aggregates if n.startswith("hit@")})
     metrics = [*_ANSWER_METRICS, *hit_names]
     rows = [
-        [str(r.id), r.name, r.status, f"{r.saved}/{r.total}", r.started_at.strftime("%Y-%m-%d %H:%M"), f"{r.seconds:.0f} s"]
+        [
+            str(r.id),
+            r.name,
+            r.status,
+            f"{r.saved}/{r.total}",
+            r.started_at.strftime("%Y-%m-%d %H:%M"),
+            f"{r.seconds:.0f} s",
+        ]
         + [fmt(m, r.aggregates.get(m)) for m in metrics]
         for r in runs
     ]
@@ -189,7 +211,9 @@ def list_runs(as_json: bool) -> None:
 @click.option("--items", "show_items", is_flag=True, help="Also list every item with its scores.")
 @_gate_options
 @json_option
-def show(run_ref: str, show_items: bool, fail_under: str | None, max_drop_vs: tuple[str, str] | None, as_json: bool) -> None:
+def show(
+    run_ref: str, show_items: bool, fail_under: str | None, max_drop_vs: tuple[str, str] | None, as_json: bool
+) -> None:
     """A stored run's aggregates (RUN is a name or id); the gate options check it like `eval run` does."""
     gate = _gate(fail_under, max_drop_vs)
     result = _runs().load(run_ref)
@@ -199,7 +223,10 @@ def show(run_ref: str, show_items: bool, fail_under: str | None, max_drop_vs: tu
         print_run(result)
         if show_items:
             names = [m for m in _ANSWER_METRICS if any(m in i.metrics for i in result.items)]
-            rows = [[str(i.position), i.item_id[:20], *(fmt(m, i.metrics.get(m)) for m in names), i.question[:60]] for i in result.items]
+            rows = [
+                [str(i.position), i.item_id[:20], *(fmt(m, i.metrics.get(m)) for m in names), i.question[:60]]
+                for i in result.items
+            ]
             click.echo(table(rows, ["line", "id", *names, "question"]))
     gate(result)
 
@@ -230,12 +257,23 @@ def compare_runs(run_a: str, run_b: str, by: str, top: int, as_json: bool) -> No
             }
         )
         return
-    click.echo(f"{c.a.name} -> {c.b.name}: {c.paired} questions in both" + (f" ({c.only_a} only in A, {c.only_b} only in B)" if c.only_a or c.only_b else ""))
+    click.echo(
+        f"{c.a.name} -> {c.b.name}: {c.paired} questions in both"
+        + (f" ({c.only_a} only in A, {c.only_b} only in B)" if c.only_a or c.only_b else "")
+    )
     if not c.paired:
         return
     pct = f"{c.confidence:.0%}"
     rows = [
-        [m.name, fmt(m.name, m.a), fmt(m.name, m.b), f"{m.delta:+.4f}", f"[{m.low:+.4f}, {m.high:+.4f}]", m.verdict, str(m.n)]
+        [
+            m.name,
+            fmt(m.name, m.a),
+            fmt(m.name, m.b),
+            f"{m.delta:+.4f}",
+            f"[{m.low:+.4f}, {m.high:+.4f}]",
+            m.verdict,
+            str(m.n),
+        ]
         for m in c.metrics
     ]
     click.echo(table(rows, ["metric", "A", "B", "delta", f"{pct} CI", "verdict", "n"]))
@@ -250,7 +288,9 @@ def compare_runs(run_a: str, run_b: str, by: str, top: int, as_json: bool) -> No
 @eval_group.command()
 @click.argument("run_ref", metavar="RUN")
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False), required=True, help="HTML file to write.")
-@click.option("--worst", type=click.IntRange(0), default=10, show_default=True, help="How many of the worst answers to show.")
+@click.option(
+    "--worst", type=click.IntRange(0), default=10, show_default=True, help="How many of the worst answers to show."
+)
 def report(run_ref: str, out: Path, worst: int) -> None:
     """Write a self-contained HTML report of RUN: metrics, distributions, the worst answers with their sources."""
     from ragapp.evals.report import write_report

@@ -159,8 +159,8 @@ def _from_file(path: Path) -> tuple[list[int], list[str], list[str]]:
 
 def _from_run(ref: str) -> tuple[list[int], list[str], list[str]]:
     """The answered items of an evaluation run (position = the dataset line)."""
-    from ragapp.evals.runs import RunStore
     from ragapp.errors import UsageError
+    from ragapp.evals.runs import RunStore
 
     app = open_app()
     if not app.has_store():

@@ -61,8 +61,7 @@ def read_adapter(path: str | Path, name: str | None = None, kinds: tuple[str, ..
         hint = " (soft prompts load in the transformers backend only)" if kind == PROMPT_TUNING else ""
         accepted = " and ".join("LoRA" if k == LORA else "prompt tuning" for k in kinds)
         raise AdapterError(
-            f"{folder} is not a LoRA adapter (peft_type is {declared!r}); "
-            f"{accepted} adapters are supported here{hint}"
+            f"{folder} is not a LoRA adapter (peft_type is {declared!r}); {accepted} adapters are supported here{hint}"
         )
     rank = config.get("r", 0) if kind == LORA else 0
     if kind == LORA and (not isinstance(rank, int) or rank < 1 or rank > VLLM_RANKS[-1]):

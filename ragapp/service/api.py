@@ -28,8 +28,8 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingRes
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import ragapp
-from ragapp.connectors.filesystem import SUPPORTED_SUFFIXES
 from ragapp.app import Answer, App
+from ragapp.connectors.filesystem import SUPPORTED_SUFFIXES
 from ragapp.errors import (
     Conflict,
     EmptyWorkspace,

@@ -91,7 +91,9 @@ class Collections:
         assert self.shared is not None
         with self.shared.engine.connect() as connection:
             comments = connection.scalars(
-                text("SELECT obj_description(oid, 'pg_namespace') FROM pg_namespace WHERE nspname LIKE 'collection\\_%'")
+                text(
+                    "SELECT obj_description(oid, 'pg_namespace') FROM pg_namespace WHERE nspname LIKE 'collection\\_%'"
+                )
             ).all()
         return sorted(c[len(SCHEMA_COMMENT) :] for c in comments if c and c.startswith(SCHEMA_COMMENT))
 

@@ -131,7 +131,9 @@ class Jobs:
 
     def start(self) -> None:
         with self.store.session() as s:  # a job left running was cut short by a stop: run it again
-            s.execute(update(IngestJobRow).where(IngestJobRow.status == "running", self._mine()).values(status="queued"))
+            s.execute(
+                update(IngestJobRow).where(IngestJobRow.status == "running", self._mine()).values(status="queued")
+            )
             s.commit()
         self._drop_unqueued_staging()
         self._thread = threading.Thread(target=self._work, name="ragapp-ingest-jobs", daemon=True)

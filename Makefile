@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.ragapp-installed
 DEMO_QUESTION ?= How do I remove documents whose files were deleted?
 
-.PHONY: setup system-packages demo test clean
+.PHONY: setup system-packages demo typecheck test clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -40,8 +40,12 @@ system-packages:
 	  else echo "Not installed:$$missing (tests that need them will skip)"; fi; \
 	fi
 
-test: setup system-packages
+# mypy over the package, each module under its installed name (see tests/typecheck.py).
+typecheck: setup
+	$(BIN)/python tests/typecheck.py
+
+test: setup system-packages typecheck
 	$(BIN)/python -m pytest
 
 clean:
-	rm -rf $(VENV) .ragapp-demo .pytest_cache
+	rm -rf $(VENV) .ragapp-demo .pytest_cache .mypy_cache

@@ -24,7 +24,8 @@ from ragapp.generators import GenerationConfig
 from ragapp.locks import held
 
 if TYPE_CHECKING:
-    from ragapp.app import Answer, App
+    from ragapp.answer import Answer
+    from ragapp.app import App
 
 DEFAULT_BATCH = 4
 

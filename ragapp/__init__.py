@@ -5,7 +5,8 @@ Importing ragapp changes nothing in the host process: ragapp loads its own model
 
 from __future__ import annotations
 
-from ragapp.app import Answer, App, Citation
+from ragapp.answer import Answer, Citation
+from ragapp.app import App
 from ragapp.errors import RagappError
 
 __all__ = ["Answer", "App", "Citation", "RagappError"]

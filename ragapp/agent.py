@@ -27,7 +27,7 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langchain_core.tools import BaseTool
 
-from ragapp.app import Citation
+from ragapp.answer import Citation
 from ragapp.prompt import cited_numbers
 from ragapp.tools.search_documents import PassageLedger
 

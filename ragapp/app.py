@@ -8,10 +8,11 @@ import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ragapp.answer import Answer, Citation
 from ragapp.config import EffectiveConfig, load_config
 from ragapp.errors import DamagedDatabase, EmptyWorkspace, UsageError, WorkspaceError
 from ragapp.generators import GenerationConfig, Generator, Message, load_generator
@@ -42,53 +43,6 @@ INDEX_FILE = "index.faiss"
 STAGING = ".staging"  # `ragapp serve`: uploads accepted but not yet ingested, one folder per job
 DEFAULT_WORKSPACE = ".ragapp"
 AGENT_TOOLS = ("search_documents", "sql_query", "calculator")
-
-
-@dataclass
-class Citation:
-    n: int
-    source: str
-    page: int | None
-    anchor: str | None
-    heading: str | None
-    chunk_id: int
-    score: float
-    cited: bool  # the answer refers to [n]
-    text: str
-
-    @classmethod
-    def of(cls, n: int, hit: SearchHit, cited: bool, text: str | None = None) -> Citation:
-        """Passage `n`, from `hit`; `text` is what the model saw when the passage was cut to fit."""
-        return cls(
-            n, hit.source, hit.page, hit.anchor, hit.heading, hit.chunk_id, hit.score, cited,
-            hit.text if text is None else text,
-        )  # fmt: skip
-
-
-@dataclass
-class Answer:
-    question: str
-    answer: str
-    citations: list[Citation]
-    model: str
-    timings: dict[str, float] = field(default_factory=dict)
-    # What produced the answer, for evaluation and debugging; not part of `to_dict()`.
-    hits: list[SearchHit] = field(default_factory=list, repr=False)
-    messages: list[Message] = field(default_factory=list, repr=False)
-    reward: float | None = None  # the reward model's score, when one chose the answer (`best_of`)
-    candidates: list[dict[str, Any]] = field(default_factory=list)  # every sampled answer and its reward
-
-    def to_dict(self) -> dict[str, Any]:
-        out = {
-            "question": self.question,
-            "answer": self.answer,
-            "citations": [vars(c) for c in self.citations],
-            "model": self.model,
-            "timings": {k: round(v, 4) for k, v in self.timings.items()},
-        }
-        if self.reward is not None:
-            out.update(reward=self.reward, candidates=self.candidates)
-        return out
 
 
 @dataclass

@@ -10,7 +10,8 @@ from typing import Any, TypeVar
 
 import click
 
-from ragapp.app import App, Citation
+from ragapp.answer import Citation
+from ragapp.app import App
 from ragapp.generators import BACKENDS
 from ragapp.search import MODES
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from ragapp.app import Answer
+from ragapp.answer import Answer
 from ragapp.cli.common import (
     echo_citations,
     emit_json,

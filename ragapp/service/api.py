@@ -28,7 +28,8 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingRes
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import ragapp
-from ragapp.app import Answer, App
+from ragapp.answer import Answer
+from ragapp.app import App
 from ragapp.connectors.filesystem import SUPPORTED_SUFFIXES
 from ragapp.errors import (
     Conflict,

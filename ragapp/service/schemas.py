@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ragapp.app import Citation
+from ragapp.answer import Citation
 from ragapp.search import SearchHit
 
 Mode = Literal["dense", "bm25", "hybrid"]

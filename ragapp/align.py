@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from ragapp.errors import UsageError
-from ragapp.finetune import (
-    _epoch_means,
+from ragapp.preferences import Pair, read_rankings, split_pairs
+from ragapp.training import (
+    LORA_TARGETS,
     check_out,
     load_base,
     load_causal_lm,
@@ -62,7 +63,7 @@ class AlignReport:
         return asdict(self)
 
 
-def _dataset(pairs: Sequence[Any]) -> Any:
+def _dataset(pairs: Sequence[Pair]) -> Any:
     from datasets import Dataset
 
     def turn(role: str, text: str) -> list[dict[str, str]]:
@@ -111,8 +112,6 @@ def align(
     started = time.perf_counter()
     base_path, tokenizer = load_base(base)
 
-    from ragapp.reward import read_rankings, split_pairs
-
     rankings = read_rankings(data)
     for message in rankings.notes:
         note(message)
@@ -120,8 +119,6 @@ def align(
 
     from peft import LoraConfig
     from trl import DPOConfig, DPOTrainer
-
-    from ragapp.finetune import LORA_TARGETS
 
     with staged(out) as staging, tempfile.TemporaryDirectory(prefix="ragapp-dpo-") as scratch:
         config = DPOConfig(
@@ -139,7 +136,7 @@ def align(
                 r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules=LORA_TARGETS, task_type="CAUSAL_LM"
             ),
         )
-        use_progress(trainer, progress)
+        use_progress(trainer, progress, "align")
         times = training_times(trainer, trainer.train())
         held: dict[str, float] = {}
         if by_split["test"]:
@@ -170,7 +167,7 @@ def align(
             steps=times.steps,
             seconds_per_step=times.seconds_per_step,
             seconds=0.0,
-            train_loss=_epoch_means(times.history, "loss", epochs),
+            train_loss=times.epoch_means("loss", epochs),
             validation_loss=[h["eval_loss"] for h in times.epoch_evals],
             validation_accuracy=[h.get("eval_rewards/accuracies", float("nan")) for h in times.epoch_evals],
             test=held,

@@ -13,21 +13,28 @@ beside its destination and renamed into place, so an interrupted run leaves no h
 from __future__ import annotations
 
 import json
-import math
-import os
-import shutil
-import statistics
 import tempfile
 import time
 import tomllib
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ragapp.errors import UsageError
 from ragapp.generators.base import Message
+from ragapp.training import (
+    LORA_TARGETS,
+    check_out,
+    load_base,
+    load_causal_lm,
+    parameter_counts,
+    save_model,
+    staged,
+    trainer_args,
+    training_times,
+    use_progress,
+)
 from ragapp.training_data import Record, TrainingDataError, read_records, split, write_jsonl
 
 if TYPE_CHECKING:
@@ -35,7 +42,6 @@ if TYPE_CHECKING:
 
 METHODS = ("lora", "prompt-tuning", "full")
 LEARNING_RATES = {"lora": 2e-4, "prompt-tuning": 3e-2, "full": 2e-5}
-LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 REPORT_FILE = "ragapp-finetune.json"
 ROLES = ("system", "user", "assistant")
 
@@ -185,7 +191,7 @@ class FinetuneReport:
         return {**asdict(self), "trainable_share": self.trainable_share}
 
 
-def _split_by_task(
+def split_by_task(
     examples: Sequence[SftExample], validation: float, test: float, seed: int
 ) -> tuple[list[SftExample], list[SftExample], list[SftExample]]:
     """Split each task on its own, so every task of a mix is represented in validation and test."""
@@ -209,34 +215,6 @@ def _dataset(examples: Sequence[SftExample]) -> Any:
     return Dataset.from_list(rows)
 
 
-def _progress_callback(enabled: bool) -> Any:
-    """A bar with steps, rate and the running loss; validation loss printed after each epoch."""
-    from tqdm import tqdm
-    from transformers import TrainerCallback
-
-    class Progress(TrainerCallback):  # type: ignore[misc]
-        bar: Any = None
-
-        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            self.bar = tqdm(total=state.max_steps, unit="step", desc="finetune", disable=not enabled)
-
-        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            self.bar.update(1)
-
-        def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kw: Any) -> None:
-            logs = logs or {}
-            if "loss" in logs and self.bar is not None:
-                self.bar.set_postfix(loss=f"{logs['loss']:.3f}", epoch=f"{state.epoch:.2f}")
-            if "eval_loss" in logs and enabled and self.bar is not None:
-                self.bar.write(f"epoch {round(state.epoch or 0)}: validation loss {logs['eval_loss']:.4f}")
-
-        def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            if self.bar is not None:
-                self.bar.close()
-
-    return Progress()
-
-
 def _peft_config(method: str, base_path: Path, rank: int) -> Any:
     from peft import LoraConfig, PromptTuningConfig, PromptTuningInit
 
@@ -253,135 +231,6 @@ def _peft_config(method: str, base_path: Path, rank: int) -> Any:
             tokenizer_name_or_path=str(base_path),
         )
     return None
-
-
-def _epoch_means(history: list[dict[str, Any]], key: str, epochs: int) -> list[float]:
-    out = []
-    for epoch in range(1, epochs + 1):
-        values = [h[key] for h in history if key in h and epoch - 1 < h.get("epoch", 0) <= epoch + 1e-9]
-        if values:
-            out.append(statistics.fmean(values))
-    return out
-
-
-def check_out(out: str | Path, overwrite: bool) -> Path:
-    out = Path(out).expanduser()
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise UsageError(f"{out} already exists and is not empty; choose another --out or pass --overwrite")
-    return out
-
-
-@contextmanager
-def staged(out: Path) -> Iterator[Path]:
-    """A fresh folder beside `out` that replaces it only if the block finishes; removed otherwise."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    staging.chmod(0o777 & ~umask)  # mkdtemp's 0700 would otherwise become the model folder's mode
-    try:
-        yield staging
-        if out.exists():
-            shutil.rmtree(out) if out.is_dir() else out.unlink()
-        os.replace(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-
-
-def load_base(base: str | None) -> tuple[Path, Any]:
-    """The base model's folder (a GGUF is converted once) and its tokenizer."""
-    import datasets
-    from transformers import AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
-    from ragapp.generators.gguf import resolve_model
-
-    path = resolve_model(base)
-    hf_logging.disable_progress_bar()
-    datasets.disable_progress_bars()  # trl's per-split tokenizing bars; ragapp shows one bar for training
-    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return path, tokenizer
-
-
-def load_causal_lm(path: Path) -> Any:
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, local_files_only=True)
-
-
-def trainer_args(
-    scratch: str, epochs: int, batch_size: int, learning_rate: float, seed: int, evaluate: bool
-) -> dict[str, Any]:
-    """What SFT and DPO training share: CPU unless CUDA is there, no checkpoints, ragapp's own progress bar."""
-    import torch
-
-    cuda = torch.cuda.is_available()
-    return dict(
-        output_dir=scratch,
-        num_train_epochs=epochs,
-        per_device_train_batch_size=batch_size,
-        per_device_eval_batch_size=batch_size,
-        learning_rate=learning_rate,
-        lr_scheduler_type="linear",
-        warmup_steps=0,
-        logging_steps=1,
-        eval_strategy="epoch" if evaluate else "no",
-        save_strategy="no",
-        report_to="none",
-        seed=seed,
-        data_seed=seed,
-        use_cpu=not cuda,
-        bf16=cuda and torch.cuda.is_bf16_supported(),
-        gradient_checkpointing=False,  # small models on CPU: checkpointing costs ~40 % more time per step
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-    )
-
-
-def use_progress(trainer: Any, enabled: bool) -> None:
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback
-
-    trainer.remove_callback(PrinterCallback)
-    trainer.remove_callback(ProgressCallback)
-    trainer.add_callback(_progress_callback(enabled))
-
-
-@dataclass
-class TrainingTimes:
-    steps: int
-    seconds_per_step: float
-    epoch_evals: list[dict[str, Any]]  # the evaluation logged after each epoch
-    history: list[dict[str, Any]]
-
-
-def training_times(trainer: Any, result: Any) -> TrainingTimes:
-    """Steps and seconds per step of `train()`, the per-epoch evaluations left out."""
-    history = trainer.state.log_history  # of `train()` only: it starts a fresh state
-    epoch_evals = [h for h in history if "eval_loss" in h and (h.get("epoch") or 0) > 0]
-    seconds = float(result.metrics.get("train_runtime", 0.0)) - sum(h.get("eval_runtime", 0.0) for h in epoch_evals)
-    steps = int(trainer.state.global_step)
-    return TrainingTimes(steps, seconds / steps if steps else math.nan, epoch_evals, history)
-
-
-def parameter_counts(model: Any) -> tuple[int, int]:
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return int(trainable), int(sum(p.numel() for p in model.parameters()))
-
-
-def save_model(model: Any, tokenizer: Any, folder: Path, merge: bool) -> str | None:
-    """The trained model (adapter or full) into `folder`, and base+LoRA merged into `folder/merged` if asked."""
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    if not merge:
-        return None
-    merged = model.merge_and_unload()
-    merged.save_pretrained(folder / "merged")
-    tokenizer.save_pretrained(folder / "merged")
-    return "merged"
 
 
 def sft_trainer(
@@ -462,12 +311,12 @@ def finetune(
             kept.append(e)
     if not kept:
         raise TrainingDataError(f"{data}: no example fits in {max_length} tokens")
-    train, val, held = _split_by_task(kept, validation, test, seed)
+    train, val, held = split_by_task(kept, validation, test, seed)
 
     lr = learning_rate if learning_rate is not None else LEARNING_RATES[method]
     with staged(out) as staging, tempfile.TemporaryDirectory(prefix="ragapp-sft-") as scratch:
         trainer = sft_trainer(base_path, tokenizer, train, val, method, rank, scratch, epochs, batch_size, lr, seed)
-        use_progress(trainer, progress)
+        use_progress(trainer, progress, "finetune")
         test_set = _dataset(held) if held else None
         val_before = trainer.evaluate()["eval_loss"] if val else None
         test_before = trainer.evaluate(test_set, metric_key_prefix="test")["test_loss"] if test_set else None
@@ -498,7 +347,7 @@ def finetune(
             learning_rate=lr,
             seconds_per_step=times.seconds_per_step,
             seconds=0.0,
-            train_loss=_epoch_means(times.history, "loss", epochs),
+            train_loss=times.epoch_means("loss", epochs),
             validation_loss=([val_before] if val_before is not None else [])
             + [h["eval_loss"] for h in times.epoch_evals],
             test_loss_before=test_before,

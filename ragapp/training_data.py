@@ -71,8 +71,8 @@ def read_records(path: str | Path) -> list[Record]:
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise TrainingDataError(f"{path}:{line}: not UTF-8 text") from None
+        bad = raw[: exc.start].count(b"\n") + 1
+        raise TrainingDataError(f"{path}:{bad}: not UTF-8 text") from None
     records = []
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():

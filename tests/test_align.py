@@ -10,6 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from ragapp.cli import cli
+from tests.lora import shipped_generator
 
 COLOURS = ["red", "green", "blue", "yellow", "black", "white", "orange", "purple", "pink", "brown"]
 
@@ -76,7 +77,7 @@ def test_dpo_prefers_the_chosen_answers_on_held_out_prompts(tmp_path: Path, pref
     assert held_out and not {p["prompt"] for p in held_out} & train_prompts
 
     # The adapter loads in the transformers backend and moves likelihood from rejected to chosen.
-    base = TransformersGenerator().load()
+    base = shipped_generator()
     aligned = TransformersGenerator(adapter=str(out)).load()
 
     def margin(gen: TransformersGenerator, pair: dict[str, str]) -> float:

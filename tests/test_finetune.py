@@ -12,10 +12,12 @@ from click.testing import CliRunner
 
 from ragapp.cli import cli
 from ragapp.errors import UsageError
-from ragapp.finetune import _split_by_task, finetune, load_base, read_examples, read_templates, sft_trainer
+from ragapp.finetune import finetune, read_examples, read_templates, sft_trainer, split_by_task
 from ragapp.generators import GenerationConfig
 from ragapp.generators.adapters import AdapterError
+from ragapp.training import load_base
 from ragapp.training_data import TrainingDataError, read_records, split
+from tests.lora import shipped_generator
 
 COLOURS = ["red", "green", "blue", "yellow", "black", "white", "orange", "purple", "pink", "brown", "grey", "cyan"]
 GREEDY = GenerationConfig(max_new_tokens=12)
@@ -26,13 +28,13 @@ def write(path: Path, rows: list[object]) -> Path:
     return path
 
 
-@pytest.fixture
-def colours(tmp_path: Path) -> Path:
-    """A small task the base model cannot know: which colour each numbered item has."""
+@pytest.fixture(scope="module")
+def colours(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small task the base model cannot know: which colour each numbered item has (read, never written)."""
     rows = [
         {"prompt": f"What colour is item number {i}?", "completion": f"Item {i} is {c}."} for i, c in enumerate(COLOURS)
     ]
-    return write(tmp_path / "colours.jsonl", rows)
+    return write(tmp_path_factory.mktemp("colours") / "colours.jsonl", rows)
 
 
 # -- reading --------------------------------------------------------------------------------------
@@ -138,7 +140,7 @@ def test_split_is_deterministic_and_independent_of_line_order() -> None:
 def test_each_task_of_a_mix_is_held_out(tmp_path: Path) -> None:
     rows = [{"task": "a", "prompt": f"a{i}", "completion": "x"} for i in range(20)]
     rows += [{"task": "b", "prompt": f"b{i}", "completion": "y"} for i in range(10)]
-    train, val, test = _split_by_task(read_examples(write(tmp_path / "m.jsonl", rows)), 0.1, 0.1, 0)
+    train, val, test = split_by_task(read_examples(write(tmp_path / "m.jsonl", rows)), 0.1, 0.1, 0)
     assert {e.task for e in test} == {"a", "b"} and {e.task for e in val} == {"a", "b"}
     assert len(train) + len(val) + len(test) == 30
 
@@ -176,7 +178,7 @@ def test_loss_covers_completion_tokens_only(colours: Path) -> None:
     base, tokenizer = load_base(None)
     examples = read_examples(colours)
     with tempfile.TemporaryDirectory() as scratch:
-        trainer = sft_trainer(base, tokenizer, examples[:4], [], "lora", 8, scratch, 1, 4, 1e-4, 0)
+        trainer = sft_trainer(base, tokenizer, examples[:1], [], "lora", 8, scratch, 1, 1, 1e-4, 0)
         row = trainer.train_dataset[0]
         prompt_ids = tokenizer.apply_chat_template(examples[0].prompt, add_generation_prompt=True, return_dict=False)
         completion_ids = tokenizer(examples[0].completion, add_special_tokens=False)["input_ids"]
@@ -205,9 +207,9 @@ def test_lora_learns_saves_merges_and_loads_in_transformers(tmp_path: Path, colo
             "--out",
             str(out),
             "--epochs",
-            "3",
+            "2",
             "--lr",
-            "1e-3",
+            "2e-3",
             "--merge",
             "--json",
         ],
@@ -216,9 +218,9 @@ def test_lora_learns_saves_merges_and_loads_in_transformers(tmp_path: Path, colo
     report = json.loads(result.stdout)
     assert report["examples"] == {"train": 10, "validation": 1, "test": 1, "dropped": 0}
     assert 0 < report["trainable_share"] < 0.01  # LoRA r=8 on q/k/v/o: well under 1 % of the weights
-    assert report["steps"] == 9 and report["seconds_per_step"] > 0
+    assert report["steps"] == 6 and report["seconds_per_step"] > 0  # 10 examples in batches of 4, 2 epochs
     assert report["train_loss"][-1] < report["train_loss"][0]
-    assert len(report["validation_loss"]) == 4 and report["validation_loss"][-1] < report["validation_loss"][0]
+    assert len(report["validation_loss"]) == 3 and report["validation_loss"][-1] < report["validation_loss"][0]
     assert report["test_loss_after"] < report["test_loss_before"]
     assert (out / "adapter_config.json").is_file() and (out / "adapter_model.safetensors").is_file()
     assert (out / "merged" / "model.safetensors").is_file()
@@ -230,7 +232,7 @@ def test_lora_learns_saves_merges_and_loads_in_transformers(tmp_path: Path, colo
     question = [{"role": "user", "content": "What colour is item number 4?"}]
     tuned = TransformersGenerator(adapter=str(out)).load()
     merged = TransformersGenerator(str(out / "merged")).load()
-    base = TransformersGenerator().load()
+    base = shipped_generator()
     answer = tuned.generate(question, GREEDY)
     assert answer == merged.generate(question, GREEDY)  # merging keeps the model the adapter made
     assert answer != base.generate(question, GREEDY)
@@ -239,20 +241,26 @@ def test_lora_learns_saves_merges_and_loads_in_transformers(tmp_path: Path, colo
 
 
 @pytest.mark.slow
-def test_prompt_tuning_and_full_train_and_load(tmp_path: Path, colours: Path) -> None:
+def test_prompt_tuning_trains_and_loads_in_transformers_only(tmp_path: Path, colours: Path) -> None:
     from ragapp.generators.transformers_local import TransformersGenerator
     from ragapp.generators.vllm_local import VllmGenerator
 
-    soft = finetune(colours, tmp_path / "soft", method="prompt-tuning", epochs=2)
+    soft = finetune(colours, tmp_path / "soft", method="prompt-tuning", epochs=1)
     assert soft.trainable_params == 16 * 576  # 16 virtual tokens × SmolLM2's hidden size
-    assert soft.validation_loss[-1] < soft.validation_loss[0]
+    assert len(soft.validation_loss) == 2 and soft.validation_loss[-1] < soft.validation_loss[0]
     question = [{"role": "user", "content": "What colour is item number 2?"}]
     assert TransformersGenerator(adapter=str(tmp_path / "soft")).load().generate(question, GREEDY).strip()
     with pytest.raises(AdapterError, match="transformers backend only"):
         VllmGenerator(adapter=str(tmp_path / "soft"))
 
+
+@pytest.mark.slow
+def test_full_finetuning_trains_and_loads(tmp_path: Path, colours: Path) -> None:
+    from ragapp.generators.transformers_local import TransformersGenerator
+
     full = finetune(colours, tmp_path / "full", method="full", epochs=2)
     assert full.trainable_share == 1.0
     assert full.test_loss_after is not None and full.test_loss_before is not None
     assert full.test_loss_after < full.test_loss_before
+    question = [{"role": "user", "content": "What colour is item number 2?"}]
     assert TransformersGenerator(str(tmp_path / "full")).load().generate(question, GREEDY).startswith("Item 2 is")

@@ -7,6 +7,7 @@ import json
 import math
 import random
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,9 @@ from click.testing import CliRunner
 
 from ragapp.cli import cli
 from ragapp.errors import UsageError
-from ragapp.reward import REPORT_FILE, RewardModel, RewardReport, read_rankings, split_pairs, train_reward
+from ragapp.preferences import read_rankings, split_pairs
+from ragapp.reward import REPORT_FILE, RewardModel, load_reward_model
+from ragapp.reward_training import RewardReport, train_reward
 from ragapp.training_data import TrainingDataError
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
@@ -223,7 +226,7 @@ def preferences(path: Path, n: int) -> Path:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[RewardReport, Path, Path]:
-    """One real training run shared by the tests below: ~100 pairs, 2 epochs."""
+    """One real training run shared by the tests below: 120 prompts of one pair each, 2 epochs."""
     folder = tmp_path_factory.mktemp("reward")
     data = preferences(folder / "docs-prefs.jsonl", 120)
     out = folder / "model"
@@ -233,7 +236,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[RewardReport, Pat
 
 @pytest.mark.slow
 def test_training_learns_the_preference_on_held_out_prompts(trained: tuple[RewardReport, Path, Path]) -> None:
-    report, data, out = trained
+    report, data, _ = trained
     assert report.pairs == {"train": 84, "validation": 12, "test": 24}  # one pair per prompt; 120 prompts
     assert report.prompts == report.pairs
     assert report.notes == [f"{data}:121: only one completion, no comparison"]
@@ -310,6 +313,7 @@ def test_cli_trains_and_scores(tmp_path: Path, trained: tuple[RewardReport, Path
     assert json.loads((out / REPORT_FILE).read_text(encoding="utf-8"))["created"] == report["created"]
 
 
+@pytest.mark.slow
 def test_a_configured_reward_model_scores_eval_runs(tmp_path: Path, trained: tuple[RewardReport, Path, Path]) -> None:
     """reward.model adds a `reward` metric to `eval score` runs, and `reward score` scores a stored run."""
     _, _, model_dir = trained
@@ -340,12 +344,15 @@ def test_a_configured_reward_model_scores_eval_runs(tmp_path: Path, trained: tup
 
 @pytest.mark.slow
 def test_ask_best_of_returns_the_highest_reward_answer(
-    tmp_path: Path, corpus: Path, trained: tuple[RewardReport, Path, Path]
+    tmp_path: Path, trained: tuple[RewardReport, Path, Path]
 ) -> None:
     from ragapp import App
 
     _, _, model_dir = trained
     ws = tmp_path / "ws"
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    shutil.copy(DOCS / "ingesting.md", corpus)  # the page that answers the question: best-of needs no more
     App(ws).ingest([corpus])
     env = {"RAGAPP_REWARD_MODEL": str(model_dir)}
     question = "How do I remove documents whose files were deleted?"
@@ -357,7 +364,7 @@ def test_ask_best_of_returns_the_highest_reward_answer(
     assert len(candidates) == 3 and len({c["answer"] for c in candidates}) > 1  # seeds 0, 1, 2 differ
     best = max(candidates, key=lambda c: c["reward"])
     assert answer["answer"] == best["answer"] and answer["reward"] == best["reward"]
-    model = RewardModel.load(model_dir)
+    model = load_reward_model(str(model_dir))  # the one `ask` loaded, as App shares it
     assert [c["reward"] for c in candidates] == pytest.approx(
         model.score([question] * 3, [c["answer"] for c in candidates]), abs=1e-5
     )

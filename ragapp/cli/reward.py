@@ -76,7 +76,7 @@ def train(
     Prompts, not pairs, are split into train, validation and test, so the held-out accuracy is
     measured on prompts the model never saw. The splits are saved in OUT/data/.
     """
-    from ragapp.reward import train_reward
+    from ragapp.reward_training import train_reward
 
     report = train_reward(
         rankings,

@@ -4,8 +4,6 @@ score each answer, and save the results a batch at a time so that an interrupted
 
 from __future__ import annotations
 
-import fcntl
-import os
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -21,7 +19,7 @@ from tqdm import tqdm
 
 from ragapp.errors import RagappError, ScoringUnsupported, UsageError
 from ragapp.generators import GenerationConfig
-from ragapp.locks import held
+from ragapp.locks import exclusive_lock, held
 
 if TYPE_CHECKING:
     from ragapp.answer import Answer
@@ -51,13 +49,7 @@ class _Session:
 
     @contextmanager
     def working(self) -> Iterator[None]:
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                name = self.runs.row(self.run_id).name
-                raise UsageError(f"evaluation run {name!r} is being answered by another process") from None
+        with exclusive_lock(self.lock_path, busy=self._busy):
             self.runs.mark_running(self.run_id)
             started = time.perf_counter()
             status = "failed"
@@ -71,8 +63,9 @@ class _Session:
                 self.result = self.runs.set_status(self.run_id, status, time.perf_counter() - started)
                 if status == FINISHED:
                     self.lock_path.unlink(missing_ok=True)
-        finally:
-            os.close(fd)
+
+    def _busy(self) -> UsageError:
+        return UsageError(f"evaluation run {self.runs.row(self.run_id).name!r} is being answered by another process")
 
 
 def lock_path(workspace: Path, run_id: int) -> Path:
@@ -191,7 +184,7 @@ def _answer_batch(app: App, batch: list[Example], k: int, sampling: GenerationCo
 def add_rewards(app: App, items: list[ItemResult]) -> list[ItemResult]:
     """The configured reward model's score of each answer to its question, as the `reward` metric."""
     reward_model = app.reward_model
-    answered = [i for i in items if i.error is None]
+    answered = [i for i in items if i.error is None and i.question]  # a reward is for an answer to a question
     if reward_model is not None and answered:
         scores = reward_model.score([i.question for i in answered], [i.prediction for i in answered])
         for item, score in zip(answered, scores, strict=True):

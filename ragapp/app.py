@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import time
@@ -10,39 +9,31 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 from ragapp.answer import Answer, Citation
 from ragapp.config import EffectiveConfig, load_config
 from ragapp.errors import DamagedDatabase, EmptyWorkspace, UsageError, WorkspaceError
-from ragapp.generators import GenerationConfig, Generator, Message, load_generator
-from ragapp.locks import held
+from ragapp.generators import GenerationConfig, Generator, Message, backend, load_generator
+from ragapp.locks import exclusive_lock, held
 from ragapp.search import Filters, Mode, SearchHit
 from ragapp.store import SCHEMA_VERSION, Store, StoreMissing, damaged_message, shown_url
+from ragapp.workspace_indexes import INDEX_FILE, WorkspaceIndexes
 
 if TYPE_CHECKING:
-    from langchain_core.language_models import BaseChatModel
-    from langchain_core.tools import BaseTool
-
     from ragapp.agent import AgentResult, Step
     from ragapp.connectors import Document
     from ragapp.embedding import Embedder
-    from ragapp.indexes.bm25_index import Bm25Index
     from ragapp.ingest import Ingestor, IngestReport
-    from ragapp.keyword_index import WorkspaceKeywords
     from ragapp.prompt import Passage
     from ragapp.reward import RewardModel
-    from ragapp.tools.search_documents import PassageLedger
-    from ragapp.vector_index import IndexCheck, VectorIndex
 
 log = logging.getLogger(__name__)
 
 DB_FILE = "ragapp.db"
 LOCK_FILE = "ingest.lock"
-INDEX_FILE = "index.faiss"
 STAGING = ".staging"  # `ragapp serve`: uploads accepted but not yet ingested, one folder per job
 DEFAULT_WORKSPACE = ".ragapp"
-AGENT_TOOLS = ("search_documents", "sql_query", "calculator")
 
 
 @dataclass
@@ -96,8 +87,7 @@ class App:
         self._embedder: Embedder | None = None
         self._generator: Generator | None = None
         self._reward_model: RewardModel | None = None
-        self._search_index: tuple[tuple[int, int] | None, VectorIndex] | None = None
-        self._search_keywords: tuple[str | None, Bm25Index] | None = None
+        self.indexes = WorkspaceIndexes(self.workspace, self.config.index, lambda: self.embedder, self.ingest_lock)
 
     # -- lazily opened parts ----------------------------------------------------------------------
 
@@ -165,7 +155,7 @@ class App:
     @property
     def generator(self) -> Generator:
         if self._generator is None:
-            self._generator = load_generator(*self.config.generation.backend_key())
+            self._generator = load_generator(self.config.generation)
         return self._generator
 
     @property
@@ -176,68 +166,6 @@ class App:
 
             self._reward_model = load_reward_model(self.config.reward.model)
         return self._reward_model
-
-    def index_kind(self, store: Store) -> str:
-        """`index.kind` as it applies to this database: auto is pgvector on PostgreSQL."""
-        kind = self.config.index.kind
-        if kind == "auto" and store.dialect == "postgresql":
-            return "pgvector"
-        return kind
-
-    def _index(self, store: Store) -> VectorIndex:
-        from ragapp.vector_index import PgVectorWorkspaceIndex, WorkspaceIndex
-
-        i = self.config.index
-        e = self.embedder
-        kind = self.index_kind(store)
-        if kind == "pgvector":
-            return PgVectorWorkspaceIndex(store, e.dim, e.fingerprint, i.hnsw_m)
-        return WorkspaceIndex(self.workspace / INDEX_FILE, store, e.dim, e.fingerprint, kind, i.hnsw_m)  # type: ignore[arg-type]
-
-    def _reader_index(self, store: Store) -> VectorIndex:
-        """The index for searching: a FAISS file is read again only when an ingest has replaced it."""
-        if self.index_kind(store) == "pgvector":
-            if self._search_index is None or self._search_index[1].notes:  # a rebuild may have finished since
-                self._search_index = (None, self._index(store))
-            return self._search_index[1]
-        try:
-            info = (self.workspace / INDEX_FILE).stat()
-            stamp: tuple[int, int] | None = (info.st_mtime_ns, info.st_size)
-        except FileNotFoundError:
-            stamp = None
-        if self._search_index is None or self._search_index[0] != stamp:
-            self._search_index = (stamp, self._index(store))
-        return self._search_index[1]
-
-    def _keywords(self, store: Store) -> WorkspaceKeywords:
-        from ragapp.keyword_index import WorkspaceKeywords
-
-        i = self.config.index
-        return WorkspaceKeywords(self.workspace, store, i.bm25_k1, i.bm25_b)
-
-    def _reader_keywords(self, store: Store) -> Bm25Index:
-        """The BM25 index for searching, reloaded only when an ingest has switched to a new one.
-
-        A workspace without one (ingested by an older ragapp, or other BM25 parameters) gets it built
-        now, and saved too unless an ingest is running (that ingest saves it when it finishes).
-        """
-        keywords = self._keywords(store)
-        pointer = keywords.pointer()
-        if self._search_keywords is None or self._search_keywords[0] != pointer:
-            index = keywords.load()
-            if index is None:
-                try:
-                    with self.ingest_lock():
-                        index = keywords.materialise()
-                        if index is None:
-                            keywords.sync()
-                            index = keywords.load()
-                        pointer = keywords.pointer()
-                except (WorkspaceError, OSError):  # an ingest is running, or the workspace is read-only
-                    pass
-                index = index or keywords.build()
-            self._search_keywords = (pointer, index)
-        return self._search_keywords[1]
 
     def _require_chunks(self) -> Store:
         store = self.open_store(create=False)
@@ -258,24 +186,19 @@ class App:
         """One writer at a time: a lock file in the workspace folder, and on PostgreSQL an advisory lock
         that every process on every machine using the database takes too. `wait` waits for a running
         ingest to finish (two ingests at once both complete, one after the other); else it is an error."""
-        fd = os.open(self.workspace / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                if not wait:
-                    raise WorkspaceError(
-                        f"another ingest is running in {self.workspace}; wait for it to finish"
-                    ) from None
-                log.warning("waiting for another ingest in %s to finish", self.workspace)
-                fcntl.flock(fd, fcntl.LOCK_EX)
+
+        def busy() -> WorkspaceError:
+            return WorkspaceError(f"another ingest is running in {self.workspace}; wait for it to finish")
+
+        def waiting() -> None:
+            log.warning("waiting for another ingest in %s to finish", self.workspace)
+
+        with exclusive_lock(self.workspace / LOCK_FILE, busy=None if wait else busy, waiting=waiting):
             if self._store is None:
                 yield
             else:
                 with self._store.writer_lock(wait):
                     yield
-        finally:
-            os.close(fd)
 
     # -- the public API ---------------------------------------------------------------------------
 
@@ -371,7 +294,8 @@ class App:
             chunker = Chunker(self.embedder.tokenizer, c.chunking.chunk_tokens, c.chunking.overlap_tokens)
             max_bytes = int(c.ingest.max_file_mb * 1e6)
             limits = c.ingest.parse_limits()
-            yield Ingestor(store, self._index(store), self._keywords(store), self.embedder, chunker, max_bytes, limits)
+            vectors, keywords = self.indexes.vectors(store), self.indexes.keywords(store)
+            yield Ingestor(store, vectors, keywords, self.embedder, chunker, max_bytes, limits)
 
     def search(
         self,
@@ -396,21 +320,11 @@ class App:
             store=store,
             settings=self.config.retrieval,
             embedder=lambda: self.embedder,
-            vectors=lambda: self._searchable_index(store),
-            keywords=lambda: self._reader_keywords(store),
+            vectors=lambda: self.indexes.searchable_vectors(store),
+            keywords=lambda: self.indexes.reader_keywords(store),
             generator=lambda: self.generator,
         )
         return search(parts, query, k or self.config.retrieval.k, mode, filters)
-
-    def _searchable_index(self, store: Store) -> VectorIndex:
-        """The reader's vector index, or an error saying why a search with it would be silently incomplete."""
-        index = self._reader_index(store)
-        if index.notes:
-            raise WorkspaceError(
-                f"{index.notes[0]}: dense and hybrid search would miss passages; run `ragapp ingest PATH` "
-                "(any path) to rebuild it from the database, or use --mode bm25 until then"
-            )
-        return index
 
     def sampling(self, generation: dict[str, Any] | GenerationConfig | None = None) -> GenerationConfig:
         """The configured generation settings with `generation`'s overrides applied."""
@@ -501,7 +415,7 @@ class App:
         store = self._require_chunks()
         filters = Filters.of(filters)
         if (mode or self.config.retrieval.mode) != "bm25":
-            self._searchable_index(store)  # before the generator loads: a broken index fails at once
+            self.indexes.searchable_vectors(store)  # before the generator loads: a broken index fails at once
         generator = self.generator
         load_s = time.perf_counter() - started
 
@@ -572,109 +486,30 @@ class App:
     ) -> AgentResult:
         """Complete `task` with tools, step by step; `on_step` sees each tool call, result and the answer.
 
-        `tools` are names from AGENT_TOOLS; by default search_documents (when something is ingested),
+        `tools` are names from `ragapp.tools.AGENT_TOOLS`; by default search_documents (when something is ingested),
         sql_query (when `agent.database` or `database` is set) and calculator. The run ends at a final
         answer or after `max_steps` model calls (default `agent.max_steps`); `finished` tells which.
         """
-        from ragapp.agent import run_agent
-        from ragapp.tools.search_documents import PassageLedger
+        from ragapp.agent import run_task
 
-        if not task.strip():
-            raise UsageError("the task is empty")
-        a = self.config.agent
-        database = a.database if database is None else database
-        if tools is None:
-            has_chunks = self.has_store() and self.open_store().has_chunks()
-            tools = [t for t in AGENT_TOOLS if t != "search_documents" or has_chunks]
-            tools = [t for t in tools if t != "sql_query" or database]
-        unknown = sorted(set(tools) - set(AGENT_TOOLS))
-        if unknown:
-            raise UsageError(f"unknown tool {', '.join(unknown)} (available: {', '.join(AGENT_TOOLS)})")
-        if not tools:
-            raise UsageError("no tool to use")
-        steps = max_steps if max_steps is not None else a.max_steps
-        if steps < 1:
-            raise UsageError("max_steps must be at least 1")
-        ledger = PassageLedger()
-        closers: list[Callable[[], None]] = []
-        try:
-            built = [self._agent_tool(name, ledger, database, closers) for name in dict.fromkeys(tools)]
-            model, protocol = self._agent_model(self.sampling(generation))
-            return run_agent(
-                model,
-                built,
-                task,
-                max_steps=steps,
-                ledger=ledger,
-                on_step=on_step,
-                model_name=self.generator.model_id,
-                protocol=protocol,
-            )
-        finally:
-            for close in closers:
-                close()
-
-    def _agent_tool(
-        self, name: str, ledger: PassageLedger, database: str, closers: list[Callable[[], None]]
-    ) -> BaseTool:
-        if name == "search_documents":
-            from ragapp.tools.search_documents import search_documents_tool
-
-            store = self._require_chunks()
-            k = self.config.agent.search_k
-            return search_documents_tool(lambda q: self._search(store, q, k, None, Filters()), ledger)
-        if name == "sql_query":
-            if not database:
-                raise UsageError("sql_query needs a database: set agent.database or pass --database URL")
-            from ragapp.tools.sql_query import ReadOnlyDatabase, sql_query_tool
-
-            a = self.config.agent
-            db = ReadOnlyDatabase(database, a.tables, a.max_rows, a.sql_timeout_s)
-            closers.append(db.close)
-            return sql_query_tool(db)
-        from ragapp.tools.calculator import calculator_tool
-
-        return calculator_tool()
-
-    def _agent_model(self, sampling: GenerationConfig) -> tuple[BaseChatModel, str]:
-        """The chat model for the agent and the protocol it speaks (see `agent.protocol`)."""
-        from ragapp.config import DEFAULT_STOP
-
-        g = self.config.generation
-        protocol = self.config.agent.protocol
-        if protocol == "auto":
-            protocol = "tools" if g.backend == "openai" else "react"
-        if protocol == "tools":
-            if g.backend != "openai":
-                raise UsageError(
-                    "agent.protocol = tools needs generation.backend = openai (a server that calls tools: "
-                    "OpenAI, or vLLM with --enable-auto-tool-choice --tool-call-parser); use react for "
-                    f"the {g.backend} backend"
-                )
-            from langchain_openai import ChatOpenAI
-
-            server = self.generator  # loaded: the model name is resolved and the server answered
-            model: BaseChatModel = ChatOpenAI(
-                model=server.model_id,
-                base_url=g.base_url,
-                api_key=getattr(server, "api_key", None) or "none",
-                timeout=g.timeout,
-                max_retries=2,
-                temperature=sampling.temperature,
-                max_completion_tokens=sampling.max_new_tokens,
-                seed=sampling.seed,
-            )
-            return model, protocol
-        from ragapp.react_chat import ReActChatModel
-
-        # The answer stops of `ask` ("\nQuestion:", "\n\n[") would cut observations and answers short here.
-        stops = [s for s in sampling.stop if s not in DEFAULT_STOP]
-        model = ReActChatModel(
-            generator=self.generator,
-            sampling=sampling.model_copy(update={"stop": stops}),
-            context_window=g.context_window,
+        has_documents = self.has_store() and self.open_store().has_chunks()
+        return run_task(
+            task,
+            self.config.agent,
+            generator=lambda: self.generator,
+            native_tools=backend(self.config.generation.backend).native_tools,
+            sampling=self.sampling(generation),
+            context_window=self.config.generation.context_window,
+            documents=self._search_documents if has_documents else None,
+            tools=tools,
+            max_steps=max_steps,
+            database=database,
+            on_step=on_step,
         )
-        return model, protocol
+
+    def _search_documents(self, query: str, k: int) -> list[SearchHit]:
+        """The agent's search_documents: `search` with the configured mode and no filters."""
+        return self._search(self._require_chunks(), query, k, None, Filters())
 
     def status(self) -> dict[str, Any]:
         c = self.config
@@ -698,8 +533,8 @@ class App:
             return out
         store = self.open_store(create=False)
         out.update(store.counts())
-        check = self.check_index(store)
-        if self.index_kind(store) == "pgvector":
+        check = self.indexes.check(store)
+        if self.indexes.kind(store) == "pgvector":
             from ragapp.indexes.pgvector_index import TABLE
 
             out["index"] = {"kind": "pgvector", "table": TABLE}
@@ -707,7 +542,7 @@ class App:
         if check.problem:
             out["index"]["problem"] = check.problem
         out["pending"] += check.absent  # marked indexed, but without a vector: waiting to be indexed again
-        pointer = self._keywords(store).pointer()
+        pointer = self.indexes.keywords(store).pointer()
         folder = self.workspace / pointer if pointer else None
         out["keyword_index"] = {
             "path": str(folder) if folder else None,
@@ -730,14 +565,6 @@ class App:
         )
         return out
 
-    def check_index(self, store: Store) -> IndexCheck:
-        """How the vector index agrees with the chunks SQL marks indexed (no model is loaded)."""
-        from ragapp.vector_index import check_faiss_file, check_pgvector
-
-        if self.index_kind(store) == "pgvector":
-            return check_pgvector(store)
-        return check_faiss_file(self.workspace / INDEX_FILE, store)
-
     def generation_info(self) -> dict[str, Any]:
         """What generates answers, from config alone (nothing is loaded or contacted)."""
         g = self.config.generation
@@ -757,7 +584,7 @@ class App:
             self._store.close()
             self._store = None
 
-    def __enter__(self) -> App:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -73,7 +73,7 @@ def _database(store: Store) -> Finding:
 
 
 def _vectors(app: App, store: Store, running: bool) -> list[Finding]:
-    check = app.check_index(store)
+    check = app.indexes.check(store)
     if check.state != "ok":
         return [Finding("vector index", "error", check.problem or check.state)]
     agree = f"{check.vectors} vectors; all {check.marked} chunks marked indexed have one"
@@ -88,7 +88,7 @@ def _vectors(app: App, store: Store, running: bool) -> list[Finding]:
 def _keywords(app: App, store: Store, running: bool) -> list[Finding]:
     from ragapp.indexes.bm25_index import IDS_FILE, Bm25Index, KeywordIndexError
 
-    keywords = app._keywords(store)
+    keywords = app.indexes.keywords(store)
     name = keywords.pointer()
     chunks = store.chunk_ids()
     if name is None:

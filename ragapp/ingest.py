@@ -25,7 +25,7 @@ from ragapp.connectors.filesystem import discover, parse, read_bytes
 from ragapp.embedding import Embedder
 from ragapp.keyword_index import WorkspaceKeywords
 from ragapp.store import IngestProblem, IngestRun, Store, utcnow
-from ragapp.vector_index import WorkspaceIndex
+from ragapp.vector_index import VectorIndex
 
 # Chunks embedded per step. The model sorts each step's texts by length before batching them, so a wide
 # step pads less; 1024 is about 10 s of work, so progress still moves.
@@ -69,7 +69,7 @@ class Ingestor:
     def __init__(
         self,
         store: Store,
-        index: WorkspaceIndex,
+        index: VectorIndex,
         keywords: WorkspaceKeywords,
         embedder: Embedder,
         chunker: Chunker,

@@ -10,19 +10,29 @@ from __future__ import annotations
 import fcntl
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 
 @contextmanager
-def exclusive_lock(path: str | Path, wait: bool = True) -> Iterator[None]:
-    """An exclusive `flock` on `path` (created if missing); the kernel drops it if the process dies.
+def exclusive_lock(
+    path: str | Path, busy: Callable[[], Exception] | None = None, waiting: Callable[[], object] | None = None
+) -> Iterator[None]:
+    """An exclusive `flock` on `path` (created if missing) for the block; the kernel drops it if the process dies.
 
-    Without `wait`, raises BlockingIOError when another process holds it."""
+    When another process holds it: with `busy`, raises `busy()` at once (the caller's own words for who
+    is busy); else waits its turn, calling `waiting()` first (to say why nothing happens)."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if busy is not None:
+                raise busy() from None
+            if waiting is not None:
+                waiting()
+            fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
         os.close(fd)

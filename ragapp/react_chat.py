@@ -26,7 +26,7 @@ from typing import Any
 
 from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel, LanguageModelInput
-from langchain_core.messages import AIMessage, BaseMessage, SystemMessage, ToolMessage
+from langchain_core.messages import AIMessage, BaseMessage, SystemMessage, ToolCall, ToolMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.runnables import Runnable
 from langchain_core.tools import BaseTool
@@ -107,7 +107,7 @@ def parse_reply(text: str, parameters: dict[str, str | None]) -> AIMessage:
     return AIMessage(content=answer.strip())
 
 
-def _action_text(call: dict[str, Any], parameters: dict[str, str | None]) -> str:
+def _action_text(call: ToolCall, parameters: dict[str, str | None]) -> str:
     args = call.get("args") or {}
     param = parameters.get(call["name"])
     value = args[param] if param is not None and set(args) == {param} else json.dumps(args)

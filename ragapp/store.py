@@ -16,7 +16,7 @@ import sqlite3
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy import (
     JSON,
@@ -28,6 +28,7 @@ from sqlalchemy import (
     ForeignKey,
     Integer,
     String,
+    Table,
     Text,
     TypeDecorator,
     UniqueConstraint,
@@ -310,7 +311,8 @@ def migrate(session: Session, migrations: dict[int, Migration] = MIGRATIONS, loc
         session.execute(select(func.pg_advisory_xact_lock(lock_key(lock))))
     target = max(migrations)
     connection = session.connection()
-    has_meta = inspect(connection).has_table("meta", schema=connection.schema_for_object(Meta.__table__))
+    meta = cast(Table, Meta.__table__)  # a mapped class's __table__ is its Table
+    has_meta = inspect(connection).has_table("meta", schema=connection.schema_for_object(meta))
     current = 0
     if has_meta:
         row = session.get(Meta, "schema_version")

@@ -19,10 +19,10 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Literal, Protocol, cast
 
 import numpy as np
-from sqlalchemy import func, inspect, select, text, update
+from sqlalchemy import Table, func, inspect, select, text, update
 
 from ragapp.errors import WorkspaceError
 from ragapp.indexes import FaissIndex, IndexFileError
@@ -141,8 +141,10 @@ def check_pgvector(store: Store) -> IndexCheck:
 class VectorIndex(Protocol):
     """What ingestion and search use of a workspace's vector index, whichever engine holds it."""
 
-    kind: str
     notes: list[str]  # why the index must be rebuilt; a reader refuses to search then
+
+    @property
+    def kind(self) -> str: ...
 
     def reconcile(self) -> dict[str, int]: ...
     def add(self, ids: list[int], vectors: np.ndarray) -> None: ...
@@ -192,8 +194,8 @@ class WorkspaceIndex:
             where = "is missing" if not self.path.exists() else f"lacks {len(absent)} of them"
             self.notes.append(f"the vector index {self.path} {where} ({marked} chunks are marked indexed)")
         if index.kind == "hnsw":
-            stored = index.ids()
-            index.remove(stored[~np.isin(stored, np.fromiter(self.store.chunk_ids(), dtype=np.int64))])
+            ids = index.ids()
+            index.remove(ids[~np.isin(ids, np.fromiter(self.store.chunk_ids(), dtype=np.int64))])
         return index
 
     def _layout(self, live: int, current: IndexKind | None = None) -> IndexKind:
@@ -301,7 +303,8 @@ class PgVectorWorkspaceIndex:
         self.notes: list[str] = []
         self._rebuild = False
         try:
-            self.index = PgVectorIndex(store.engine, dim, ChunkRow.__table__, hnsw_m)
+            table = cast(Table, ChunkRow.__table__)  # a mapped class's __table__ is its Table
+            self.index = PgVectorIndex(store.engine, dim, table, hnsw_m)
         except PgVectorError as exc:
             raise WorkspaceError(str(exc)) from None
         stored = store.get_meta(FINGERPRINT_KEY)

@@ -6,17 +6,20 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 
+from ragapp.errors import WorkspaceError
+from ragapp.locks import exclusive_lock, held
 from ragapp.store import Store
 
 
 def ragapp_cli(workspace: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     command = [sys.executable, "-m", "ragapp", "--workspace", str(workspace), *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
+    return subprocess.run(command, check=False, capture_output=True, text=True, timeout=120, env=env)
 
 
 @pytest.mark.slow
@@ -43,3 +46,35 @@ def test_cli_on_a_held_workspace_keeps_its_wal(tmp_path: Path, command: list[str
             assert connection.exec_driver_sql("PRAGMA integrity_check").scalar() == "ok"
     finally:
         store.close()
+
+
+# -- ragapp.locks.exclusive_lock, the one helper every lock file goes through ----------------------------
+# flock conflicts between two open descriptions of a file even within one process, so one process can
+# play both holders.
+
+
+def test_a_busy_lock_raises_the_callers_error_at_once(tmp_path: Path) -> None:
+    path = tmp_path / "x.lock"
+    with (
+        exclusive_lock(path),
+        pytest.raises(WorkspaceError, match="busy here"),
+        exclusive_lock(path, busy=lambda: WorkspaceError("busy here")),
+    ):
+        pass
+    with exclusive_lock(path, busy=lambda: WorkspaceError("busy here")):  # released: free again
+        assert held(path)
+
+
+def test_a_waiting_lock_says_so_and_is_taken_when_the_holder_lets_go(tmp_path: Path) -> None:
+    path = tmp_path / "x.lock"
+    said: list[str] = []
+    holder = exclusive_lock(path)
+    holder.__enter__()
+    release = threading.Timer(0.2, holder.__exit__, (None, None, None))
+    release.start()
+    with exclusive_lock(path, waiting=lambda: said.append("waiting")):
+        assert said == ["waiting"] and not release.is_alive()
+    release.join()
+    with exclusive_lock(path, waiting=lambda: said.append("again")):  # free: no waiting
+        pass
+    assert said == ["waiting"]

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from ragapp.app import AGENT_TOOLS
 from ragapp.cli.common import echo_citations, emit_json, generation_flags, generation_options, json_option, open_app
+from ragapp.tools import AGENT_TOOLS
 
 if TYPE_CHECKING:
     from ragapp.agent import Step  # imports langchain's agent stack: only when a task runs

@@ -1,58 +1,111 @@
 """Generation backends behind one interface. Each backend is one module, imported only when chosen.
 
-Loaded generators are cached per process: a model is loaded once however many Apps use it.
+`REGISTRY` is the one list of backend names (config validation and the CLI's choices read it): each
+maps to a factory that builds the backend's generator from the `[generation]` settings. Loaded
+generators are cached per process: a model is loaded once however many Apps use it.
 """
 
 from __future__ import annotations
 
-import functools
 import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ragapp.generators.base import GenerationConfig, Generator, Message
 from ragapp.locks import MODEL_LOADING
 
-__all__ = ["BACKENDS", "GenerationConfig", "Generator", "Message", "close_loaded", "load_generator"]
+if TYPE_CHECKING:
+    from ragapp.config import GenerationSettings
 
-BACKENDS = ("transformers", "vllm", "openai")
+__all__ = [
+    "BACKENDS",
+    "REGISTRY",
+    "Backend",
+    "GenerationConfig",
+    "Generator",
+    "Message",
+    "backend",
+    "clear_cache",
+    "close_loaded",
+    "load_generator",
+]
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One generation backend: how to build its generator, and what the agent may expect of it."""
+
+    build: Callable[[GenerationSettings], Generator]  # the generator, not loaded yet; imports the backend
+    native_tools: bool  # its `chat_model` calls tools itself; known before loading, so bad requests fail fast
+
+
+def _transformers(settings: GenerationSettings) -> Generator:
+    from ragapp.generators.transformers_local import TransformersGenerator
+
+    s = settings
+    return TransformersGenerator(s.model or None, device=s.device, dtype=s.dtype, adapter=s.adapter or None)
+
+
+def _vllm(settings: GenerationSettings) -> Generator:
+    from ragapp.generators.vllm_local import VllmGenerator
+
+    s = settings
+    return VllmGenerator(s.model or None, dtype=s.dtype, context_window=s.context_window, adapter=s.adapter or None)
+
+
+def _openai(settings: GenerationSettings) -> Generator:
+    from ragapp.generators.openai_client import DEFAULT_BASE_URL, OpenAIGenerator
+
+    s = settings
+    return OpenAIGenerator(
+        s.base_url or DEFAULT_BASE_URL, s.model, s.api_key, timeout=s.timeout, context_window=s.context_window
+    )
+
+
+REGISTRY: dict[str, Backend] = {
+    "transformers": Backend(_transformers, native_tools=False),
+    "vllm": Backend(_vllm, native_tools=False),
+    "openai": Backend(_openai, native_tools=True),  # a server with tool calls (OpenAI; vLLM with a parser)
+}
+BACKENDS = tuple(REGISTRY)  # the names, for choices (`--backend`)
+
+CACHED = 2  # loaded generators kept: an App's and one other (a comparison, a fine-tuned model)
+_cache: dict[tuple[object, ...], Generator] = {}  # oldest first
 _loaded: weakref.WeakSet[Generator] = weakref.WeakSet()  # evicted from the cache and unused: gone
 
 
-@functools.lru_cache(maxsize=2)
-def load_generator(
-    backend: str,
-    model: str = "",
-    device: str = "cpu",
-    dtype: str = "float32",
-    adapter: str = "",
-    context_window: int = 2048,
-    base_url: str = "",
-    api_key: str = "",
-    timeout: float = 120.0,
-) -> Generator:
-    """A loaded generator. `model` is a local model (GGUF or folder) except for `openai`: a served model name."""
-    with MODEL_LOADING:  # see ragapp.locks
-        generator: Generator
-        if backend == "transformers":
-            from ragapp.generators.transformers_local import TransformersGenerator
+def backend(name: str) -> Backend:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown generation backend {name!r} (available: {', '.join(REGISTRY)})") from None
 
-            generator = TransformersGenerator(model or None, device=device, dtype=dtype, adapter=adapter or None)
-        elif backend == "vllm":
-            from ragapp.generators.vllm_local import VllmGenerator
 
-            generator = VllmGenerator(
-                model or None, dtype=dtype, context_window=context_window, adapter=adapter or None
-            )
-        elif backend == "openai":
-            from ragapp.generators.openai_client import DEFAULT_BASE_URL, OpenAIGenerator
+def load_key(settings: GenerationSettings) -> tuple[object, ...]:
+    """What identifies a loaded generator: every setting but the sampling ones (a new temperature reuses it)."""
+    fields = [name for name in type(settings).model_fields if name not in GenerationConfig.model_fields]
+    return tuple((name, getattr(settings, name)) for name in fields)
 
-            generator = OpenAIGenerator(
-                base_url or DEFAULT_BASE_URL, model, api_key, timeout=timeout, context_window=context_window
-            )
-        else:
-            raise ValueError(f"unknown generation backend {backend!r} (available: {', '.join(BACKENDS)})")
-        generator = generator.load()  # type: ignore[attr-defined]
-        _loaded.add(generator)
+
+def load_generator(settings: GenerationSettings) -> Generator:
+    """The loaded generator for `settings` (`[generation]`), from the cache when these settings loaded one."""
+    key = load_key(settings)
+    with MODEL_LOADING:  # see ragapp.locks; a second caller with the same settings waits, then finds it cached
+        generator = _cache.pop(key, None)
+        if generator is None:
+            generator = backend(settings.backend).build(settings).load()
+            _loaded.add(generator)
+        _cache[key] = generator  # now the newest
+        while len(_cache) > CACHED:
+            del _cache[next(iter(_cache))]
         return generator
+
+
+def clear_cache() -> None:
+    """Forget the cached generators (the next load builds anew); those still in use stay open."""
+    with MODEL_LOADING:
+        _cache.clear()
 
 
 def close_loaded() -> None:
@@ -61,7 +114,7 @@ def close_loaded() -> None:
     A server stopped by a signal may end without running atexit handlers, and vLLM's engine processes
     would outlive it.
     """
-    load_generator.cache_clear()
+    clear_cache()
     for generator in list(_loaded):
         generator.close()
     _loaded.clear()

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, Self, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    from langchain_core.language_models import BaseChatModel
 
 Message = dict[str, str]  # OpenAI chat format: {"role": "system" | "user" | "assistant", "content": ...}
 
@@ -15,10 +18,10 @@ class GenerationConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    max_new_tokens: int = Field(256, ge=1, le=32768)
-    temperature: float = Field(0.0, ge=0.0, le=5.0)
-    top_k: int = Field(50, ge=0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_new_tokens: int = Field(default=256, ge=1, le=32768)
+    temperature: float = Field(default=0.0, ge=0.0, le=5.0)
+    top_k: int = Field(default=50, ge=0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     seed: int | None = 0
     stop: list[str] = Field(default_factory=list)
 
@@ -36,6 +39,15 @@ class Generator(Protocol):
 
     @property
     def context_window(self) -> int: ...
+
+    def load(self) -> Self:
+        """Load the model (or connect to the server) once; returns the generator itself, ready to use."""
+        ...
+
+    def chat_model(self, sampling: GenerationConfig, context_window: int) -> BaseChatModel:
+        """The LangChain chat model the agent drives: the server's own tool calls where the backend has them,
+        else ragapp.react_chat's text protocol over this generator, its prompts within `context_window`."""
+        ...
 
     def count_tokens(self, messages: Sequence[Message]) -> int:
         """Tokens of the fully rendered prompt (chat template included), for trimming context."""

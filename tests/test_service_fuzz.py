@@ -8,7 +8,6 @@ against the response schema.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,8 +22,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from tests.conftest import DOCS
-from tests.servers import Server, ragapp, serving
+from tests.servers import Server, docs_workspace, serving
 
 pytestmark = pytest.mark.slow
 
@@ -65,18 +63,8 @@ TIMEOUT = 120
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    if not any(DOCS.glob("*.md")):
-        pytest.skip(f"no documentation in {DOCS}")
-    root = tmp_path_factory.mktemp("fuzz")
-    docs = root / "docs"
-    shutil.copytree(DOCS, docs)
-    ws = root / "ws"
-    ws.mkdir()
-    (ws / "ragapp.toml").write_text(WORKSPACE_CONFIG, encoding="utf-8")
-    done = ragapp(ws, "ingest", str(docs))
-    assert done.returncode == 0, done.stderr
-    with serving(ws) as server:
+def server(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Server]:
+    with serving(docs_workspace(tmp_path_factory, request, WORKSPACE_CONFIG)) as server:
         yield server
 
 

@@ -18,14 +18,16 @@ from sqlalchemy import select
 from ragapp.cli import cli
 from ragapp.cli.serve import is_loopback
 from ragapp.errors import Conflict, NotFound, UsageError
-from ragapp.service.api import ApiError, _upload_name
 from ragapp.service.collections import DEFAULT, Collections
 from ragapp.service.conversations import Conversations, Turn, condense, history_from_messages
+from ragapp.service.http_errors import ApiError
 from ragapp.service.keys import KeyStore
 from ragapp.service.limits import GenerationQueue, QueueFull
+from ragapp.service.routes_documents import upload_name
 from ragapp.store import ApiKeyRow, Store
 
-pytestmark = pytest.mark.usefixtures("database")
+# Tests that touch the store run on SQLite and PostgreSQL (`database`); the others once.
+ON_BOTH_STORES = pytest.mark.usefixtures("database")
 
 
 def test_keys_are_stored_hashed_and_scoped(tmp_path: Path) -> None:
@@ -50,6 +52,7 @@ def test_keys_are_stored_hashed_and_scoped(tmp_path: Path) -> None:
     assert keys.required()  # revoked keys still mean: keys are required
 
 
+@ON_BOTH_STORES
 def test_a_deleted_collection_leaves_every_key_scope(tmp_path: Path) -> None:
     """Defect 8: a key scoped to `beta` read a later collection named `beta` too."""
     from ragapp import App
@@ -69,6 +72,7 @@ def test_a_deleted_collection_leaves_every_key_scope(tmp_path: Path) -> None:
     assert keys.forget_collection("beta") == []  # nothing left to change
 
 
+@ON_BOTH_STORES
 def test_collections_create_list_delete(tmp_path: Path) -> None:
     root = tmp_path / "ws"
     root.mkdir()
@@ -123,7 +127,7 @@ def test_generation_queue_rejects_beyond_its_size() -> None:
 )
 def test_upload_names_that_are_not_plain_file_names_are_refused(name: str) -> None:
     with pytest.raises(ApiError) as refused:
-        _upload_name(name)
+        upload_name(name)
     assert refused.value.status == 400
 
 
@@ -141,12 +145,11 @@ INVISIBLE_NAMES = {  # what it is: (a name with it, the character as the error m
 }
 
 
-@pytest.mark.sqlite_only("about names: the same on either store")
 @pytest.mark.parametrize(("name", "code"), INVISIBLE_NAMES.values(), ids=INVISIBLE_NAMES.keys())
 def test_names_with_invisible_or_control_characters_are_refused(name: str, code: str, tmp_path: Path) -> None:
     """Defect 10: such names displayed as something else (RLO shows "reportdm.jpg"), and were accepted."""
     with pytest.raises(ApiError) as upload:
-        _upload_name(name)
+        upload_name(name)
     assert upload.value.status == 400 and code in str(upload.value)
     collection = name.removesuffix(".md").lower()
     with pytest.raises(UsageError) as refused:
@@ -159,10 +162,10 @@ def test_names_with_invisible_or_control_characters_are_refused(name: str, code:
 
 
 def test_upload_types_must_be_supported() -> None:
-    assert _upload_name("Notes 2024.md") == "Notes 2024.md"
+    assert upload_name("Notes 2024.md") == "Notes 2024.md"
     for name in ("tool.exe", "archive.tar.gz", "README"):
         with pytest.raises(ApiError) as refused:
-            _upload_name(name)
+            upload_name(name)
         assert refused.value.status == 415 and "unsupported file type" in str(refused.value)
 
 
@@ -245,6 +248,7 @@ def test_history_from_openai_messages() -> None:
     assert history_from_messages(messages) == [Turn("q1", "a1"), Turn("q3", "a3")]
 
 
+@ON_BOTH_STORES
 def test_conversations_belong_to_their_key_and_collection(tmp_path: Path) -> None:
     conversations = Conversations(Store(f"sqlite:///{tmp_path / 'db'}"))
     cid = conversations.start("alpha", key_id=1)
@@ -266,12 +270,14 @@ def test_loopback_addresses() -> None:
     assert not any(map(is_loopback, ["0.0.0.0", "::", "192.168.1.5", "example.com"]))
 
 
+@ON_BOTH_STORES
 def test_serve_refuses_other_addresses_without_a_key(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["--workspace", str(tmp_path / "ws"), "serve", "--host", "0.0.0.0"])
     assert result.exit_code == 2
     assert "refusing to listen on 0.0.0.0 with no API key" in result.output
 
 
+@ON_BOTH_STORES
 def test_keys_cli(tmp_path: Path) -> None:
     ws = ["--workspace", str(tmp_path / "ws")]
     runner = CliRunner()
@@ -290,6 +296,7 @@ def test_keys_cli(tmp_path: Path) -> None:
     assert runner.invoke(cli, [*ws, "keys", "revoke", "7"]).exit_code == 2
 
 
+@ON_BOTH_STORES
 def test_the_job_worker_survives_database_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Defect 1: `_next()` raised outside the worker's try (a database error), and the jobs thread died for good.
 
@@ -337,6 +344,7 @@ def test_the_job_worker_survives_database_errors(tmp_path: Path, monkeypatch: py
         jobs.stop()
 
 
+@ON_BOTH_STORES
 def test_upload_outcomes_name_the_reason(tmp_path: Path) -> None:
     """What `GET /v1/collections/C/uploads` reports for files that were not ingested."""
     from ragapp import App
@@ -359,6 +367,7 @@ def test_upload_outcomes_name_the_reason(tmp_path: Path) -> None:
     assert jobs.outcomes("c") == {} and jobs.pending("other", "x.md")
 
 
+@ON_BOTH_STORES
 def test_staging_folders_of_uploads_never_accepted_are_removed_at_start(tmp_path: Path) -> None:
     """A server killed between writing an upload's files and queueing its job left them in `.staging` for good."""
     import os
@@ -384,6 +393,7 @@ def test_staging_folders_of_uploads_never_accepted_are_removed_at_start(tmp_path
 
 
 @pytest.mark.slow
+@ON_BOTH_STORES
 def test_jobs_cut_short_by_a_stop_run_again_at_start(tmp_path: Path) -> None:
     """A server stopped mid-job left it `running` with its files staged: the next start ingests them."""
     import time

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -19,10 +18,11 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import CHROMIUM, CHROMIUM_ARGS, DOCS
-from tests.servers import Server, ragapp, serving
+from tests.servers import Server, docs_workspace, serving
+from tests.support import CHROMIUM, CHROMIUM_ARGS, DOCS
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("module_database")]
+# Once, on SQLite: the browser sees the same API on either store (servers on PostgreSQL: test_replicas.py).
+pytestmark = pytest.mark.slow
 
 QUESTION = "How do I remove documents whose files were deleted?"
 ANSWER_TIMEOUT_MS = 120_000
@@ -82,26 +82,18 @@ def origin(site: HostPages) -> str:
 
 
 @pytest.fixture(scope="module")
-def docs(tmp_path_factory: pytest.TempPathFactory, module_database: str) -> Path:
-    """A copy of ragapp's own documentation (the answers' sources)."""
-    if not any(DOCS.glob("*.md")):
-        pytest.skip(f"no documentation in {DOCS}")
-    folder = tmp_path_factory.mktemp("widget") / "docs"
-    shutil.copytree(DOCS, folder)
-    return folder
+def docs() -> Path:
+    """ragapp's own documentation (the answers' sources)."""
+    return DOCS
 
 
 @pytest.fixture(scope="module")
-def server(docs: Path, host_site: HostPages) -> Iterator[Server]:
+def server(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest, host_site: HostPages
+) -> Iterator[Server]:
     """`ragapp serve` over a workspace of ragapp's docs; short answers; the host site may call it."""
-    workspace = docs.parent / "ws"
-    workspace.mkdir()
-    (workspace / "ragapp.toml").write_text(
-        f'[generation]\nmax_new_tokens = 24\n\n[server]\ncors_origins = ["{origin(host_site)}"]\n'
-    )
-    done = ragapp(workspace, "ingest", str(docs))
-    assert done.returncode == 0, done.stderr
-    with serving(workspace) as running:
+    config = f'[generation]\nmax_new_tokens = 24\n\n[server]\ncors_origins = ["{origin(host_site)}"]\n'
+    with serving(docs_workspace(tmp_path_factory, request, config)) as running:
         yield running
 
 

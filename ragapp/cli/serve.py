@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from ragapp.cli.common import emit_json, json_option, open_app, table
+from ragapp.cli.common import emit_json, json_option, open_app, root_flags, table
 from ragapp.errors import UsageError
 
 
@@ -50,7 +50,7 @@ def serve(host: str | None, port: int | None) -> None:
     """
     import uvicorn
 
-    from ragapp.service import create_app
+    from ragapp.service import Service, create_app
     from ragapp.service.keys import KeyStore
 
     app = open_app({"server": {"host": host, "port": port}})
@@ -65,7 +65,7 @@ def serve(host: str | None, port: int | None) -> None:
     sock = _bind(settings.host, settings.port)
     bound_port = sock.getsockname()[1]
     shown = f"[{settings.host}]" if ":" in settings.host else settings.host
-    api = create_app(app.workspace)
+    api = create_app(Service(app.workspace, config=root_flags()))
     server = uvicorn.Server(uvicorn.Config(api, log_level="warning", timeout_graceful_shutdown=10))
     access = "API keys required" if keyed else "no API key needed"
     click.echo(f"Serving {app.workspace} at http://{shown}:{bound_port} ({access}; chat widget at /widget)")

@@ -6,6 +6,9 @@ Models are shared: every App loads them through the same per-process caches.
 On PostgreSQL (servers sharing one database), a collection is a schema of that database, so every
 replica sees the same collections: the list comes from the database, and a replica that has no
 folder for a collection yet makes one (its ragapp.toml names the schema) on first use.
+
+A collection's App reads its folder's ragapp.toml (a copy of the server's, so that the CLI sees what the
+server uses) under the server's flags and, on PostgreSQL, its schema, both given as config objects.
 """
 
 from __future__ import annotations
@@ -17,11 +20,12 @@ import shutil
 import threading
 import uuid
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import text
 
 from ragapp.app import App
-from ragapp.config import CONFIG_FILE
+from ragapp.config import CONFIG_FILE, merge_layers, read_toml, toml_text
 from ragapp.errors import Conflict, NotFound, UsageError, WorkspaceError
 from ragapp.service.names import invisible_character
 from ragapp.store import Store
@@ -38,17 +42,6 @@ def pg_schema(name: str) -> str:
     return "collection_" + hashlib.sha256(name.encode()).hexdigest()[:16]
 
 
-def collection_toml(server_toml: str, schema: str) -> str:
-    """The server's ragapp.toml with `database.pg_schema` set to the collection's schema."""
-    lines = [line for line in server_toml.splitlines() if not re.match(r"\s*pg_schema\s*=", line)]
-    setting = f'pg_schema = "{schema}"'
-    for n, line in enumerate(lines):
-        if re.fullmatch(r"\s*\[database\]\s*(#.*)?", line):
-            lines.insert(n + 1, setting)
-            return "\n".join(lines) + "\n"
-    return "\n".join([*lines, "", "[database]", setting]) + "\n"
-
-
 def check_name(name: str) -> str:
     problem = invisible_character(name)
     if problem is not None:
@@ -61,10 +54,12 @@ def check_name(name: str) -> str:
 
 
 class Collections:
-    def __init__(self, root: Path, store: Store | None = None):
-        """`store`: the server's own; when it is PostgreSQL, collections are schemas of its database."""
+    def __init__(self, root: Path, store: Store | None = None, config: dict[str, dict[str, Any]] | None = None):
+        """`store`: the server's own; when it is PostgreSQL, collections are schemas of its database.
+        `config`: settings over every collection's ragapp.toml (the server's flags, `--database-url`)."""
         self.root = root
         self.shared = store if store is not None and store.dialect == "postgresql" else None
+        self.config = config or {}
         self._apps: dict[str, App] = {}
         self._lock = threading.Lock()
 
@@ -97,11 +92,22 @@ class Collections:
             ).all()
         return sorted(c[len(SCHEMA_COMMENT) :] for c in comments if c and c.startswith(SCHEMA_COMMENT))
 
+    def _schema_layer(self, name: str) -> dict[str, dict[str, Any]]:
+        return {"database": {"pg_schema": pg_schema(name)}} if self.shared is not None and name != DEFAULT else {}
+
+    def settings(self, name: str) -> dict[str, dict[str, Any]]:
+        """What collection `name`'s App gets over its folder's ragapp.toml: the server's flags and its schema
+        (so a hand-edited folder file cannot point the server at another collection's tables)."""
+        return merge_layers(self.config, self._schema_layer(name))
+
     def _write_config(self, folder: Path, name: str) -> None:
+        """The folder's ragapp.toml, for the CLI (`ragapp -w FOLDER`): a copy of the server's; on PostgreSQL
+        the server's settings with the collection's schema added, written as data (comments are not kept)."""
         server_toml = self.root / CONFIG_FILE
         if self.shared is not None:
-            text_ = server_toml.read_text(encoding="utf-8") if server_toml.is_file() else ""
-            (folder / CONFIG_FILE).write_text(collection_toml(text_, pg_schema(name)), encoding="utf-8")
+            settings = toml_text(merge_layers(read_toml(server_toml), self._schema_layer(name)))
+            header = f"# ragapp serve: collection {name!r}, the server's {server_toml} with this collection's schema\n"
+            (folder / CONFIG_FILE).write_text(header + settings, encoding="utf-8")
         elif server_toml.is_file():
             shutil.copyfile(server_toml, folder / CONFIG_FILE)
 
@@ -115,7 +121,7 @@ class Collections:
                 if self.shared is not None and not (folder / CONFIG_FILE).is_file():
                     folder.mkdir(parents=True, exist_ok=True)  # made by another replica: this one's folder
                     self._write_config(folder, name)
-                app = self._apps[name] = App(folder)
+                app = self._apps[name] = App(folder, config=self.settings(name))
             return app
 
     def create(self, name: str) -> None:
@@ -131,7 +137,7 @@ class Collections:
             building.mkdir()
             try:
                 self._write_config(building, name)
-                App(building).open_store(create=True).close()
+                App(building, config=self.settings(name)).open_store(create=True).close()
                 if self.shared is not None:  # now it is listed: the tables are there
                     with self.shared.engine.begin() as connection:
                         # COMMENT takes no bound parameter; a checked name holds no quote.

@@ -21,7 +21,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, or_, select, update
+from sqlalchemy import CursorResult, delete, or_, select, update
 from sqlalchemy.exc import DBAPIError
 
 from ragapp.app import STAGING
@@ -178,6 +178,7 @@ class Jobs:
                     .values(status="running", started_at=utcnow())
                 )
                 s.commit()
+                assert isinstance(claimed, CursorResult)  # an UPDATE's result: it has a row count
                 if claimed.rowcount:
                     return job_id
             return None

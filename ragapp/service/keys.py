@@ -7,6 +7,7 @@ needs one.
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import secrets
 from collections.abc import Sequence
@@ -90,7 +91,7 @@ class KeyStore:
         with self.store.session() as s:
             return [_key(r) for r in s.scalars(select(ApiKeyRow).order_by(ApiKeyRow.id))]
 
-    def forget_collection(self, collection: str) -> list[int]:
+    def forget_collection(self, collection: str) -> builtins.list[int]:  # `list` here is the method above
         """Take a deleted collection out of every live key's scope; the ids of the keys this changed.
 
         A key that read only that collection is revoked (its record keeps the name); a key that read others

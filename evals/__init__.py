@@ -27,10 +27,23 @@ _EXPORTS = {
     "RunStore": "ragapp.evals.runs",
     "write_report": "ragapp.evals.report",
 }
-__all__ = sorted(_EXPORTS)
+__all__ = [  # the names of _EXPORTS, written out so that tools reading __all__ need not run this module
+    "Comparison",
+    "Dataset",
+    "Example",
+    "ItemResult",
+    "Problem",
+    "RunResult",
+    "RunStore",
+    "compare",
+    "evaluate",
+    "load_dataset",
+    "score_predictions",
+    "write_report",
+]
 
 
 def __getattr__(name: str) -> Any:
     if name not in _EXPORTS:
-        raise AttributeError(f"module 'evals' has no attribute {name!r}")
+        raise AttributeError(f"module 'ragapp.evals' has no attribute {name!r}")
     return getattr(importlib.import_module(_EXPORTS[name]), name)

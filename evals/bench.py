@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from ragapp.connectors.beir import BeirCollection, CollectionError
 from ragapp.evals.trec import DEFAULT_METRICS, evaluate, parse_metric, read_qrels, write_trec_run
@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from ragapp.app import App
 from ragapp.errors import UsageError
-from ragapp.search import MODES
+from ragapp.search import MODES, Mode
 
 
 @dataclass
@@ -70,6 +70,7 @@ def bench_retrieval(
     for mode in modes:
         if mode not in MODES:
             raise UsageError(f"unknown search mode {mode!r} (use {', '.join(MODES)})")
+    searched = [cast(Mode, mode) for mode in modes]  # each checked against MODES just above
     try:
         parsed = [parse_metric(m) for m in metrics]
     except ValueError as exc:
@@ -114,7 +115,7 @@ def bench_retrieval(
         )
         chunks_per_doc = status["chunks"] / max(status["documents"], 1)
         first_depth = min(status["chunks"], math.ceil(depth_docs * chunks_per_doc * 1.5) + 10)
-        for mode in modes:
+        for mode in searched:
             app.search(todo[0][1], 1, mode=mode)  # load models and indexes before the clock starts
             run: dict[str, dict[str, float]] = {}
             started = time.perf_counter()
@@ -129,10 +130,10 @@ def bench_retrieval(
         return result
 
 
-def _documents(app: App, query: str, mode: str, wanted: int, depth: int, total: int) -> dict[str, float]:
+def _documents(app: App, query: str, mode: Mode, wanted: int, depth: int, total: int) -> dict[str, float]:
     """The best `wanted` documents (score of their best chunk), searching deeper while chunks crowd them out."""
     while True:
-        hits = app.search(query, depth, mode=mode)  # type: ignore[arg-type]
+        hits = app.search(query, depth, mode=mode)
         docs: dict[str, float] = {}
         for hit in hits:
             if hit.source not in docs:

@@ -2,7 +2,8 @@
 
 Fields: `question`; the reference answer as `answer` or `reference`; optional `sources` (a path or
 id, or a list of them; `path#anchor` pins a section) for retrieval metrics; optional `id`; and, for
-`eval score`, the answer to score as `prediction`. `source_page` (the Debian/Django FAQ files' name
+`eval score`, the answer to score as `prediction` (there `question` is optional: a given answer is
+scored against its reference). `source_page` (the Debian/Django FAQ files' name
 for it) is read as a single source.
 """
 
@@ -73,8 +74,11 @@ def parse_line(position: int, raw: bytes, need_prediction: bool) -> Example | Pr
     if not isinstance(row, dict):
         return Problem(position, f"expected a JSON object, got {type(row).__name__}")
     question, error = _text(row, "question")
-    if error or not (question or "").strip():
-        return Problem(position, error or "missing `question`")
+    if error:
+        return Problem(position, error)
+    question = (question or "").strip()
+    if not question and not need_prediction:  # scoring a given prediction against its reference needs none
+        return Problem(position, "missing `question`")
     reference, error = _text(row, "answer", "reference")
     if error or reference is None:
         return Problem(position, error or "missing reference answer (`answer` or `reference`)")
@@ -89,7 +93,7 @@ def parse_line(position: int, raw: bytes, need_prediction: bool) -> Example | Pr
     item_id = row.get("id", position)
     if not isinstance(item_id, (str, int)) or isinstance(item_id, bool):
         return Problem(position, "`id` must be a string or an integer")
-    return Example(position, str(item_id), question.strip(), reference.strip(), sources, prediction)
+    return Example(position, str(item_id), question, reference.strip(), sources, prediction)
 
 
 def load_dataset(path: str | Path, need_prediction: bool = False) -> Dataset:

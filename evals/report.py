@@ -26,8 +26,10 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+from ragapp.evals.formatting import format_duration, format_metric, format_seconds
 from ragapp.evals.metrics import source_matches
-from ragapp.evals.results import ItemResult, Metrics, RunResult
+from ragapp.evals.results import ItemResult, Metrics, RunResult, shown_question
 from ragapp.evals.summary import LOWER_IS_BETTER, metric_names
 
 # --- metric names: grouping, ordering, formatting -------------------------------------------------
@@ -88,42 +90,6 @@ def _unit_range(name: str) -> bool:
         "bleu",
         "bleu_bp",
     )
-
-
-def format_seconds(value: float) -> str:
-    if value < 1:
-        return f"{value:.3f} s"
-    if value < 100:
-        return f"{value:.2f} s"
-    return f"{value:,.0f} s"
-
-
-def format_duration(seconds: float) -> str:
-    """Wall time for people: "42.1 s", "4 min 05 s", "2 h 03 min"."""
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    minutes, secs = divmod(round(seconds), 60)
-    if minutes < 60:
-        return f"{minutes} min {secs:02d} s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes:02d} min"
-
-
-def format_metric(name: str, value: float | None) -> str:
-    """3 decimals for 0..1 scores, 2 for perplexity, seconds, whole token counts."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "—"
-    if math.isinf(value):
-        return "∞" if value > 0 else "−∞"
-    if name.endswith("_s"):
-        return format_seconds(value)
-    if name.endswith("_tokens"):
-        return f"{round(value):,}"
-    if name == "perplexity":
-        return f"{value:.2f}"
-    if 0 <= value <= 1:
-        return f"{value:.3f}"
-    return f"{value:,.2f}"
 
 
 def describe_metric(name: str) -> str:
@@ -250,6 +216,13 @@ def _figure(size: tuple[float, float] = _SIZE) -> tuple[Figure, Axes]:
     return fig, ax
 
 
+def _integer_ticks(ax: Axes) -> None:
+    """Counts on the y axis: whole-number ticks only (the default locator, an AutoLocator, is a MaxNLocator)."""
+    locator = ax.yaxis.get_major_locator()
+    if isinstance(locator, MaxNLocator):
+        locator.set_params(integer=True)
+
+
 def _legend_above(ax: Axes) -> None:
     """Mean/median keys go on the title's line, right-aligned, where no bar can hide them."""
     ax.legend(fontsize=8, frameon=False, loc="lower right", bbox_to_anchor=(1.0, 1.0), ncols=2, borderaxespad=0.1)
@@ -282,7 +255,7 @@ def _histogram(key: str, name: str, values: Sequence[float], what: str, colour: 
     ax.set_title(f"{name} per item", fontsize=10, loc="left")
     ax.set_xlabel(name, fontsize=9)
     ax.set_ylabel("items", fontsize=9)
-    ax.yaxis.get_major_locator().set_params(integer=True)
+    _integer_ticks(ax)
     stats = _stats(name, values)
     alt = f"Histogram of {what} {name} over {len(values)} scored items: {stats}."
     return _plot(key, fig, alt, f"{what.capitalize()} {name}, {len(values)} items: {stats}.")
@@ -319,7 +292,7 @@ def _latency_histogram(items: Sequence[ItemResult]) -> Plot | None:
     ax.set_title("Latency per question", fontsize=10, loc="left")
     ax.set_xlabel("seconds", fontsize=9)
     ax.set_ylabel("items", fontsize=9)
-    ax.yaxis.get_major_locator().set_params(integer=True)
+    _integer_ticks(ax)
     summary = f"p50 {format_seconds(p50)}, p95 {format_seconds(p95)}, max {format_seconds(max(values))}"
     alt = f"Histogram of per-question latency over {len(values)} items: {summary}."
     return _plot("latency", fig, alt, f"Latency, {len(values)} items: {summary}.")
@@ -657,7 +630,7 @@ def _item(rank: int, item: ItemResult, by: str) -> str:
         f'<header><span class="rank">#{rank}</span><h3>{_e(item.item_id)}</h3>'
         f'<span class="muted">line {item.position}</span>'
         f'<span class="score">{_e(by)} {_e(format_metric(by, item.metrics.get(by)))}</span></header>'
-        f'<p class="question">{_e(item.question)}</p>'
+        f'<p class="question">{_e(shown_question(item.question))}</p>'
         '<div class="answers">'
         f'<div><h4>Prediction</h4><div class="text prediction">{_e(item.prediction)}</div></div>'
         f'<div><h4>Reference</h4><div class="text reference">{_e(item.reference)}</div></div></div>'
@@ -690,7 +663,7 @@ def _not_scored(run: RunResult) -> str:
     parts = ['<section id="not-scored"><h2>Errors &amp; dataset problems</h2>']
     if errors:
         rows = "".join(
-            f"<tr><td class='num'>{i.position}</td><td class='mono'>{_e(i.item_id)}</td><td>{_e(i.question)}</td>"
+            f"<tr><td class='num'>{i.position}</td><td class='mono'>{_e(i.item_id)}</td><td>{_e(shown_question(i.question))}</td>"
             f"<td><pre class='error'>{_e(i.error)}</pre></td></tr>"
             for i in errors
         )
@@ -737,7 +710,7 @@ def render_report(run: RunResult, worst: int = 10) -> str:
     )
 
 
-def write_report(run: RunResult, path: Path, worst: int = 10) -> Path:
+def write_report(run: RunResult, path: str | Path, worst: int = 10) -> Path:
     """Render and write the report; the file is replaced whole, so a reader never sees half a page."""
     path = Path(path)
     page = render_report(run, worst=worst)  # before touching the disk: a failure leaves nothing behind

@@ -30,6 +30,14 @@ class ItemResult:
         return asdict(self)
 
 
+NO_QUESTION = "(no question)"
+
+
+def shown_question(question: str) -> str:
+    """An item as people see it: `eval score` rows need no question, and an empty cell would read as a bug."""
+    return question or NO_QUESTION
+
+
 @dataclass
 class Problem:
     """A dataset line that was not evaluated, and why."""

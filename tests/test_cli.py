@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,8 +13,9 @@ import pytest
 from click.testing import CliRunner
 
 from ragapp.cli import cli
+from tests.support import DOCS
 
-pytestmark = pytest.mark.usefixtures("database")
+# The command's flags, messages and exit codes: the store behind them is incidental (its tests run on both).
 
 RAGAPP = [sys.executable, "-m", "ragapp"]
 
@@ -25,8 +28,12 @@ def run(*args: str) -> tuple[int, str, str]:
 
 
 def test_missing_path_exits_2_with_one_line(tmp_path: Path) -> None:
+    """A real process: what the user sees on stderr includes anything printed while ragapp starts."""
     proc = subprocess.run(
-        [*RAGAPP, "-w", str(tmp_path / "ws"), "ingest", str(tmp_path / "nope")], capture_output=True, text=True
+        [*RAGAPP, "-w", str(tmp_path / "ws"), "ingest", str(tmp_path / "nope")],
+        check=False,
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [f"Error: path not found: {tmp_path / 'nope'}"]
@@ -35,7 +42,7 @@ def test_missing_path_exits_2_with_one_line(tmp_path: Path) -> None:
 
 def test_ask_and_search_on_empty_workspace_exit_1(tmp_path: Path) -> None:
     for command in (["ask", "anything?"], ["search", "anything"]):
-        code, out, err = run("-w", str(tmp_path / "ws"), *command)
+        code, _, err = run("-w", str(tmp_path / "ws"), *command)
         assert code == 1
         assert "nothing ingested yet" in err and "ragapp ingest" in err
         assert len(err.strip().splitlines()) == 1
@@ -101,7 +108,11 @@ def test_status_of_a_missing_workspace_does_not_create_it(tmp_path: Path) -> Non
 
 
 @pytest.mark.slow
-def test_ingest_search_status_json(tmp_path: Path, corpus: Path) -> None:
+def test_ingest_search_status_json(tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus"  # five of ragapp's pages: the output is the point, not the corpus's size
+    corpus.mkdir()
+    for name in ("agents.md", "installation.md", "postgresql.md", "retrieval.md", "workspace.md"):
+        shutil.copy(DOCS / name, corpus / name)
     ws = str(tmp_path / "ws")
     (corpus / "broken.pdf").write_bytes(b"%PDF-1.4 broken")
     (corpus / "diagram.png").write_bytes(b"\x89PNG\r\n\x1a\n")
@@ -125,3 +136,17 @@ def test_ingest_search_status_json(tmp_path: Path, corpus: Path) -> None:
     assert status["chunks"] == report["chunks_added"] and status["pending"] == 0
     assert status["last_ingest"]["status"] == "completed"
     assert status["generation"]["backend"] == "transformers"
+
+
+def test_database_url_flag_is_a_setting_not_an_environment_variable(tmp_path: Path) -> None:
+    before = os.environ.get("RAGAPP_DATABASE_URL")
+    elsewhere = tmp_path / "elsewhere.db"
+    url = f"sqlite:///{elsewhere}"
+    ws = tmp_path / "ws"
+    code, out, _ = run("-w", str(ws), "--database-url", url, "config", "show", "--json")
+    assert code == 0 and json.loads(out)["database"]["url"] == {"value": url, "from": "flag"}
+    assert os.environ.get("RAGAPP_DATABASE_URL") == before  # the test process's environment is untouched
+    code, _, _ = run("-w", str(ws), "--database-url", url, "keys", "list")
+    assert code == 0 and elsewhere.is_file() and not (ws / "ragapp.db").exists()  # the store opened there
+    code, out, _ = run("-w", str(ws), "--database-url", url, "status")
+    assert code == 0 and f"Database:   {url} (from flag)" in out

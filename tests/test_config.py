@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tomllib
 from pathlib import Path
 
 import pytest
 
-from ragapp.config import load_config
+from ragapp.app import App
+from ragapp.config import load_config, toml_text
 from ragapp.errors import ConfigError
+from ragapp.service.collections import Collections, pg_schema
+from ragapp.service.service import Service
 
 
 def write_toml(folder: Path, text: str) -> None:
@@ -98,3 +104,58 @@ def test_few_shot_examples_parse(tmp_path: Path) -> None:
     )
     examples = load_config(tmp_path, environ={}).config.prompt.examples
     assert [e.question for e in examples] == ["q1", "q2"]
+
+
+def test_toml_text_reads_back_as_the_same_settings() -> None:
+    layer = {
+        "database": {"url": "postgresql://u@h/db", "pg_schema": "collection_0123"},
+        "generation": {"stop": ["\nQuestion:", 'say "hi"'], "temperature": 0.5, "seed": 3},
+        "prompt": {"examples": [{"question": "q", "context": "[1] é", "answer": "a [1]"}]},
+        "retrieval": {"mmr": True},
+    }
+    assert tomllib.loads(toml_text(layer)) == layer
+    with pytest.raises(ConfigError, match="cannot write"):
+        toml_text({"generation": {"temperature": float("nan")}})
+
+
+def test_server_collections_get_the_server_settings_as_config_objects(
+    tmp_path: Path, database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`ragapp serve`'s flags (given to its Service) reach every collection's App, and on PostgreSQL its
+    schema too, with no environment variable set and no TOML text edited; the folder's ragapp.toml lets the
+    CLI open the collection."""
+    monkeypatch.delenv("RAGAPP_DATABASE_URL", raising=False)  # the PostgreSQL run's URL goes as a flag here
+    root = tmp_path / "ws"
+    root.mkdir()
+    write_toml(root, '# the server\'s settings\n[retrieval]\nk = 3\n[database]\npg_schema = ""\n')
+    flags = {"generation": {"max_new_tokens": 7}} | ({"database": {"url": database}} if database != "sqlite" else {})
+    service = Service(root, config=flags)
+    server, collections = service.root, service.collections
+    collections.create("team-a")
+    app = collections.app("team-a")
+    assert "RAGAPP_DATABASE_URL" not in os.environ
+    assert app.config.generation.max_new_tokens == 7 and app.settings.origin["generation.max_new_tokens"] == "flag"
+    assert app.config.retrieval.k == 3  # the server's ragapp.toml, through the collection's copy
+    assert app.config.database.url == server.config.database.url
+    on_disk = (root / "collections" / "team-a" / "ragapp.toml").read_text(encoding="utf-8")
+    if database == "sqlite":
+        assert on_disk == (root / "ragapp.toml").read_text(encoding="utf-8")  # a verbatim copy
+        assert app.config.database.pg_schema == ""
+    else:
+        assert app.config.database.pg_schema == pg_schema("team-a")
+        assert tomllib.loads(on_disk) == {"retrieval": {"k": 3}, "database": {"pg_schema": pg_schema("team-a")}}
+        # The CLI, given the same URL, opens the collection's tables through the folder's file.
+        cli_view = App(root / "collections" / "team-a", config={"database": {"url": database}})
+        assert cli_view.config.database.pg_schema == pg_schema("team-a")
+        # A replica without the folder makes it; the server's schema wins over a hand-edited file.
+        app.close()
+        collections.close()
+        shutil.rmtree(root / "collections" / "team-a")
+        replica = Collections(root, server.open_store(), config=flags)
+        assert replica.app("team-a").config.database.pg_schema == pg_schema("team-a")
+        replica.close()
+        write_toml(root / "collections" / "team-a", '[database]\npg_schema = "public"\n')
+        again = Collections(root, server.open_store(), config=flags)
+        assert again.app("team-a").config.database.pg_schema == pg_schema("team-a")
+        again.close()
+    service.close()

@@ -7,6 +7,7 @@ written for the test, scored by the real metric libraries.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -126,7 +127,7 @@ def test_name_clash_and_missing_workspace(ws: Path, tmp_path: Path) -> None:
 
 def test_report_is_written(ws: Path, tmp_path: Path) -> None:
     invoke(ws, "eval", "score", str(write(tmp_path / "p.jsonl")), "--name", "r")
-    code, out, err = invoke(ws, "eval", "report", "r", "--out", str(tmp_path / "r.html"))
+    code, _, err = invoke(ws, "eval", "report", "r", "--out", str(tmp_path / "r.html"))
     assert code == 0, err
     html = (tmp_path / "r.html").read_text(encoding="utf-8")
     assert "capital of France" in html and "rougeL" in html
@@ -175,3 +176,41 @@ def test_python_api_is_reachable_as_ragapp_evals() -> None:
     }
     with pytest.raises(AttributeError):
         ragapp.evals.no_such_name  # noqa: B018
+
+
+def test_score_needs_only_prediction_and_reference(ws: Path, tmp_path: Path) -> None:
+    """`eval score`'s help says `prediction` and `reference` are enough; rows without a question are
+    scored, stored with an empty question and shown as such."""
+    bare = tmp_path / "bare.jsonl"
+    bare.write_text("".join(json.dumps({"prediction": p, "reference": r}) + "\n" for _, r, p in ROWS), encoding="utf-8")
+    code, out, err = invoke(ws, "eval", "score", str(bare), "--name", "bare", "--json")
+    assert code == 0, err
+    run = json.loads(out)
+    assert run["total"] == len(ROWS) and run["problems"] == []
+    assert [i["question"] for i in run["items"]] == [""] * len(ROWS)
+    first = run["items"][0]["metrics"]["rougeL"]
+    assert first == pytest.approx(answer_metrics(ROWS[0][2], ROWS[0][1], True)["rougeL"])
+    code, out, _ = invoke(ws, "eval", "show", "bare", "--items")
+    assert code == 0 and out.count("(no question)") == len(ROWS)
+    code, _, _ = invoke(ws, "eval", "report", "bare", "--out", str(tmp_path / "bare.html"))
+    assert code == 0 and "(no question)" in (tmp_path / "bare.html").read_text(encoding="utf-8")
+
+
+def _cli_metrics(out: str) -> dict[str, str]:
+    """The `metric  value` table of `eval show`."""
+    lines = out.splitlines()
+    start = next(n for n, line in enumerate(lines) if line.split() == ["metric", "value"]) + 2
+    pairs = (re.split(r"\s{2,}", line.strip(), maxsplit=1) for line in lines[start:] if line.strip())
+    return {name: value for name, value in pairs}
+
+
+def test_cli_and_html_report_show_the_same_numbers(ws: Path, tmp_path: Path) -> None:
+    assert invoke(ws, "eval", "score", str(write(tmp_path / "p.jsonl")), "--name", "base")[0] == 0
+    code, out, _ = invoke(ws, "eval", "show", "base")
+    assert code == 0
+    shown = _cli_metrics(out)
+    assert {"rougeL", "bleu", "bleu_bp"} <= set(shown)
+    code, _, _ = invoke(ws, "eval", "report", "base", "--out", str(tmp_path / "r.html"))
+    html = (tmp_path / "r.html").read_text(encoding="utf-8")
+    reported = dict(re.findall(r"<tr><td>([^<]+)</td><td class='num'>([^<]+)</td>", html))
+    assert shown == {name: reported.get(name) for name in shown}

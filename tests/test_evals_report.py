@@ -19,11 +19,12 @@ from typing import Any
 import pytest
 from lxml import html as lxml_html
 from ragapp.evals import report
-from ragapp.evals.report import format_metric, render_report, worst_items, write_report
+from ragapp.evals.formatting import format_change, format_metric
+from ragapp.evals.report import render_report, worst_items, write_report
 from ragapp.evals.results import ItemResult, Problem, RunResult
 from ragapp.evals.summary import aggregate
 
-from tests.conftest import CHROMIUM, CHROMIUM_ARGS
+from tests.support import CHROMIUM, CHROMIUM_ARGS
 
 HOSTILE = 'Is <script>alert(1)</script> & "quoted" text safe?'
 
@@ -241,6 +242,8 @@ def test_format_metric() -> None:
     assert format_metric("prompt_tokens", 1234.6) == "1,235"
     assert format_metric("hit@5", None) == "—" and format_metric("custom", float("nan")) == "—"
     assert format_metric("perplexity", float("inf")) == "∞"
+    assert format_change("rougeL", -0.01234) == "-0.012" and format_change("latency_s", 0.5) == "+0.500 s"
+    assert format_change("bleu", None) == "—" and format_change("perplexity", 2.5) == "+2.50"
 
 
 def test_score_run_has_no_latency_or_retrieval_plots() -> None:

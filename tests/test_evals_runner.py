@@ -1,5 +1,9 @@
 """`evaluate` and `ragapp eval run` end to end: real embedder, real SmolLM2, ragapp's docs as corpus,
-and a hand-written question set about them (tests/data/docs_qa.jsonl)."""
+and a hand-written question set about them (tests/data/docs_qa.jsonl).
+
+The module runs on both stores (runs and items are stored there); tests about generation alone, not the
+store, run on SQLite only. The CLI runs in-process (click's runner, reusing the loaded models) except
+where a process is killed."""
 
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import default_sigint
+from click.testing import CliRunner
 from ragapp.evals import evaluate, load_dataset
 from ragapp.evals.runner import answer_metrics
 from ragapp.evals.runs import RunStore
@@ -20,8 +24,10 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
 from ragapp import App
+from ragapp.cli import cli
 from ragapp.errors import EmptyWorkspace
 from ragapp.store import database_url
+from tests.support import DocsWorkspaces, IngestedDocs, default_sigint
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("module_database")]
 
@@ -30,14 +36,19 @@ SHORT = {"max_new_tokens": 40}
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory: pytest.TempPathFactory, module_database: str) -> Path:
-    import shutil
+def ingested(
+    tmp_path_factory: pytest.TempPathFactory,
+    docs_workspaces: DocsWorkspaces,
+    module_database: str,
+    request: pytest.FixtureRequest,
+) -> IngestedDocs:
+    """A copy of the session's ingested docs/ workspace, on the module's store."""
+    return docs_workspaces.copy(tmp_path_factory.mktemp("evals") / "ws", request)
 
-    root = tmp_path_factory.mktemp("evals")
-    shutil.copytree(Path(__file__).parent.parent / "docs", root / "docs")
-    with App(root / "ws") as app:
-        app.ingest([root / "docs"])
-    return root / "ws"
+
+@pytest.fixture(scope="module")
+def workspace(ingested: IngestedDocs) -> Path:
+    return ingested.folder
 
 
 def saved_items(ws: Path, run_prefix: str, old_runs: set[int]) -> int:
@@ -58,7 +69,7 @@ def saved_items(ws: Path, run_prefix: str, old_runs: set[int]) -> int:
         engine.dispose()
 
 
-def test_evaluate_answers_scores_and_stores_every_question(workspace: Path) -> None:
+def test_evaluate_answers_scores_and_stores_every_question(workspace: Path, ingested: IngestedDocs) -> None:
     app = App(workspace)
     run = evaluate(app, QA, name="docs", generation=SHORT, batch_size=3)
     assert run.status == "completed" and run.saved == run.total == 6 and not run.problems
@@ -69,9 +80,9 @@ def test_evaluate_answers_scores_and_stores_every_question(workspace: Path) -> N
         assert {k: item.metrics[k] for k in answer_metrics("", "x")} == pytest.approx(
             answer_metrics(item.prediction, item.reference)
         )
-        assert 1 < item.metrics["perplexity"] < 1e4  # type: ignore[operator]
+        assert 1 < item.metrics["perplexity"] < 1e4
         assert {"hit@4", "recall@4", "mrr@4", "ndcg@4"} <= item.metrics.keys()
-        assert item.citations and all(c["source"].startswith(str(workspace.parent / "docs")) for c in item.citations)
+        assert item.citations and all(c["source"].startswith(str(ingested.corpus)) for c in item.citations)
         t = item.timings
         assert t["latency_s"] >= t["generate_s"] > 0 and t["prompt_tokens"] > 50 and 0 < t["completion_tokens"] <= 40
         assert t["reference_tokens"] > 5
@@ -84,8 +95,17 @@ def test_evaluate_answers_scores_and_stores_every_question(workspace: Path) -> N
     assert again.to_dict() == run.to_dict()
 
 
-def test_question_that_cannot_be_answered_is_an_item_error(workspace: Path, tmp_path: Path) -> None:
+def sqlite_half_only(module_database: str, why: str) -> None:
+    """Skip the PostgreSQL run of a test whose subject is not the store."""
+    if module_database != "sqlite":
+        pytest.skip(f"not about the store: {why}")
+
+
+def test_question_that_cannot_be_answered_is_an_item_error(
+    workspace: Path, tmp_path: Path, module_database: str
+) -> None:
     """A question too long for the model's window fails alone; the rest of its batch is answered."""
+    sqlite_half_only(module_database, "a prompt too long for the model's window")
     qa = tmp_path / "qa.jsonl"
     rows = [json.loads(line) for line in QA.read_text().splitlines()[:2]]
     rows.insert(1, {"id": "huge", "question": "why " * 9000, "answer": "no"})
@@ -106,24 +126,31 @@ def test_empty_workspace_fails_before_creating_a_run(tmp_path: Path) -> None:
     assert RunStore(app.open_store()).list() == []
 
 
-def _cli(ws: Path, *args: str) -> list[str]:
-    return [sys.executable, "-m", "ragapp", "-w", str(ws), "eval", "run", str(QA), "--max-new-tokens", "24", *args]
+def _args(ws: Path, *args: str) -> list[str]:
+    return ["-w", str(ws), "eval", "run", str(QA), "--max-new-tokens", "24", *args]
 
 
 @pytest.mark.parametrize(("sig", "status"), [(signal.SIGKILL, "running"), (signal.SIGINT, "interrupted")])
-def test_killed_run_continues_where_it_stopped(workspace: Path, tmp_path: Path, sig: int, status: str) -> None:
+def test_killed_run_continues_where_it_stopped(
+    workspace: Path, tmp_path: Path, sig: int, status: str, module_database: str
+) -> None:
+    """The killed `eval run` is a process of its own; the resuming one runs in-process."""
     import shutil
+
+    if sig == signal.SIGINT:
+        # Ctrl-C only changes which status the run is left in; what a store must survive is the SIGKILL.
+        sqlite_half_only(module_database, "SIGINT's status is written as SIGKILL's run is, by the same code")
 
     ws = tmp_path / "ws"
     shutil.copytree(workspace, ws)
     before = RunStore(App(ws).open_store()).list()
     old_runs = {r.id for r in before}  # on PostgreSQL the module's database holds earlier tests' runs
     proc = subprocess.Popen(
-        _cli(ws, "--batch-size", "1"),
+        [sys.executable, "-m", "ragapp", *_args(ws, "--batch-size", "1")],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        preexec_fn=default_sigint,
+        preexec_fn=default_sigint,  # noqa: PLW1509 (it only resets one signal handler, which is fork-safe)
     )
     deadline = time.monotonic() + 300
     while saved_items(ws, "docs_qa", old_runs) < 2:
@@ -138,8 +165,8 @@ def test_killed_run_continues_where_it_stopped(workspace: Path, tmp_path: Path, 
     assert stopped.status == status and 2 <= stopped.saved < 6
     first = {i.position: i.prediction for i in runs.load(stopped.id).items}
 
-    resumed = subprocess.run(_cli(ws, "--json"), capture_output=True, text=True, timeout=600)
-    assert resumed.returncode == 0, resumed.stderr
+    resumed = CliRunner().invoke(cli, _args(ws, "--json"))
+    assert resumed.exit_code == 0, resumed.output
     done = json.loads(resumed.stdout)
     assert done["name"] == stopped.name and done["id"] == stopped.id  # the same run, continued
     assert done["status"] == "completed" and len(done["items"]) == 6
@@ -155,14 +182,12 @@ def test_eval_run_gate_and_settings_change_make_a_new_run(workspace: Path, tmp_p
     shutil.copytree(workspace, ws)
     qa = tmp_path / "two.jsonl"
     qa.write_text("".join(QA.read_text().splitlines(keepends=True)[:2]))
-    base = [sys.executable, "-m", "ragapp", "-w", str(ws), "eval", "run", str(qa), "--max-new-tokens", "16"]
-    ok = subprocess.run(
-        [*base, "--name", "a", "--fail-under", "rougeL=0.0"], capture_output=True, text=True, timeout=600
-    )
-    assert ok.returncode == 0, ok.stderr
+    base = ["-w", str(ws), "eval", "run", str(qa), "--max-new-tokens", "16"]
+    ok = CliRunner().invoke(cli, [*base, "--name", "a", "--fail-under", "rougeL=0.0"])
+    assert ok.exit_code == 0, ok.output
     assert "Quality gate passed." in ok.stdout and "hit@4" in ok.stdout
-    bad = subprocess.run([*base, "-k", "2", "--fail-under", "rougeL=0.99"], capture_output=True, text=True, timeout=600)
-    assert bad.returncode == 1
+    bad = CliRunner().invoke(cli, [*base, "-k", "2", "--fail-under", "rougeL=0.99"])
+    assert bad.exit_code == 1
     assert bad.stderr.strip().splitlines()[-1].startswith("Error: quality gate failed: rougeL = ")
     names = [r.name for r in RunStore(App(ws).open_store()).list()]
     assert names[:2] == ["two-1", "a"]  # other settings (k=2): a new run, not a continuation of "a"

@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 from ragapp.evals.trec import evaluate, per_query, read_qrels, read_trec_run, trec_order, write_trec_run
 
+from tests.support import ROOT
+
 pytrec_eval = pytest.importorskip("pytrec_eval", reason="pytrec-eval-terrier (test extra) is the reference")
 
-ROOT = Path(__file__).resolve().parent.parent
 REFERENCE = {"ndcg@10": "ndcg_cut_10", "recall@10": "recall_10", "recall@100": "recall_100"}
 
 

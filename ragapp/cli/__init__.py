@@ -9,14 +9,8 @@ from typing import Any
 import click
 
 import ragapp
-from ragapp.cli import agent, bench, documents, evals, model, reward, serve, training, workspace
+from ragapp.cli import agent, bench, common, documents, evals, model, reward, serve, training, workspace
 from ragapp.errors import RagappError
-
-
-class _CliError(click.ClickException):
-    def __init__(self, message: str, exit_code: int):
-        super().__init__(message)
-        self.exit_code = exit_code
 
 
 class _Group(click.Group):
@@ -26,7 +20,8 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except RagappError as exc:
-            raise _CliError(str(exc), exc.exit_code) from None
+            click.echo(f"Error: {exc}", err=True)  # as click shows its own usage errors
+            ctx.exit(exc.exit_code)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -62,10 +57,9 @@ def cli(ctx: click.Context, workspace: Path, database_url: str | None) -> None:
       ragapp model serve            # the model behind an OpenAI-compatible API (vLLM)
       ragapp finetune data.jsonl    # adapt the model (LoRA, soft prompt, full); align, reward: see --help
     """
-    if database_url is not None:
-        # Through the environment, so that everything this command opens (a server's collections and
-        # jobs too) and every ragapp process it starts uses the same database.
-        os.environ["RAGAPP_DATABASE_URL"] = database_url
+    # A config layer (origin "flag"), not the environment: the command hands it to everything it opens
+    # (`open_app`, a server's collections, a benchmark's workspace); the process environment stays the user's.
+    ctx.meta[common.ROOT_FLAGS] = {"database": {"url": database_url}} if database_url is not None else {}
     ctx.obj = workspace
 
 

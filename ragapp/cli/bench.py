@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from ragapp.cli.common import emit_json, json_option, table
+from ragapp.cli.common import emit_json, json_option, root_flags, table
 from ragapp.search import MODES
 
 _COLUMNS = ("ndcg@10", "recall@10", "recall@100", "mrr@10")
@@ -68,7 +68,14 @@ def retrieval(
     if unknown:
         raise UsageError(f"--fail-under: unknown metric {unknown[0]!r} (use {', '.join(_COLUMNS)})")
     result = bench_retrieval(
-        beir_dir, split, modes or MODES, keep=keep, runs_dir=runs, metrics=_COLUMNS, progress=sys.stderr.isatty()
+        beir_dir,
+        split,
+        modes or MODES,
+        keep=keep,
+        config=root_flags(),
+        runs_dir=runs,
+        metrics=_COLUMNS,
+        progress=sys.stderr.isatty(),
     )
     if as_json:
         emit_json(result.to_dict())

@@ -12,6 +12,7 @@ import click
 
 from ragapp.answer import Citation
 from ragapp.app import App
+from ragapp.config import merge_layers
 from ragapp.generators import BACKENDS
 from ragapp.search import MODES
 
@@ -20,9 +21,19 @@ F = TypeVar("F", bound=Callable[..., Any])
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of text.")
 
 
+ROOT_FLAGS = "ragapp.root_flags"  # click's ctx.meta key: the settings given as flags of `ragapp` itself
+
+
+def root_flags() -> dict[str, dict[str, Any]]:
+    """The settings given before the command (`ragapp --database-url URL ...`), as a config layer."""
+    flags: dict[str, dict[str, Any]] = click.get_current_context().meta.get(ROOT_FLAGS, {})
+    return flags
+
+
 def open_app(config: dict[str, dict[str, Any]] | None = None) -> App:
+    """The workspace's App under the root flags and `config` (the command's own flags, which win)."""
     workspace: Path = click.get_current_context().find_root().obj
-    return App(workspace, config=config)
+    return App(workspace, config=merge_layers(root_flags(), config or {}))
 
 
 def emit_json(data: Any) -> None:

@@ -10,21 +10,10 @@ from typing import Any
 import click
 
 from ragapp.cli.common import emit_json, generation_flags, generation_options, json_option, open_app, table
-from ragapp.evals.results import RunResult
+from ragapp.evals.formatting import format_change, format_metric
+from ragapp.evals.results import RunResult, shown_question
 
 _ANSWER_METRICS = ("rougeL", "rouge1", "rouge2", "bleu")
-
-
-def fmt(name: str, value: float | None) -> str:
-    if value is None:
-        return "—"
-    if name.endswith("_s"):
-        return f"{value:.2f} s"
-    if name.endswith("_tokens"):
-        return f"{value:.0f}"
-    if name == "perplexity":
-        return f"{value:.2f}"
-    return f"{value:.4f}"
 
 
 def _gate_options(f: Any) -> Any:
@@ -78,7 +67,7 @@ def print_run(run: RunResult) -> None:
         + (f", {errors} failed" if errors else "")
         + (f", {len(run.problems)} bad lines skipped" if run.problems else "")
     )
-    rows = [[name, fmt(name, value)] for name, value in run.aggregates.items()]
+    rows = [[name, format_metric(name, value)] for name, value in run.aggregates.items()]
     if rows:
         click.echo(table(rows, ["metric", "value"]))
     for problem in run.problems[:20]:
@@ -156,7 +145,9 @@ def score(
     max_drop_vs: tuple[str, str] | None,
     as_json: bool,
 ) -> None:
-    """Score answers produced elsewhere: JSONL with `prediction` and `reference` (or `answer`) per line."""
+    """Score answers produced elsewhere: JSONL with `prediction` and `reference` (or `answer`) per line.
+
+    `question`, `id` and `sources` are optional; a configured reward model scores only rows with a question."""
     from ragapp.evals.runner import score_predictions
 
     gate = _gate(fail_under, max_drop_vs)
@@ -200,7 +191,7 @@ def list_runs(as_json: bool) -> None:
             r.started_at.strftime("%Y-%m-%d %H:%M"),
             f"{r.seconds:.0f} s",
         ]
-        + [fmt(m, r.aggregates.get(m)) for m in metrics]
+        + [format_metric(m, r.aggregates.get(m)) for m in metrics]
         for r in runs
     ]
     click.echo(table(rows, ["id", "name", "status", "items", "started", "time", *metrics]))
@@ -224,7 +215,12 @@ def show(
         if show_items:
             names = [m for m in _ANSWER_METRICS if any(m in i.metrics for i in result.items)]
             rows = [
-                [str(i.position), i.item_id[:20], *(fmt(m, i.metrics.get(m)) for m in names), i.question[:60]]
+                [
+                    str(i.position),
+                    i.item_id[:20],
+                    *(format_metric(m, i.metrics.get(m)) for m in names),
+                    shown_question(i.question)[:60],
+                ]
                 for i in result.items
             ]
             click.echo(table(rows, ["line", "id", *names, "question"]))
@@ -267,10 +263,10 @@ def compare_runs(run_a: str, run_b: str, by: str, top: int, as_json: bool) -> No
     rows = [
         [
             m.name,
-            fmt(m.name, m.a),
-            fmt(m.name, m.b),
-            f"{m.delta:+.4f}",
-            f"[{m.low:+.4f}, {m.high:+.4f}]",
+            format_metric(m.name, m.a),
+            format_metric(m.name, m.b),
+            format_change(m.name, m.delta),
+            f"[{format_change(m.name, m.low)}, {format_change(m.name, m.high)}]",
             m.verdict,
             str(m.n),
         ]
@@ -280,7 +276,8 @@ def compare_runs(run_a: str, run_b: str, by: str, top: int, as_json: bool) -> No
     if c.changed:
         click.echo(f"\nMost changed by {c.by}:")
         for ch in c.changed:
-            click.echo(f"  {ch.delta:+.3f}  {ch.a:.3f} -> {ch.b:.3f}  [{ch.item_id}] {ch.question[:80]}")
+            change = f"{format_change(c.by, ch.delta)}  {format_metric(c.by, ch.a)} -> {format_metric(c.by, ch.b)}"
+            click.echo(f"  {change}  [{ch.item_id}] {shown_question(ch.question)[:80]}")
             click.echo(f"      A: {' '.join(ch.prediction_a.split())[:100]}")
             click.echo(f"      B: {' '.join(ch.prediction_b.split())[:100]}")
 

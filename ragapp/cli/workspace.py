@@ -14,12 +14,14 @@ from ragapp.cli.common import emit_json, json_option, open_app
 @json_option
 def status(as_json: bool) -> None:
     """Show the workspace's documents, chunks, index and models."""
-    info = open_app().status()
+    app = open_app()
+    info = app.status()
     if as_json:
         emit_json(info)
         return
     click.echo(f"Workspace:  {info['workspace']}" + ("" if info["exists"] else " (not created yet)"))
-    click.echo(f"Database:   {info['database']}")
+    source = app.settings.origin.get("database.url")  # where a database other than the workspace's was named
+    click.echo(f"Database:   {info['database']}" + (f" (from {source})" if source else ""))
     click.echo(f"Documents:  {info['documents']}")
     click.echo(
         f"Chunks:     {info['chunks']}" + (f" ({info['pending']} waiting to be indexed)" if info["pending"] else "")

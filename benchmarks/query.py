@@ -76,7 +76,7 @@ def add_copies(workspace: Path, copies: int, seed: int = 0) -> None:
         for row in rows:
             by_doc.setdefault(row.source, []).append(row)
         with app.ingest_lock():
-            index = app._index(store)
+            index = app.indexes.vectors(store)
             index.reconcile()
             base = index.index.vectors([row.id for row in rows])
             for copy in range(1, copies + 1):
@@ -90,7 +90,7 @@ def add_copies(workspace: Path, copies: int, seed: int = 0) -> None:
                 ids = [chunk_id for batch in store.pending_chunks() for chunk_id, _ in batch]
                 index.add(ids, noisy)
                 index.save()
-            app._keywords(store).sync()
+            app.indexes.keywords(store).sync()
 
 
 def ensure_corpus(data: Path, cache: Path) -> tuple[Path, Path]:
@@ -116,7 +116,7 @@ def convert(workspace: Path, kind: str) -> float:
     from ragapp import App
 
     with App(workspace, config={"index": {"kind": kind}}) as app, app.ingest_lock():
-        index = app._index(app.open_store())
+        index = app.indexes.vectors(app.open_store())
         index.reconcile()
         started = time.perf_counter()
         index._dirty = True
@@ -141,7 +141,7 @@ def langchain_store(workspace: Path, embeddings: Any) -> Any:
     with App(workspace) as app:
         store = app.open_store()
         pairs = [(cid, text) for batch in store.index_texts() for cid, text in batch]
-        index = app._index(store).index
+        index = app.indexes.vectors(store).index
         vectors = index.vectors([cid for cid, _ in pairs])
     return FAISS.from_embeddings(
         [(text, vector.tolist()) for (_, text), vector in zip(pairs, vectors, strict=True)],
@@ -158,7 +158,7 @@ def recall_vs_exact(workspace: Path, exact_workspace: Path, vectors: np.ndarray)
     found = []
     for ws in (workspace, exact_workspace):
         with App(ws) as app:
-            index = app._reader_index(app.open_store()).index
+            index = app.indexes.reader_vectors(app.open_store()).index
             found.append(index.search(vectors, 10)[1])
     return float(
         np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found[0].tolist(), found[1].tolist(), strict=True)])

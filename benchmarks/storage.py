@@ -135,7 +135,7 @@ def load_corpus(workspace: Path, limit: int | None, queries: list[str]) -> tuple
                 if row["id"] in wanted
             ]
         ids = np.asarray([row["id"] for row in chunks], dtype=np.int64)
-        vectors = np.ascontiguousarray(app._index(store).index.vectors(ids), dtype=np.float32)
+        vectors = np.ascontiguousarray(app.indexes.vectors(store).index.vectors(ids), dtype=np.float32)
         query_vectors = np.ascontiguousarray(app.embedder.embed_queries(queries), dtype=np.float32)
         embedder = app.embedder
         return (

@@ -34,11 +34,6 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY
 
-try:
-    from pgvector.sqlalchemy import Vector
-except ImportError:  # pragma: no cover - reported when a pgvector index is opened
-    Vector = None
-
 TABLE = "chunk_vectors"
 # HNSW candidate list per query (hnsw.ef_search). At 100k chunks: 256 gave recall@10 0.991 unfiltered but 0.989
 # under a 10 % filter, 512 gives 0.999 / 0.996 for 20 ms instead of 14 (docs/performance.md).
@@ -51,8 +46,10 @@ class PgVectorError(Exception):
 
 
 def vector_table(dim: int, chunks_table: Table) -> Table:
-    if Vector is None:
-        raise PgVectorError("the pgvector Python package is not installed: pip install 'ragapp[postgres]'")
+    try:
+        from pgvector.sqlalchemy import Vector
+    except ImportError:  # optional: the postgres extra
+        raise PgVectorError("the pgvector Python package is not installed: pip install 'ragapp[postgres]'") from None
     metadata = MetaData()
     Table(chunks_table.name, metadata, Column("id", BigInteger, primary_key=True))  # for the foreign key
     return Table(

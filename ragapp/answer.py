@@ -47,7 +47,7 @@ class Answer:
     candidates: list[dict[str, Any]] = field(default_factory=list)  # every sampled answer and its reward
 
     def to_dict(self) -> dict[str, Any]:
-        out = {
+        out: dict[str, Any] = {
             "question": self.question,
             "answer": self.answer,
             "citations": [vars(c) for c in self.citations],

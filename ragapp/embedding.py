@@ -60,6 +60,13 @@ def resolve_dtype(dtype: str, device: str) -> str:
     return "bfloat16" if device == "cpu" and cpu_has_bfloat16() else "float32"
 
 
+def declared(value: int | None, what: str, folder: Path) -> int:
+    """sentence-transformers types a model's dimension and length as optional; ragapp needs both."""
+    if value is None:
+        raise ConfigError(f"embedding.model: {folder} does not declare its {what}")
+    return int(value)
+
+
 class Embedder:
     """Loads the model once; embeds batches into L2-normalised float32 vectors (cosine = inner product)."""
 
@@ -79,7 +86,7 @@ class Embedder:
                 local_files_only=True,
                 model_kwargs={"dtype": getattr(torch, self.dtype)},
             )
-        self.dim = int(self.model.get_embedding_dimension())
+        self.dim = declared(self.model.get_embedding_dimension(), "embedding dimension", self.folder)
         # One model serves every thread of a server (searches, an ingest job). A fast tokenizer is not
         # safe to share across threads ("Already borrowed"), so one thread encodes at a time, and
         # chunking counts tokens with a copy of its own.

@@ -21,11 +21,12 @@ import warnings
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
 from ragapp.cache import cache_dir
+from ragapp.embedding import declared
 from ragapp.errors import RagappError
 
 if TYPE_CHECKING:
@@ -65,10 +66,11 @@ class OnnxQueryEncoder:
         """`folder` is the one `st_model` was loaded from; `guard` is held while copying `st_model`'s tokenizer
         (not safe to read while another thread encodes with it)."""
         try:
+            max_length = declared(st_model.max_seq_length, "max_seq_length", folder)
             with guard if guard is not None else contextlib.nullcontext():
-                self._tokenizer = _query_tokenizer(st_model)
-            reference = _float32_model(Path(folder), int(st_model.max_seq_length))
-            self.dim = int(reference.get_embedding_dimension())
+                self._tokenizer = _query_tokenizer(st_model, max_length)
+            reference = _float32_model(Path(folder), max_length)
+            self.dim = declared(reference.get_embedding_dimension(), "embedding dimension", folder)
             self.path = cache_dir() / "onnx" / f"{cache_key(Path(folder))}.onnx"
             self._session, self.exported = self._load_or_export(reference, threads)
             self._inputs = [i.name for i in self._session.get_inputs()]
@@ -140,7 +142,7 @@ def export(reference: SentenceTransformer, path: Path) -> None:
     written to a temp file next to it, fsync-ed, then `os.replace`-d (readers never see half a file)."""
     import torch
 
-    transformer = reference[0].auto_model
+    transformer = _auto_model(reference)
     names = ["input_ids", "attention_mask"]
     if _takes_token_type_ids(reference):
         names.append("token_type_ids")
@@ -206,7 +208,7 @@ def _float32_model(folder: Path, max_seq_length: int) -> SentenceTransformer:
     return model
 
 
-def _query_tokenizer(st_model: SentenceTransformer) -> Any:
+def _query_tokenizer(st_model: SentenceTransformer, max_length: int) -> Any:
     """A private copy of the fast tokenizer's Rust core, padding to the longest text and truncating where
     sentence-transformers does (`max_seq_length`).
 
@@ -216,14 +218,19 @@ def _query_tokenizer(st_model: SentenceTransformer) -> Any:
     tokenizer = copy.deepcopy(hf_tokenizer.backend_tokenizer)
     tokenizer.no_padding()
     tokenizer.no_truncation()
-    tokenizer.enable_truncation(max_length=int(st_model.max_seq_length))
+    tokenizer.enable_truncation(max_length=max_length)
     pad_id = hf_tokenizer.pad_token_id if hf_tokenizer.pad_token_id is not None else 0
     tokenizer.enable_padding(pad_id=pad_id, pad_token=hf_tokenizer.pad_token or "[PAD]")
     return tokenizer
 
 
+def _auto_model(reference: SentenceTransformer) -> torch.nn.Module:
+    """The transformer inside the first module (typed as Tensor | Module through nn.Module's __getattr__)."""
+    return cast("torch.nn.Module", reference[0].auto_model)
+
+
 def _takes_token_type_ids(reference: SentenceTransformer) -> bool:
-    transformer = reference[0].auto_model
+    transformer = _auto_model(reference)
     accepted = inspect.signature(transformer.forward).parameters
     return "token_type_ids" in accepted and "token_type_ids" in reference.tokenizer.model_input_names
 

@@ -1,37 +1,22 @@
+"""Fixtures: a clean environment, the PostgreSQL server and databases, a workspace with docs/ ingested.
+
+Helpers that tests import live in tests/support.py; nothing imports this module by name."""
+
 from __future__ import annotations
 
-import itertools
 import os
 import shutil
-import signal
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, make_url, text
 
-from ragapp.store import database_url
+from tests.support import DOCS, DocsWorkspaces, ExternalServer, IngestedDocs, drop_database, new_database
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-
-ROOT = Path(__file__).resolve().parent.parent
-DOCS = ROOT / "docs"
-# Debian's Chromium, headless; without the background-networking flags it keeps trying the closed network.
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--headless",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-
 
 _module_database: str | None = None  # the URL `module_database` set for the module running now
 
@@ -51,21 +36,6 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch) -> None:
 TEST_DATABASE_URL = os.environ.get("RAGAPP_TEST_DATABASE_URL")
 
 
-class ExternalServer:
-    """The two things the tests ask of a pgserver server, done on a server of the user's."""
-
-    def __init__(self, url: str):
-        self.url = make_url(url)
-        self.engine = create_engine(database_url(url), isolation_level="AUTOCOMMIT")
-
-    def psql(self, sql: str) -> None:
-        with self.engine.connect() as connection:
-            connection.execute(text(sql))
-
-    def get_uri(self, database: str) -> str:
-        return self.url.set(database=database).render_as_string(hide_password=False)
-
-
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[Any]:
     """A private PostgreSQL 16 server with pgvector (the pgserver wheel), one for the whole run, or the
@@ -76,6 +46,7 @@ def postgres_server() -> Iterator[Any]:
     if TEST_DATABASE_URL:
         server = ExternalServer(TEST_DATABASE_URL)
         yield server
+        server.drop_leftovers()
         server.engine.dispose()
         return
     pgserver = pytest.importorskip("pgserver", reason="pgserver not installed (it is in the test extra)")
@@ -84,20 +55,6 @@ def postgres_server() -> Iterator[Any]:
     yield server
     server.cleanup()
     shutil.rmtree(folder, ignore_errors=True)
-
-
-_databases = itertools.count()
-
-
-def new_database(server: Any) -> str:
-    """A fresh, empty database on the test server; its URL."""
-    name = f"ragapp_test_{os.getpid()}_{next(_databases)}"
-    server.psql(f"CREATE DATABASE {name};")
-    return server.get_uri(name)
-
-
-def _drop(server: Any, url: str) -> None:
-    server.psql(f"DROP DATABASE IF EXISTS {make_url(url).database} WITH (FORCE);")
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -112,12 +69,20 @@ def database(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, _i
         return
     marker = request.node.get_closest_marker("sqlite_only")
     if marker:
-        pytest.skip(f"about the workspace's own files: {marker.args[0]}")
+        pytest.skip(f"SQLite only: {marker.args[0]}")
     server = request.getfixturevalue("postgres_server")
     url = new_database(server)
     monkeypatch.setenv("RAGAPP_DATABASE_URL", url)
     yield url
-    _drop(server, url)
+    drop_database(server, url)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """`sqlite_only` in a `module_database` module: the test is skipped on the module's PostgreSQL run."""
+    marker = item.get_closest_marker("sqlite_only")
+    callspec = getattr(item, "callspec", None)
+    if marker and callspec is not None and callspec.params.get("module_database") == "postgresql":
+        pytest.skip(f"SQLite only: {marker.args[0]}")
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
@@ -136,21 +101,7 @@ def module_database(request: pytest.FixtureRequest) -> Iterator[str]:
         patch.setenv("RAGAPP_DATABASE_URL", url)
         yield url
     _module_database = None
-    _drop(server, url)
-
-
-@contextmanager
-def database_of_its_own(request: pytest.FixtureRequest) -> Iterator[None]:
-    """For a module-scoped fixture in a `module_database` module that needs a workspace apart (a second server)."""
-    if os.environ.get("RAGAPP_DATABASE_URL") is None:
-        yield
-        return
-    server = request.getfixturevalue("postgres_server")
-    url = new_database(server)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("RAGAPP_DATABASE_URL", url)
-        yield
-    _drop(server, url)
+    drop_database(server, url)
 
 
 @pytest.fixture
@@ -165,7 +116,7 @@ def fresh_database(
     url = new_database(server)
     monkeypatch.setenv("RAGAPP_DATABASE_URL", url)
     yield
-    _drop(server, url)
+    drop_database(server, url)
 
 
 @pytest.fixture
@@ -178,8 +129,19 @@ def corpus(tmp_path: Path) -> Path:
     return folder
 
 
-def default_sigint() -> None:
-    """`preexec_fn` for children that a test interrupts with SIGINT. A shell starting a job in the
-    background (`make test &`) leaves SIGINT ignored, children inherit that, and Python then never
-    raises KeyboardInterrupt; restoring the default lets the child see Ctrl-C as a user's terminal would."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+@pytest.fixture(scope="session")
+def docs_workspaces(tmp_path_factory: pytest.TempPathFactory) -> DocsWorkspaces:
+    """docs/ ingested once per store kind for the whole run (lazily); `.copy(dest, request)` hands out copies.
+    For module-scoped fixtures; a test asks for `ingested_docs`."""
+    return DocsWorkspaces.of(tmp_path_factory)
+
+
+@pytest.fixture
+def ingested_docs(request: pytest.FixtureRequest, tmp_path: Path, docs_workspaces: DocsWorkspaces) -> IngestedDocs:
+    """A workspace of the test's own at tmp_path/"ws" with docs/ already ingested, on the store the test runs
+    on (SQLite, or the PostgreSQL database of `database`/`module_database`/`fresh_database`). Its `.folder` is
+    the workspace; `.corpus` the ingested (shared, read-only) folder; the rest is the one ingest's report."""
+    for store_fixture in ("database", "module_database", "fresh_database"):
+        if store_fixture in request.fixturenames:
+            request.getfixturevalue(store_fixture)  # its RAGAPP_DATABASE_URL must be set before the copy
+    return docs_workspaces.copy(tmp_path / "ws", request)

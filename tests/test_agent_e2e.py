@@ -1,4 +1,9 @@
-"""The agent end to end with the shipped SmolLM2-135M, through the text protocol: real tools, real model."""
+"""The agent end to end with the shipped SmolLM2-135M, through the text protocol: real tools, real model.
+
+SQLite only: what is tested is the model's choice of tool and the tool's result, which no store changes
+(the store halves of search_documents and sql_query are tested in test_agent.py and test_tools_sql.py).
+The CLI runs in-process (click's runner), so it reuses the models the first test loaded.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +11,12 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 from ragapp.app import App
-from tests.servers import ragapp
+from ragapp.cli import cli
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("database")]
+pytestmark = pytest.mark.slow
 
 
 def test_the_shipped_model_picks_the_calculator_and_answers_with_its_result(tmp_path: Path) -> None:
@@ -37,8 +43,8 @@ def test_the_shipped_model_picks_the_calculator_and_answers_with_its_result(tmp_
 
 
 def test_ragapp_agent_trace_shows_the_tool_call_and_its_result(tmp_path: Path) -> None:
-    run = ragapp(tmp_path / "ws", "agent", "What is 1234 * 5678?", "--trace")
-    assert run.returncode == 0, run.stderr
+    run = CliRunner().invoke(cli, ["--workspace", str(tmp_path / "ws"), "agent", "What is 1234 * 5678?", "--trace"])
+    assert run.exit_code == 0, run.output
     assert "→ calculator: 1234 * 5678" in run.stderr
     assert "← calculator: 7006652" in run.stderr
     assert "7006652" in run.stdout

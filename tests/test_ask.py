@@ -10,18 +10,19 @@ from click.testing import CliRunner
 
 from ragapp import App
 from ragapp.cli import cli
+from tests.support import DocsWorkspaces
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("module_database")]
+# Generation over retrieved passages: which store held them does not matter here (test_search.py runs both).
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory: pytest.TempPathFactory, module_database: str) -> Path:
-    from tests.conftest import DOCS
-
-    if not any(DOCS.glob("*.md")):
-        pytest.skip(f"no documentation in {DOCS}")
+def workspace(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest, docs_workspaces: DocsWorkspaces
+) -> Path:
+    """A copy of the session's SQLite workspace with docs/ ingested, shared by this module's tests."""
     ws = tmp_path_factory.mktemp("ask") / "ws"
-    App(ws).ingest([DOCS])
+    docs_workspaces.copy(ws, request)
     return ws
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from ragapp.connectors.formats import parse_markdown
 from transformers import AutoTokenizer
@@ -44,7 +46,7 @@ def test_chunks_keep_their_section_and_never_cross_it(tokenizer) -> None:
     short = [c for c in chunks if c.heading == "Short section"]
     assert len(short) == 1 and "Only one line here." in short[0].text
     # Overlap (whole paragraphs of up to 30 tokens are repeated): consecutive chunks share text.
-    assert any(b.start < a.end for a, b in zip(install, install[1:]))
+    assert any(b.start < a.end for a, b in itertools.pairwise(install))
 
 
 def test_larger_chunks_mean_fewer_chunks(tokenizer) -> None:

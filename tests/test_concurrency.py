@@ -15,7 +15,7 @@ from sqlalchemy import func, select, text
 
 from ragapp import App
 from ragapp.store import ChunkRow, DocumentRow
-from tests.conftest import DOCS, new_database
+from tests.support import IngestedDocs, new_database
 
 pytestmark = pytest.mark.slow
 
@@ -37,11 +37,11 @@ def contents(app: App) -> list[tuple[str, int, str]]:
     return sorted((Path(source).name, ordinal, chunk) for source, ordinal, chunk in rows)
 
 
-def split_docs(tmp_path: Path) -> tuple[Path, Path]:
+def split_docs(tmp_path: Path, docs: Path) -> tuple[Path, Path]:
     """Two folders of real Markdown (ragapp's docs) that share some files."""
-    files = sorted(DOCS.glob("*.md"))
+    files = sorted(docs.glob("*.md"))
     if len(files) < 6:
-        pytest.skip(f"too little documentation in {DOCS}")
+        pytest.skip(f"too little documentation in {docs}")
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir()
     b.mkdir()
@@ -53,8 +53,10 @@ def split_docs(tmp_path: Path) -> tuple[Path, Path]:
     return a, b
 
 
-def test_two_ingests_at_once_lose_and_duplicate_nothing(tmp_path: Path, postgres_server: Any) -> None:
-    a, b = split_docs(tmp_path)
+def test_two_ingests_at_once_lose_and_duplicate_nothing(
+    tmp_path: Path, postgres_server: Any, ingested_docs: IngestedDocs
+) -> None:
+    a, b = split_docs(tmp_path, ingested_docs.corpus)
     url = new_database(postgres_server)
     # The same folder from two "machines" at once, and a second folder overlapping it, all at the same time.
     procs = [
@@ -84,10 +86,13 @@ def test_two_ingests_at_once_lose_and_duplicate_nothing(tmp_path: Path, postgres
         vectors = [r[0] for r in connection.execute(text("SELECT chunk_id FROM chunk_vectors"))]
     assert len(vectors) == len(set(vectors)) and set(vectors) == store.chunk_ids()
 
-    # Nothing lost: the same chunks as one ingest of both folders into a fresh SQLite workspace.
-    reference = App(tmp_path / "reference", config={"database": {"url": ""}})
-    reference.ingest([a, b])
-    assert contents(shared) == contents(reference)
+    # Nothing lost: the chunks of one ingest of all of docs/ into SQLite (the session's, copied), with the
+    # files a and b share counted twice (each folder's copy is a document of its own).
+    reference = App(ingested_docs.folder, config={"database": {"url": ""}})
+    assert {p.name for p in (*a.iterdir(), *b.iterdir())} == {p.name for p in ingested_docs.corpus.iterdir()}
+    both = {p.name for p in a.iterdir()} & {p.name for p in b.iterdir()}
+    expected = sorted(contents(reference) + [row for row in contents(reference) if row[0] in both])
+    assert contents(shared) == expected
     hit = shared.search("how do I remove documents whose files were deleted", k=1)[0]
     assert hit.text == reference.search("how do I remove documents whose files were deleted", k=1)[0].text
 
@@ -97,4 +102,4 @@ def test_two_ingests_at_once_lose_and_duplicate_nothing(tmp_path: Path, postgres
         out, err = proc.communicate(timeout=600)
         assert proc.returncode == 0, err
         assert ": 0 new, 0 updated," in out and "Chunks: 0 added" in out, out
-    assert contents(shared) == contents(reference)
+    assert contents(shared) == expected

@@ -169,8 +169,7 @@ def test_the_worker_is_a_fresh_interpreter_not_a_fork(tmp_path: Path) -> None:
     assert cmdline[1:3] == [b"-c", sandbox._BOOT.encode()]
 
 
-@pytest.mark.slow
-@pytest.mark.usefixtures("database")
+@pytest.mark.slow  # parsing is what is tested: on SQLite only, the store is incidental
 def test_ingest_reports_each_bomb_and_ingests_the_rest(tmp_path: Path) -> None:
     """Through App.ingest, the path `ragapp serve` takes for uploads: bombs, a damaged UTF-8 file and a
     link out of the folder each get their line in the report; the good files are searchable."""

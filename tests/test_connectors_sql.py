@@ -19,7 +19,7 @@ from ragapp import App
 from ragapp.cli import cli
 from ragapp.errors import UsageError
 
-pytestmark = pytest.mark.usefixtures("database")
+# The connector reads a user's SQLite database; the workspace's store matters only where rows are ingested.
 
 PRODUCTS = [
     (1, "Kettle", "Boils a litre of water in ninety seconds.", "kitchen", 19.99),
@@ -192,6 +192,7 @@ def test_bad_database_table_or_query_and_read_only(db: Path, tmp_path: Path) -> 
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("database")  # rows become documents and chunks in the store: both stores
 def test_incremental_ingest_update_delete_and_sync(db: Path, tmp_path: Path) -> None:
     app = App(tmp_path / "ws")
     options = {"table": "products", "template": TEMPLATE, "title": "{name}", "metadata_columns": ["category"]}

@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import default_sigint
 from ragapp.indexes import Bm25Index
 from sqlalchemy import create_engine, select, text
 from sqlalchemy.exc import OperationalError, ProgrammingError
@@ -24,6 +23,7 @@ from sqlalchemy.exc import OperationalError, ProgrammingError
 from ragapp import App
 from ragapp.keyword_index import POINTER_KEY
 from ragapp.store import ChunkRow, DocumentRow, IngestRun, database_url
+from tests.support import DOCS, default_sigint
 from tests.workspace import vector_ids
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("database")]
@@ -71,7 +71,7 @@ def kill_when(ws: Path, corpus: Path, condition, sig: int = signal.SIGKILL, time
         [sys.executable, "-c", RUNNER, str(ws), str(corpus)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
-        preexec_fn=default_sigint,
+        preexec_fn=default_sigint,  # noqa: PLW1509 - it only resets a signal handler; nothing that a thread could hold
     )
     deadline = time.monotonic() + timeout
     try:
@@ -97,9 +97,23 @@ def contents(app: App) -> set[tuple[str, int, str]]:
     return {(Path(source).name, ordinal, text) for source, ordinal, text in rows}
 
 
-def test_kill_at_every_stage_then_resume(tmp_path: Path, corpus: Path) -> None:
-    big = tmp_path / "big"
-    build_corpus(big, corpus)
+@pytest.fixture(scope="module")
+def big(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The 30-file corpus, built once: every ingest of it here only reads it."""
+    folder = tmp_path_factory.mktemp("crash") / "big"
+    build_corpus(folder, DOCS)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def clean(big: Path, tmp_path_factory: pytest.TempPathFactory) -> App:
+    """`big` ingested without interruption into a SQLite workspace: what each store must end up holding."""
+    app = App(tmp_path_factory.mktemp("crash") / "clean", config={"database": {"url": ""}})
+    app.ingest([big], progress=False)
+    return app
+
+
+def test_kill_at_every_stage_then_resume(tmp_path: Path, big: Path, clean: App) -> None:
     ws = tmp_path / "ws"
 
     killed_points = []
@@ -112,12 +126,12 @@ def test_kill_at_every_stage_then_resume(tmp_path: Path, corpus: Path) -> None:
     killed_points.append(kill_when(ws, big, lambda c, i: c > seen[0] + 40 or i > seen[1] + 40))
     assert None not in killed_points[:2], "a kill did not land mid-ingest; the test corpus is too small"
 
-    finish = subprocess.run([sys.executable, "-c", RUNNER, str(ws), str(big)], capture_output=True, text=True)
+    finish = subprocess.run(
+        [sys.executable, "-c", RUNNER, str(ws), str(big)], check=False, capture_output=True, text=True
+    )
     assert finish.returncode == 0, finish.stderr
 
     resumed = App(ws)
-    clean = App(tmp_path / "clean", config={"database": {"url": ""}})  # its own SQLite file, on either run
-    clean.ingest([big])
     assert contents(resumed) == contents(clean)  # no duplicate, no lost chunk
     store = resumed.open_store()
     assert store.counts()["pending"] == 0

@@ -42,14 +42,14 @@ def small_workspace(ws: Path) -> None:
         chunks = [Chunk(ordinal=i, text=f"chunk {i}", start=i, end=i + 1, token_count=2) for i in range(N_CHUNKS)]
         store.replace_document(Document("/d.txt", "txt", "x", [Section("x", 0)]), "h", 1, 1.0, chunks)
         ids = sorted(store.chunk_ids())
-        if app.index_kind(store) == "pgvector":
+        if app.indexes.kind(store) == "pgvector":
             index: WorkspaceIndex | PgVectorWorkspaceIndex = PgVectorWorkspaceIndex(store, DIM, "test|8", 16)
         else:
             index = WorkspaceIndex(ws / "index.faiss", store, DIM, "test|8", "flat", 32)
         index.reconcile()
         index.add(ids, np.random.default_rng(0).normal(size=(len(ids), DIM)).astype(np.float32))
         index.save()
-        app._keywords(store).sync()
+        app.indexes.keywords(store).sync()
 
 
 def doctor(ws: Path) -> tuple[int, dict]:
@@ -99,7 +99,7 @@ def test_doctor_and_status_report_vectors_missing_for_indexed_chunks(tmp_path: P
     small_workspace(ws)
     with App(ws) as app:
         store = app.open_store()
-        if app.index_kind(store) == "pgvector":  # someone emptied the table by hand
+        if app.indexes.kind(store) == "pgvector":  # someone emptied the table by hand
             with store.engine.begin() as connection:
                 connection.execute(text("DELETE FROM chunk_vectors"))
         else:

@@ -34,7 +34,7 @@ def test_add_search_remove(kind: str) -> None:
 
 def test_search_with_k_above_size_and_empty_index() -> None:
     index = FaissIndex(16)
-    scores, ids = index.search(unit_vectors(1)[0], 5)
+    _, ids = index.search(unit_vectors(1)[0], 5)
     assert ids.shape == (1, 0)
     index.add(np.array([1, 2]), unit_vectors(2))
     _, ids = index.search(unit_vectors(1, seed=3)[0], 10)

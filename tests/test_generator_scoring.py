@@ -18,6 +18,7 @@ from ragapp.evals.metrics import perplexity
 
 from ragapp.generators.base import Generator, Message
 from ragapp.generators.transformers_local import TransformersGenerator
+from tests.lora import shipped_generator
 
 FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
 RIGHT = "The capital of France is Paris."
@@ -31,7 +32,8 @@ def gen() -> Iterator[TransformersGenerator]:
     import torch
 
     before = torch.get_num_threads()
-    yield TransformersGenerator(threads=1).load()
+    torch.set_num_threads(1)
+    yield shipped_generator()  # the process's one copy of the shipped model, shared with other modules
     torch.set_num_threads(before)  # the setting is process-wide; leave other test modules theirs
 
 
@@ -101,7 +103,7 @@ def test_chat_prefers_the_right_answer(gen: TransformersGenerator) -> None:
 
 @pytest.mark.slow
 def test_chat_sum_equals_manual_gather(gen: TransformersGenerator) -> None:
-    nll, tokens = gen.reference_nll(FRANCE, RIGHT)
+    nll, _ = gen.reference_nll(FRANCE, RIGHT)
     prompt = _prompt_ids(gen, FRANCE)
     assert nll == pytest.approx(_manual_nll(gen, prompt + _text_ids(gen, RIGHT), len(prompt)), rel=1e-4)
     # the prompt matters: the same text scored without it is a different number

@@ -38,6 +38,7 @@ from ragapp.generators import gguf
 from ragapp.generators.base import GenerationConfig, Generator
 from ragapp.generators.gguf import MARKER, ModelNotFound, convert_gguf, is_converted, resolve_model
 from ragapp.generators.transformers_local import StopFilter, TransformersGenerator, cut_at_stop
+from tests.lora import shipped_generator
 
 FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
 PROMPTS = [
@@ -57,7 +58,8 @@ def gen() -> Iterator[TransformersGenerator]:
     import torch
 
     before = torch.get_num_threads()
-    yield TransformersGenerator(threads=1).load()
+    torch.set_num_threads(1)
+    yield shipped_generator()  # the process's one copy of the shipped model, shared with other modules
     torch.set_num_threads(before)  # the setting is process-wide; leave other test modules theirs
 
 

@@ -14,11 +14,12 @@ from pathlib import Path
 import pytest
 
 from ragapp.config import GenerationSettings
-from ragapp.generators import load_generator
+from ragapp.generators import clear_cache, load_generator
 from ragapp.generators.base import GenerationConfig
 from ragapp.generators.gguf import resolve_model
 from ragapp.generators.transformers_local import TransformersGenerator
-from tests.lora import make_adapter
+from tests.lora import make_adapter, shipped_generator
+from tests.support import IngestedDocs
 
 pytestmark = [
     pytest.mark.slow,
@@ -51,16 +52,16 @@ GREEDY = GenerationConfig(max_new_tokens=32, stop=[])
 
 @pytest.fixture(scope="module")
 def hf() -> TransformersGenerator:
-    return TransformersGenerator(dtype="float32").load()
+    return shipped_generator()  # float32, as the engine runs
 
 
 @pytest.fixture(scope="module")
 def vllm_gen() -> Iterator:
     """Through `load_generator`, as the App loads it: later App calls in this file reuse the engine."""
-    gen = load_generator(*GenerationSettings(backend="vllm").backend_key())
+    gen = load_generator(GenerationSettings(backend="vllm"))
     yield gen
     gen.close()
-    load_generator.cache_clear()
+    clear_cache()
 
 
 @pytest.fixture(scope="module")
@@ -132,12 +133,11 @@ def test_too_long_prompt_is_a_clear_error(vllm_gen) -> None:
         vllm_gen.generate(huge, GREEDY)
 
 
-def test_app_batch_answers_with_vllm_backend(vllm_gen, corpus: Path, tmp_path: Path) -> None:
+def test_app_batch_answers_with_vllm_backend(vllm_gen, ingested_docs: IngestedDocs) -> None:
     """`eval run` generates through `ask_batch`: the same answers as one `ask` at a time, with citations."""
     from ragapp import App
 
-    app = App(tmp_path / "ws", config={"generation": {"backend": "vllm", "max_new_tokens": 40}})
-    app.ingest([corpus])
+    app = App(ingested_docs.folder, config={"generation": {"backend": "vllm", "max_new_tokens": 40}})
     assert app.generator is vllm_gen  # the loaded engine is shared, not loaded again
     questions = ["How do I remove documents whose files were deleted?", "Which file formats can be ingested?"]
     batch = app.ask_batch(questions)
@@ -152,11 +152,11 @@ def test_lora_adapter_matches_transformers_with_peft(vllm_gen, adapter: Path) ->
     """A second engine with LoRA enabled; the first is closed to keep memory down."""
     base_outputs = vllm_gen.generate_batch(PROMPTS, GREEDY)
     vllm_gen.close()
-    load_generator.cache_clear()
+    clear_cache()
     peft = TransformersGenerator(adapter=str(adapter)).load()
     expected = [peft.generate(p, GREEDY) for p in PROMPTS]
     peft.close()
-    with_lora = load_generator(*GenerationSettings(backend="vllm", adapter=str(adapter)).backend_key())
+    with_lora = load_generator(GenerationSettings(backend="vllm", adapter=str(adapter)))
     try:
         assert with_lora.model_id == "SmolLM2-135M-Instruct+colors"
         assert with_lora.generate_batch(PROMPTS, GREEDY) == expected
@@ -164,4 +164,4 @@ def test_lora_adapter_matches_transformers_with_peft(vllm_gen, adapter: Path) ->
         assert "".join(with_lora.stream(PROMPTS[1], GREEDY)) == expected[1]
     finally:
         with_lora.close()
-        load_generator.cache_clear()
+        clear_cache()

@@ -16,12 +16,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from sqlalchemy import create_engine, text
+from sqlalchemy.exc import DBAPIError
 
 from ragapp.cli import cli
+from tests.support import DOCS
 
 pytestmark = pytest.mark.slow
-
-DOCS = Path(__file__).resolve().parent.parent / "docs"
 
 
 def run(*args: str) -> tuple[int, str, str]:
@@ -85,7 +85,7 @@ def _run_status(ws: Path) -> str | None:
         with engine.connect() as connection:
             row = connection.execute(text("SELECT status FROM ingest_runs ORDER BY id DESC LIMIT 1")).first()
             return row[0] if row else None
-    except Exception:  # the schema is being created
+    except DBAPIError:  # the schema is being created
         return None
     finally:
         engine.dispose()
@@ -103,7 +103,7 @@ def test_an_ingest_killed_with_sigkill_shows_as_interrupted(tmp_path: Path, smal
         while _run_status(ws) != "running":
             assert child.poll() is None and time.monotonic() < deadline, "the ingest ended before it could be killed"
             time.sleep(0.05)
-        code, out, _ = run("-w", str(ws), "status", "--json")
+        _, out, _ = run("-w", str(ws), "status", "--json")
         assert json.loads(out)["last_ingest"]["status"] == "running"  # it holds the lock: really running
         child.send_signal(signal.SIGKILL)
         child.wait(30)
@@ -112,9 +112,9 @@ def test_an_ingest_killed_with_sigkill_shows_as_interrupted(tmp_path: Path, smal
             child.kill()
             child.wait()
     assert _run_status(ws) == "running"  # what the killed process left in SQL
-    code, out, _ = run("-w", str(ws), "status", "--json")
+    _, out, _ = run("-w", str(ws), "status", "--json")
     assert json.loads(out)["last_ingest"]["status"] == "interrupted"
-    code, out, _ = run("-w", str(ws), "doctor", "--json")
+    _, out, _ = run("-w", str(ws), "doctor", "--json")
     assert any(f["check"] == "ingest runs" and f["level"] == "warning" for f in json.loads(out)["findings"])
 
     assert run("-w", str(ws), "ingest", str(small_corpus))[0] == 0  # the next ingest records it too

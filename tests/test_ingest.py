@@ -18,11 +18,23 @@ from ragapp.errors import UsageError, WorkspaceError
 from ragapp.keyword_index import POINTER_KEY
 from ragapp.store import ChunkRow, DocumentRow
 from ragapp.vector_index import FINGERPRINT_KEY
+from tests.support import DOCS, IngestedDocs
 from tests.workspace import index_digest, vector_ids, vectors_of
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("database")]
 
 MINIMAL_PDF_HEADER = b"%PDF-1.4\n1 0 obj << /Type /Catalog /Pages 2 0 R >> endobj\n"
+SMALL = ("workspace.md", "retrieval.md", "installation.md")  # three real pages; the tests here need no more
+
+
+@pytest.fixture
+def small_corpus(tmp_path: Path) -> Path:
+    """A few of ragapp's own pages: for tests about what ingest does, where the size of the corpus does not matter."""
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    for name in SMALL:
+        shutil.copy(DOCS / name, folder / name)
+    return folder
 
 
 def snapshot(app: App) -> tuple[list[tuple], list[tuple], str]:
@@ -50,12 +62,12 @@ def assert_consistent(app: App) -> None:
     assert len(sources) == len(set(sources))
 
 
-def test_ingest_search_and_unchanged_reingest(tmp_path: Path, corpus: Path) -> None:
+def test_ingest_search_and_unchanged_reingest(ingested_docs: IngestedDocs) -> None:
+    corpus = ingested_docs.corpus
     files = sorted(corpus.glob("*.md"))
-    app = App(tmp_path / "ws")
-    first = app.ingest([corpus])
-    assert first.added == len(files) and not first.problems
-    assert first.chunks_added > len(files) and first.chunks_embedded == first.chunks_added
+    app = App(ingested_docs.folder)  # docs/ ingested once per session with the real model; this is a copy
+    assert ingested_docs.added == len(files) and not ingested_docs.problems
+    assert ingested_docs.chunks_added > len(files) and ingested_docs.chunks_embedded == ingested_docs.chunks_added
     assert_consistent(app)
     before = snapshot(app)
 
@@ -74,10 +86,10 @@ def test_ingest_search_and_unchanged_reingest(tmp_path: Path, corpus: Path) -> N
     assert source_text[top.start : top.end] == top.text
 
 
-def test_changed_file_replaces_only_its_chunks(tmp_path: Path, corpus: Path) -> None:
+def test_changed_file_replaces_only_its_chunks(tmp_path: Path, small_corpus: Path) -> None:
     app = App(tmp_path / "ws")
-    app.ingest([corpus])
-    target = sorted(corpus.glob("*.md"))[0]
+    app.ingest([small_corpus])
+    target = min(small_corpus.glob("*.md"))
     store = app.open_store()
     old_doc = store.documents_by_source([str(target.resolve())])[str(target.resolve())]
     with store.session() as s:
@@ -89,7 +101,7 @@ def test_changed_file_replaces_only_its_chunks(tmp_path: Path, corpus: Path) -> 
         target.read_text(encoding="utf-8") + "\n\n## Zebra migration\n\nThe zebra flag moves herds at dawn.\n",
         encoding="utf-8",
     )
-    report = app.ingest([corpus])
+    report = app.ingest([small_corpus])
     assert (report.updated, report.added) == (1, 0)
     assert report.chunks_removed == len(old_ids)
     assert report.chunks_embedded == report.chunks_added
@@ -101,21 +113,21 @@ def test_changed_file_replaces_only_its_chunks(tmp_path: Path, corpus: Path) -> 
     target.write_text(
         target.read_text(encoding="utf-8").replace("zebra", "okapi").replace("Zebra", "Okapi"), encoding="utf-8"
     )
-    app.ingest([corpus])
+    app.ingest([small_corpus])
     assert_consistent(app)
     assert app.search("zebra", k=5, mode="bm25") == []  # the old chunks are gone from the keyword index
     assert "okapi" in app.search("okapi herds", k=1, mode="bm25")[0].text
 
 
-def test_sync_removes_vanished_files_only_when_asked(tmp_path: Path, corpus: Path) -> None:
+def test_sync_removes_vanished_files_only_when_asked(tmp_path: Path, small_corpus: Path) -> None:
     app = App(tmp_path / "ws")
-    app.ingest([corpus])
-    gone = sorted(corpus.glob("*.md"))[-1]
+    app.ingest([small_corpus])
+    gone = max(small_corpus.glob("*.md"))
     gone_source = str(gone.resolve())
     gone.unlink()
-    assert app.ingest([corpus]).removed == 0
+    assert app.ingest([small_corpus]).removed == 0
     assert gone_source in app.open_store().documents_by_source()
-    report = app.ingest([corpus], sync=True)
+    report = app.ingest([small_corpus], sync=True)
     assert report.removed == 1 and report.chunks_removed > 0
     assert gone_source not in app.open_store().documents_by_source()
     assert_consistent(app)
@@ -123,8 +135,8 @@ def test_sync_removes_vanished_files_only_when_asked(tmp_path: Path, corpus: Pat
         assert all(h.source != gone_source for h in app.search("configuration", k=20, mode=mode))
 
 
-def test_bad_files_are_listed_and_the_rest_ingested(tmp_path: Path, corpus: Path) -> None:
-    bad = corpus / "bad"
+def test_bad_files_are_listed_and_the_rest_ingested(tmp_path: Path, small_corpus: Path) -> None:
+    bad = small_corpus / "bad"
     bad.mkdir()
     (bad / "corrupt.pdf").write_bytes(MINIMAL_PDF_HEADER + b"garbage" * 10)
     (bad / "binary.txt").write_bytes(b"\x00\x01\x02ELF\x00" * 100)
@@ -138,7 +150,7 @@ def test_bad_files_are_listed_and_the_rest_ingested(tmp_path: Path, corpus: Path
     (bad / "good.txt").write_text("The platypus lays eggs and detects electric fields.", encoding="utf-8")
 
     app = App(tmp_path / "ws", config={"ingest": {"max_file_mb": 1}})
-    report = app.ingest([corpus])
+    report = app.ingest([small_corpus])
     reasons = {Path(p.source).name: p.reason for p in report.problems}
     assert set(reasons) == {"corrupt.pdf", "binary.txt", "empty.md", "huge.txt", "picture.png", "dangling.md"}
     assert "PDF" in reasons["corrupt.pdf"]
@@ -169,37 +181,36 @@ def test_file_that_turns_corrupt_keeps_its_previous_version(tmp_path: Path) -> N
     assert "Okapis" in app.search("okapi relatives", k=1)[0].text
 
 
-def test_embedding_model_change_rebuilds_the_index(tmp_path: Path, corpus: Path) -> None:
+def test_embedding_model_change_rebuilds_the_index(tmp_path: Path, small_corpus: Path) -> None:
     app = App(tmp_path / "ws")
-    first = app.ingest([corpus])
+    first = app.ingest([small_corpus])
     app.open_store().set_meta(FINGERPRINT_KEY, "some-other-model|384")
     with pytest.raises(WorkspaceError, match="embedding model changed"):
         App(tmp_path / "ws").search("anything")
-    report = App(tmp_path / "ws").ingest([corpus])
+    report = App(tmp_path / "ws").ingest([small_corpus])
     assert any("embedding model changed" in n for n in report.notes)
     assert report.chunks_embedded == first.chunks_added and report.unchanged == first.added
     assert_consistent(app)
 
 
 @pytest.mark.sqlite_only("FAISS's flat and HNSW layouts")
-def test_hnsw_index_finds_the_same_top_hit(tmp_path: Path, corpus: Path) -> None:
-    flat = App(tmp_path / "flat")
-    flat.ingest([corpus])
+def test_hnsw_index_finds_the_same_top_hit(tmp_path: Path, ingested_docs: IngestedDocs) -> None:
+    flat = App(ingested_docs.folder)  # the default flat index: docs/ as the session's one ingest left it
     hnsw = App(tmp_path / "hnsw", config={"index": {"kind": "hnsw"}})
-    hnsw.ingest([corpus])
+    hnsw.ingest([ingested_docs.corpus])
     for query in ("configuration precedence", "corrupt PDF", "citations in answers"):
         assert flat.search(query, k=1)[0].text == hnsw.search(query, k=1)[0].text
 
 
-def test_include_and_exclude_globs(tmp_path: Path, corpus: Path) -> None:
+def test_include_and_exclude_globs(tmp_path: Path, small_corpus: Path) -> None:
     app = App(tmp_path / "ws")
-    names = sorted(p.name for p in corpus.glob("*.md"))
-    report = app.ingest([corpus], include=["*.md"], exclude=[names[0]])
+    names = sorted(p.name for p in small_corpus.glob("*.md"))
+    report = app.ingest([small_corpus], include=["*.md"], exclude=[names[0]])
     assert report.added == len(names) - 1
     assert not any(s.endswith(names[0]) for s in app.open_store().documents_by_source())
 
 
-def test_missing_path_is_refused_and_a_second_ingest_waits_for_the_first(tmp_path: Path, corpus: Path) -> None:
+def test_missing_path_is_refused_and_a_second_ingest_waits_for_the_first(tmp_path: Path, small_corpus: Path) -> None:
     app = App(tmp_path / "ws")
     with pytest.raises(UsageError, match="path not found"):
         app.ingest([tmp_path / "nope"])
@@ -210,7 +221,7 @@ def test_missing_path_is_refused_and_a_second_ingest_waits_for_the_first(tmp_pat
     released.start()
     started = time.monotonic()
     try:
-        report = app.ingest([corpus])
+        report = app.ingest([small_corpus])
     finally:
         released.cancel()
     assert report.added > 0 and time.monotonic() - started >= 2.0  # waited, then did all the work
@@ -219,8 +230,8 @@ def test_missing_path_is_refused_and_a_second_ingest_waits_for_the_first(tmp_pat
         App(tmp_path / "ws").ingest_lock().__enter__()
 
 
-def test_single_file_root(tmp_path: Path, corpus: Path) -> None:
-    one = sorted(corpus.glob("*.md"))[0]
+def test_single_file_root(tmp_path: Path, small_corpus: Path) -> None:
+    one = min(small_corpus.glob("*.md"))
     copy = tmp_path / "single.md"
     shutil.copy(one, copy)
     report = App(tmp_path / "ws").ingest([copy])

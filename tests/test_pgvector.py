@@ -6,6 +6,7 @@ exact scan, recall@10 >= 0.99 through the HNSW graph.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from ragapp.chunking import Chunk
 from ragapp.errors import WorkspaceError
 from ragapp.store import ChunkRow, Store
 from ragapp.vector_index import PgVectorWorkspaceIndex, Restriction
-from tests.conftest import new_database
+from tests.support import drop_database, new_database
 
 DIM = 384
 
@@ -45,8 +46,10 @@ def filled_store(url: str, n: int, per_document: int = 100) -> tuple[Store, list
 
 
 @pytest.fixture
-def pg_url(postgres_server: Any) -> str:
-    return new_database(postgres_server)
+def pg_url(postgres_server: Any) -> Iterator[str]:
+    url = new_database(postgres_server)
+    yield url
+    drop_database(postgres_server, url)
 
 
 @pytest.mark.slow

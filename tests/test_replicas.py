@@ -22,12 +22,14 @@ from typing import Any
 
 import httpx
 import pytest
+from click.testing import CliRunner
 from sqlalchemy import create_engine, func, select
 
+from ragapp.cli import cli
 from ragapp.service.keys import KeyStore
 from ragapp.store import Store, lock_key
-from tests.conftest import _drop, new_database
-from tests.servers import Server, ragapp, serving, stop_group
+from tests.servers import Server, serving, stop_group
+from tests.support import drop_database, new_database
 
 pytestmark = pytest.mark.slow
 
@@ -140,14 +142,14 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, postgres_server: Any) -> I
                 one, two = (f.result() for f in starting)
             balancer = start_nginx(root / "nginx", [one.url, two.url], stack)
             # An operator's machine: its own folder, the same database; the replicas are already running.
-            created = ragapp(
-                root / "ops", "--database-url", url, "keys", "create", "--admin", "--name", "ops", "--json"
-            )
-            assert created.returncode == 0, created.stderr
+            # (The operator's CLI runs in this process: only the replicas need processes of their own.)
+            args = ["--workspace", str(root / "ops"), "--database-url", url, "keys", "create", "--admin"]
+            created = CliRunner().invoke(cli, [*args, "--name", "ops", "--json"])
+            assert created.exit_code == 0, created.output
             key = json.loads(created.stdout)["key"]
             yield Cluster(one, two, balancer, key, workspaces, url)
     finally:
-        _drop(postgres_server, url)
+        drop_database(postgres_server, url)
 
 
 def last_error(server: Server, since: int) -> str:

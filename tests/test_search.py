@@ -22,8 +22,7 @@ from ragapp.errors import UsageError
 from ragapp.generators import GenerationConfig
 from ragapp.keyword_index import POINTER_KEY
 from ragapp.search import Filters, expand_query
-
-pytestmark = pytest.mark.usefixtures("module_database")
+from tests.support import DocsWorkspaces, IngestedDocs
 
 RARE = "XQ7731"  # an identifier no embedding model knows: keywords find it, vectors may not
 TINY = """# Tiny notes
@@ -47,13 +46,10 @@ Backups are kept for thirty days and then deleted automatically by the retention
 
 
 @pytest.fixture(scope="module")
-def corpus_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tests.conftest import DOCS
-
-    if not any(DOCS.glob("*.md")):
-        pytest.skip(f"no documentation in {DOCS}")
-    folder = tmp_path_factory.mktemp("search") / "corpus"
-    shutil.copytree(DOCS, folder)
+def planted(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Files planted beside ragapp's docs, each for one behaviour below."""
+    folder = tmp_path_factory.mktemp("search") / "planted"
+    folder.mkdir()
     (folder / "tiny.md").write_text(TINY, encoding="utf-8")
     (folder / "errors.txt").write_text(
         f"Error {RARE} means the replication slot was dropped; recreate it with the admin tool.\n", encoding="utf-8"
@@ -64,11 +60,25 @@ def corpus_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-@pytest.fixture(scope="module")
-def workspace(corpus_dir: Path, tmp_path_factory: pytest.TempPathFactory, module_database: str) -> Path:
-    ws = tmp_path_factory.mktemp("search") / "ws"
-    App(ws).ingest([corpus_dir])
+def docs_and_planted(ws: Path, planted: Path) -> Path:
+    """A copy of the session's ingested docs/ (see `docs_workspaces`) with the planted files ingested into it."""
+    with App(ws) as app:
+        app.ingest([planted], progress=False)
     return ws
+
+
+@pytest.fixture(scope="module")
+def workspace(
+    planted: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    request: pytest.FixtureRequest,
+    docs_workspaces: DocsWorkspaces,
+    module_database: str,
+) -> Path:
+    """The module's workspace, on the store `module_database` runs the module on; tests here only read it."""
+    ws = tmp_path_factory.mktemp("search") / "ws"
+    docs_workspaces.copy(ws, request)
+    return docs_and_planted(ws, planted)
 
 
 @pytest.mark.slow
@@ -140,6 +150,7 @@ class FakeGenerator:
 
 
 @pytest.mark.slow
+@pytest.mark.sqlite_only("query expansion is generation, not storage")
 def test_multi_query_searches_the_generated_phrasings(workspace: Path) -> None:
     app = App(workspace, config={"retrieval": {"multi_query": 2}})
     fake = FakeGenerator(f"1. {RARE} replication slot\n2. zzyzx qwfp\n- {RARE} replication slot")
@@ -155,6 +166,7 @@ def test_expand_query_cleans_the_generated_lines() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.sqlite_only("query expansion is generation, not storage")
 def test_hyde_adds_the_hypothetical_passage(workspace: Path) -> None:
     app = App(workspace, config={"retrieval": {"hyde": True}})
     fake = FakeGenerator(f"Error {RARE} is reported when the replication slot was dropped.")
@@ -164,6 +176,7 @@ def test_hyde_adds_the_hypothetical_passage(workspace: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.sqlite_only("query expansion is generation, not storage")
 def test_query_expansion_with_the_real_generator(workspace: Path) -> None:
     app = App(workspace, config={"retrieval": {"multi_query": 2, "hyde": True}})
     hits = app.search("How do I remove documents whose files were deleted?", k=4)
@@ -172,11 +185,10 @@ def test_query_expansion_with_the_real_generator(workspace: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.usefixtures("fresh_database")
-def test_keyword_index_is_built_for_old_workspaces_and_repaired(corpus_dir: Path, tmp_path: Path) -> None:
-    ws = tmp_path / "ws"
+@pytest.mark.usefixtures("module_database", "fresh_database")
+def test_keyword_index_is_built_for_old_workspaces_and_repaired(planted: Path, ingested_docs: IngestedDocs) -> None:
+    ws = docs_and_planted(ingested_docs.folder, planted)
     app = App(ws)
-    app.ingest([corpus_dir])
     store = app.open_store()
     first = store.get_meta(POINTER_KEY)
     expected = [h.chunk_id for h in app.search(RARE, k=3, mode="bm25")]
@@ -204,18 +216,17 @@ def test_keyword_index_is_built_for_old_workspaces_and_repaired(corpus_dir: Path
     # A crash mid-build leaves an unreferenced folder; the next ingest repairs and cleans up.
     (ws / "bm25-1").mkdir()
     (ws / "bm25-1" / "ragapp.json").write_text("{", encoding="utf-8")
-    report = App(ws).ingest([corpus_dir])
+    report = App(ws).ingest([planted])
     assert "keyword index rebuilt" in report.notes
     pointer = store.get_meta(POINTER_KEY)
     assert [p.name for p in ws.glob("bm25-*")] == [pointer]
-    assert App(ws).ingest([corpus_dir]).notes == []  # in step: nothing rebuilt
+    assert App(ws).ingest([planted]).notes == []  # in step: nothing rebuilt
 
 
 @pytest.mark.slow
-@pytest.mark.usefixtures("fresh_database")
-def test_changing_bm25_parameters_rebuilds(corpus_dir: Path, tmp_path: Path) -> None:
-    ws = tmp_path / "ws"
-    App(ws).ingest([corpus_dir])
+@pytest.mark.usefixtures("module_database", "fresh_database")
+def test_changing_bm25_parameters_rebuilds(planted: Path, ingested_docs: IngestedDocs) -> None:
+    ws = docs_and_planted(ingested_docs.folder, planted)
     before = App(ws).search("retention", k=3, mode="bm25")
     old = App(ws).open_store().get_meta(POINTER_KEY)
     tuned = App(ws, config={"index": {"bm25_k1": 0.4, "bm25_b": 0.2}})
@@ -223,7 +234,7 @@ def test_changing_bm25_parameters_rebuilds(corpus_dir: Path, tmp_path: Path) -> 
     assert [h.score for h in after] != [h.score for h in before]
     new = tuned.open_store().get_meta(POINTER_KEY)  # the reader rebuilt and saved it (no ingest was running)
     assert new != old and Bm25Index.info(ws / new)["k1"] == 0.4
-    assert tuned.ingest([corpus_dir]).notes == []
+    assert tuned.ingest([planted]).notes == []
 
 
 def test_filters_parse() -> None:
@@ -243,6 +254,7 @@ def test_filters_parse() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.sqlite_only("the CLI's flags and output, not storage")
 def test_cli_mode_and_filter(workspace: Path) -> None:
     runner = CliRunner()
     args = ["-w", str(workspace), "search", RARE, "--mode", "bm25", "--filter", "kind=txt", "--json"]

@@ -10,12 +10,16 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from langchain_core.messages import ToolMessage
+from sqlalchemy import create_engine, make_url, text
 
 from ragapp.errors import ConfigError
+from ragapp.store import database_url
 from ragapp.tools.sql_query import QueryResult, ReadOnlyDatabase, SqlRefused, sql_query_tool
+from tests.support import drop_database, new_database
 
 CUSTOMERS = [(1, "Ada", "London"), (2, "Grace", "New York"), (3, "Edsger", "Austin")]
 ORDERS = [(1, 1, 12.5), (2, 1, 7.5), (3, 2, 30.0), (4, 3, 1.25), (5, 2, 0.75)]
@@ -165,7 +169,11 @@ def test_bombs_keep_memory_bounded(db_file: Path) -> None:
     )
     bombs = ["SELECT length(randomblob(999999999))", f"SELECT {PRINTF_BOMB}"]
     done = subprocess.run(
-        [sys.executable, "-c", script, f"sqlite:///{db_file}", *bombs], capture_output=True, text=True, timeout=110
+        [sys.executable, "-c", script, f"sqlite:///{db_file}", *bombs],
+        check=False,  # the exit code is asserted below
+        capture_output=True,
+        text=True,
+        timeout=110,
     )
     assert done.returncode == 0, done.stderr
     *messages, peaks = done.stdout.splitlines()
@@ -473,18 +481,24 @@ def test_refused_tool_call_is_an_error_message_for_the_model(db: ReadOnlyDatabas
 # -- PostgreSQL: the read-only transaction ----------------------------------------------------------------------
 
 
-def test_postgres_read_only_transaction_refuses_writes(tmp_path: Path) -> None:
-    pgserver = pytest.importorskip("pgserver", reason="pgserver not installed")
+def test_postgres_read_only_transaction_refuses_writes(postgres_server: Any) -> None:
+    """PostgreSQL as the user's database (not ragapp's store): a database of its own on the session's server."""
     driver = next((name for name in ("psycopg", "psycopg2") if _importable(name)), None)
     if driver is None:
         pytest.skip("no PostgreSQL driver (psycopg or psycopg2) installed")
-    server = pgserver.get_server(tmp_path / "pgdata", cleanup_mode="stop")
+    url = new_database(postgres_server)
+    owner = create_engine(database_url(url))
     try:
-        server.psql(
-            "CREATE TABLE orders (id integer); INSERT INTO orders VALUES (1);"
-            "CREATE FUNCTION add_order() RETURNS integer LANGUAGE sql AS 'INSERT INTO orders VALUES (2) RETURNING id';"
-        )
-        url = server.get_uri().replace("postgresql://", f"postgresql+{driver}://", 1)
+        with owner.begin() as connection:
+            connection.execute(text("CREATE TABLE orders (id integer)"))
+            connection.execute(text("INSERT INTO orders VALUES (1)"))
+            connection.execute(
+                text(
+                    "CREATE FUNCTION add_order() RETURNS integer LANGUAGE sql AS 'INSERT INTO orders VALUES (2) RETURNING id'"
+                )
+            )
+        owner.dispose()
+        url = make_url(url).set(drivername=f"postgresql+{driver}").render_as_string(hide_password=False)
         with ReadOnlyDatabase(url, tables=["orders"]) as pg:
             # A function call passes the parser; the transaction is what stops the INSERT inside it.
             with pytest.raises(SqlRefused, match="read-only transaction"):
@@ -492,11 +506,14 @@ def test_postgres_read_only_transaction_refuses_writes(tmp_path: Path) -> None:
             with pytest.raises(SqlRefused):
                 pg._execute("INSERT INTO orders VALUES (3)")
             assert pg.query("SELECT count(*) FROM orders").rows == [(1,)]
-        with ReadOnlyDatabase(url, tables=["orders"], timeout_s=0.5) as pg:
-            with pytest.raises(SqlRefused, match="longer than 0.5 s"):  # the statement timeout
-                pg._execute("SELECT count(*) FROM generate_series(1, 2000000000)")
+        with (
+            ReadOnlyDatabase(url, tables=["orders"], timeout_s=0.5) as pg,
+            pytest.raises(SqlRefused, match="longer than 0.5 s"),  # the statement timeout
+        ):
+            pg._execute("SELECT count(*) FROM generate_series(1, 2000000000)")
     finally:
-        server.cleanup()
+        owner.dispose()
+        drop_database(postgres_server, url)
 
 
 def _importable(name: str) -> bool:

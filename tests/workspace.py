@@ -13,7 +13,7 @@ from ragapp import App
 
 
 def _pgvector(app: App) -> bool:
-    return app.index_kind(app.open_store()) == "pgvector"
+    return app.indexes.kind(app.open_store()) == "pgvector"
 
 
 def vector_ids(app: App) -> list[int]:
@@ -26,7 +26,7 @@ def vector_ids(app: App) -> list[int]:
 
 def vectors_of(app: App, ids: Sequence[int]) -> np.ndarray:
     if _pgvector(app):
-        stored = app._index(app.open_store()).stored_vectors(ids)
+        stored = app.indexes.vectors(app.open_store()).stored_vectors(ids)
         return np.stack([stored[i] for i in ids])
     return FaissIndex.load(app.workspace / "index.faiss", 384, None).vectors(list(ids))
 

@@ -22,6 +22,7 @@ import sys
 from collections.abc import Callable
 from decimal import Context, Decimal
 from fractions import Fraction
+from typing import NoReturn
 
 from langchain_core.tools import BaseTool, StructuredTool, ToolException
 from pydantic import BaseModel, Field
@@ -263,7 +264,7 @@ def _describe(node: ast.AST) -> str:
     return what
 
 
-def _refuse(what: str) -> None:
+def _refuse(what: str) -> NoReturn:
     raise CalculationError(f"not allowed in an expression: {what}")
 
 
@@ -324,7 +325,7 @@ def _finite(value: float) -> float:
     return value
 
 
-def _to_float(value: Number) -> float:
+def _to_float(value: Number | Decimal) -> float:
     try:
         return _finite(float(value))
     except OverflowError:

@@ -77,7 +77,14 @@ class App:
     >>> app.ask("How do I remove deleted files from the index?").answer
     """
 
-    def __init__(self, workspace: str | Path | None = None, config: dict[str, dict[str, Any]] | None = None):
+    def __init__(
+        self,
+        workspace: str | Path | None = None,
+        config: dict[str, dict[str, Any]] | None = None,
+        generator: Generator | None = None,
+    ):
+        """`config`: settings over the workspace's ragapp.toml and RAGAPP_* (section -> key -> value).
+        `generator`: one the host has loaded (or a test's fake); by default `[generation]`'s, on first use."""
         self.workspace = Path(workspace) if workspace is not None else default_workspace()
         if self.workspace.exists() and not self.workspace.is_dir():
             raise WorkspaceError(f"workspace {self.workspace} exists and is not a folder")
@@ -85,7 +92,7 @@ class App:
         self.config = self.settings.config
         self._store: Store | None = None
         self._embedder: Embedder | None = None
-        self._generator: Generator | None = None
+        self._generator = generator
         self._reward_model: RewardModel | None = None
         self.indexes = WorkspaceIndexes(self.workspace, self.config.index, lambda: self.embedder, self.ingest_lock)
 

@@ -27,6 +27,7 @@ from sqlalchemy import text
 from ragapp.app import App
 from ragapp.config import CONFIG_FILE, merge_layers, read_toml, toml_text
 from ragapp.errors import Conflict, NotFound, UsageError, WorkspaceError
+from ragapp.generators import Generator
 from ragapp.service.names import invisible_character
 from ragapp.store import Store
 
@@ -54,12 +55,20 @@ def check_name(name: str) -> str:
 
 
 class Collections:
-    def __init__(self, root: Path, store: Store | None = None, config: dict[str, dict[str, Any]] | None = None):
+    def __init__(
+        self,
+        root: Path,
+        store: Store | None = None,
+        config: dict[str, dict[str, Any]] | None = None,
+        generator: Generator | None = None,
+    ):
         """`store`: the server's own; when it is PostgreSQL, collections are schemas of its database.
-        `config`: settings over every collection's ragapp.toml (the server's flags, `--database-url`)."""
+        `config`: settings over every collection's ragapp.toml (the server's flags, `--database-url`).
+        `generator`: a loaded one every collection answers with (else each loads what its config names)."""
         self.root = root
         self.shared = store if store is not None and store.dialect == "postgresql" else None
         self.config = config or {}
+        self.generator = generator
         self._apps: dict[str, App] = {}
         self._lock = threading.Lock()
 
@@ -121,7 +130,7 @@ class Collections:
                 if self.shared is not None and not (folder / CONFIG_FILE).is_file():
                     folder.mkdir(parents=True, exist_ok=True)  # made by another replica: this one's folder
                     self._write_config(folder, name)
-                app = self._apps[name] = App(folder, config=self.settings(name))
+                app = self._apps[name] = App(folder, config=self.settings(name), generator=self.generator)
             return app
 
     def create(self, name: str) -> None:

@@ -53,7 +53,7 @@ class Service:
         self.root = App(workspace, config=config)
         self.settings = self.root.config.server
         self.store = self.root.open_store(create=True)
-        self.collections = Collections(workspace, self.store, config=config)
+        self.collections = Collections(workspace, self.store, config=config, generator=generator)
         self.keys = KeyStore(self.store)
         self.conversations = Conversations(self.store)
         self.jobs = Jobs(self.store, self.collections)
@@ -86,11 +86,8 @@ class Service:
         return key
 
     def app(self, collection: str) -> App:
-        """The App of a collection (404 when there is none), answering with `self.generator` if given."""
-        app = self.collections.app(collection)
-        if self.generator is not None:
-            app._generator = self.generator  # App loads its generator on first use; this one is loaded
-        return app
+        """The App of a collection (404 when there is none)."""
+        return self.collections.app(collection)
 
     def readable(self, key: ApiKey | None, collection: str) -> App:
         if key is not None and not key.can_read(collection):

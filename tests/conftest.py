@@ -13,7 +13,15 @@ from typing import Any
 
 import pytest
 
-from tests.support import DOCS, DocsWorkspaces, ExternalServer, IngestedDocs, drop_database, new_database
+from tests.support import (
+    DOCS,
+    TEST_DATABASE_URL,
+    DocsWorkspaces,
+    ExternalServer,
+    IngestedDocs,
+    drop_database,
+    new_database,
+)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -29,11 +37,6 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch) -> None:
             if name == "RAGAPP_DATABASE_URL" and os.environ[name] == _module_database:
                 continue
             monkeypatch.delenv(name)
-
-
-# An admin URL of your own PostgreSQL server (with pgvector) to run the PostgreSQL half of the suite on,
-# instead of the private one from pgserver. Read at import: the tests' own environment is cleaned.
-TEST_DATABASE_URL = os.environ.get("RAGAPP_TEST_DATABASE_URL")
 
 
 @pytest.fixture(scope="session")

@@ -23,6 +23,12 @@ from ragapp.store import database_url
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
+# Settings of the test run, not of ragapp: read once and taken out of the environment, where ragapp would
+# refuse them as unknown RAGAPP_* settings (module fixtures start Apps and servers before any per-test
+# cleanup of the environment). An admin URL of your own PostgreSQL server (with pgvector) to run the
+# PostgreSQL half on instead of pgserver's; the folder holding the evaluation data (beir/, faq_debian.jsonl).
+TEST_DATABASE_URL = os.environ.pop("RAGAPP_TEST_DATABASE_URL", None)
+TEST_DATA = Path(os.environ.pop("RAGAPP_TEST_DATA", "") or ROOT.parent / "shared" / "data")
 # Debian's Chromium, headless; without the background-networking flags it keeps trying the closed network.
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,7 @@ from ragapp.connectors.beir import BeirCollection, CollectionError
 from ragapp.evals.trec import read_qrels, read_trec_run
 
 from ragapp.cli import cli
-from tests.support import ROOT
+from tests.support import TEST_DATA
 
 
 def write_collection(folder: Path, corpus: list[str], queries: list[str], qrels: str, split: str = "test") -> Path:
@@ -75,7 +74,7 @@ def test_cli_usage_errors(tmp_path: Path) -> None:
 
 
 def cranfield_slice(dest: Path, n_queries: int = 40, n_other: int = 200) -> Path:
-    data = Path(os.environ.get("RAGAPP_TEST_DATA") or ROOT.parent / "shared" / "data") / "beir" / "cranfield"
+    data = TEST_DATA / "beir" / "cranfield"
     if not (data / "corpus.jsonl").is_file():
         pytest.skip(f"Cranfield not found at {data} (set RAGAPP_TEST_DATA to the folder holding beir/)")
     qrels = read_qrels(data / "qrels" / "test.tsv")

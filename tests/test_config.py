@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -14,6 +16,7 @@ from ragapp.config import load_config, toml_text
 from ragapp.errors import ConfigError
 from ragapp.service.collections import Collections, pg_schema
 from ragapp.service.service import Service
+from tests.support import ROOT
 
 
 def write_toml(folder: Path, text: str) -> None:
@@ -159,3 +162,20 @@ def test_server_collections_get_the_server_settings_as_config_objects(
         assert again.app("team-a").config.database.pg_schema == pg_schema("team-a")
         again.close()
     service.close()
+
+
+def test_the_suites_own_settings_never_reach_ragapps_config(tmp_path: Path) -> None:
+    """README documents RAGAPP_TEST_DATA and RAGAPP_TEST_DATABASE_URL; ragapp refuses unknown RAGAPP_*
+    settings, so the suite takes them out of the environment before any App or server starts."""
+    env = {**os.environ, "RAGAPP_TEST_DATA": str(tmp_path), "RAGAPP_TEST_DATABASE_URL": "postgresql://u@h/db"}
+    script = (
+        "import os, tests.support as s; from ragapp import App\n"
+        "App(os.environ['WS']).settings\n"
+        "print(s.TEST_DATA, s.TEST_DATABASE_URL, [k for k in os.environ if k.startswith('RAGAPP_TEST')])"
+    )
+    env["WS"] = str(tmp_path / "ws")
+    result = subprocess.run(
+        [sys.executable, "-c", script], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [str(tmp_path), "postgresql://u@h/db", "[]"]

@@ -8,7 +8,6 @@ write the report. Skips when either is missing (`make test` installs the package
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,11 +16,12 @@ import pytest
 from click.testing import CliRunner
 
 from ragapp.cli import cli
+from tests.support import TEST_DATA
 
 pytestmark = pytest.mark.slow
 
 FAQ = Path("/usr/share/doc/debian/FAQ")
-DATA = Path(os.environ.get("RAGAPP_TEST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+DATA = TEST_DATA
 QUESTIONS = 8
 
 

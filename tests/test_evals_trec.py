@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from ragapp.evals.trec import evaluate, per_query, read_qrels, read_trec_run, trec_order, write_trec_run
 
-from tests.support import ROOT
+from tests.support import TEST_DATA
 
 pytrec_eval = pytest.importorskip("pytrec_eval", reason="pytrec-eval-terrier (test extra) is the reference")
 
@@ -100,7 +100,7 @@ def test_qrels_formats(tmp_path: Path) -> None:
 
 
 def test_real_graded_qrels_with_a_synthetic_run() -> None:
-    data = Path(__import__("os").environ.get("RAGAPP_TEST_DATA") or ROOT.parent / "shared" / "data")
+    data = TEST_DATA
     path = data / "beir" / "cranfield" / "qrels" / "test.tsv"
     if not path.is_file():
         pytest.skip(f"Cranfield qrels not found at {path} (set RAGAPP_TEST_DATA)")

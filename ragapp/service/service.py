@@ -59,7 +59,6 @@ class Service:
         self.jobs = Jobs(self.store, self.collections)
         self.queue = GenerationQueue(self.settings.queue_size)
         self.telemetry = Telemetry()
-        self.generator = generator
 
     def close(self) -> None:
         self.jobs.stop()

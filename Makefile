@@ -44,8 +44,11 @@ system-packages:
 typecheck: setup
 	$(BIN)/python tests/typecheck.py
 
+# One pytest-xdist worker per core (at most 4: each loads the models), a whole file at a time so module
+# fixtures (servers, engines) start once, longest files first (conftest.py, which also gives each worker
+# its share of the threads).
 test: setup system-packages typecheck
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto --maxprocesses 4 --dist loadfile --no-loadscope-reorder
 
 clean:
 	rm -rf $(VENV) .ragapp-demo .pytest_cache .mypy_cache

@@ -186,9 +186,13 @@ def export(reference: SentenceTransformer, path: Path) -> None:
 
 def _session(path: Path, threads: int | None) -> onnxruntime.InferenceSession:
     import onnxruntime as ort
+    import torch
 
     options = ort.SessionOptions()
-    options.intra_op_num_threads = threads or min(2, os.cpu_count() or 1)
+    # No more threads than torch uses in this process (OMP_NUM_THREADS, the CPUs it may run on): a process
+    # given one core must not spin a second thread on a core another process computes on. At most 2: a
+    # short query gains nothing from more.
+    options.intra_op_num_threads = threads or min(2, torch.get_num_threads())
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 

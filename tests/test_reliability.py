@@ -1,8 +1,9 @@
 """A served workspace under stress (issue 21): the CLI working on it while it serves, and SIGKILLs at bad moments.
 
 Real parts throughout: `ragapp serve` and the CLI as subprocesses, real HTTP on 127.0.0.1, the shipped
-models (generation kept short), the workspace's SQLite file. SQLite only: that file is what broke (a
-CLI command dropped the server's SQLite locks, and the next process to close deleted the WAL under it).
+models (one passage per prompt and 8 new tokens, so a turn takes about a second on one core), the
+workspace's SQLite file. SQLite only: that file is what broke (a CLI command dropped the server's SQLite
+locks, and the next process to close deleted the WAL under it).
 
 Each test prints its figures (requests per route, 5xx, uploads accepted and ingested, CLI commands,
 kill points): run with `-s` to see them.
@@ -38,7 +39,10 @@ from tests.support import DOCS
 pytestmark = pytest.mark.slow
 
 CORPUS = ["ingesting.md", "server.md", "workspace.md"]
-CONFIG = """[generation]
+CONFIG = """[retrieval]
+k = 1
+
+[generation]
 max_new_tokens = 8
 
 [server]

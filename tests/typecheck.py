@@ -46,7 +46,11 @@ def main() -> int:
     for line in result.errors:
         print(line)
     errors = sum(": error:" in line for line in result.errors)
-    print(f"mypy: {errors} errors in {len(sources())} modules" if errors else f"mypy: no errors in {len(sources())} modules")
+    print(
+        f"mypy: {errors} errors in {len(sources())} modules"
+        if errors
+        else f"mypy: no errors in {len(sources())} modules"
+    )
     return 1 if errors else 0
 
 

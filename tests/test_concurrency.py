@@ -92,9 +92,8 @@ def test_two_ingests_at_once_lose_and_duplicate_nothing(
     reference = App(ingested_docs.folder, config={"database": {"url": ""}})
     names = {p.name for p in (*a.iterdir(), *b.iterdir())}
     both = {p.name for p in a.iterdir()} & {p.name for p in b.iterdir()}
-    expected = sorted(
-        [row for row in contents(reference) if row[0] in names] + [row for row in contents(reference) if row[0] in both]
-    )
+    rows = contents(reference)
+    expected = sorted([row for row in rows if row[0] in names] + [row for row in rows if row[0] in both])
     assert contents(shared) == expected
     question = "how do I keep the workspace in PostgreSQL"
     hit = shared.search(question, k=1)[0]

@@ -1,7 +1,7 @@
 """A served workspace under stress (issue 21): the CLI working on it while it serves, and SIGKILLs at bad moments.
 
 Real parts throughout: `ragapp serve` and the CLI as subprocesses, real HTTP on 127.0.0.1, the shipped
-models (one passage per prompt and 8 new tokens, so a turn takes about a second on one core), the
+models (one passage per prompt, not four, and 8 new tokens: the kill-9 test took 115 s, not 146 s), the
 workspace's SQLite file. SQLite only: that file is what broke (a CLI command dropped the server's SQLite
 locks, and the next process to close deleted the WAL under it).
 

@@ -151,6 +151,7 @@ def evaluate(
     session = _Session(runs, run_id, app.workspace)
     with (
         session.working(),
+        app.generator.keep_prompts(),  # the reference's perplexity reuses what answering read of the prompt
         tqdm(
             total=len(dataset.examples),
             initial=len(done),

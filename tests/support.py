@@ -6,6 +6,7 @@ pytest's own `conftest`, with globals of its own.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import os
 import shutil
@@ -16,6 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from sqlalchemy import create_engine, make_url, text
 
@@ -124,8 +126,54 @@ class IngestedDocs:
 _sessions: dict[Path, DocsWorkspaces] = {}
 
 
+class EmbeddingMemo:
+    """The vectors the real embedder gave for docs/ in this test run, so that docs/ is embedded once per run,
+    not once per store kind and worker (about 30 s of one core each time): the same texts through the same
+    model give the same vectors. The workers share them through an .npz file (no pickle); a worker that
+    finds none embeds, as the first one did."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.vectors: dict[str, np.ndarray] = {}
+
+    @staticmethod
+    def key(text: str) -> str:
+        return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+    @contextmanager
+    def serving(self, embedder: Any) -> Iterator[None]:
+        """While open, `embedder.embed` embeds only texts not seen before; what it embeds is saved after."""
+        fingerprint = embedder.fingerprint
+        if self.path.exists():
+            with np.load(self.path, allow_pickle=False) as saved:
+                if str(saved["fingerprint"]) == fingerprint:
+                    self.vectors.update(zip(saved["keys"].tolist(), saved["vectors"], strict=True))
+        real = embedder.embed
+
+        def embed(texts: list[str]) -> np.ndarray:
+            keys = [self.key(t) for t in texts]
+            missing = {k: t for k, t in zip(keys, texts, strict=True) if k not in self.vectors}
+            if missing:
+                self.vectors.update(zip(missing, real(list(missing.values())), strict=True))
+            return np.stack([self.vectors[k] for k in keys]) if keys else real(texts)
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(embedder, "embed", embed)
+            yield
+        temporary = self.path.with_name(f"{self.path.stem}.{os.getpid()}.tmp")
+        with temporary.open("wb") as out:
+            np.savez(
+                out,
+                fingerprint=fingerprint,
+                keys=np.array(list(self.vectors)),
+                vectors=np.stack(list(self.vectors.values())),
+            )
+        os.replace(temporary, self.path)  # another worker reads a whole file or none
+
+
 class DocsWorkspaces:
-    """ragapp's docs/ ingested with the real embedder once per store kind per session, copied per test.
+    """ragapp's docs/ ingested with the real embedder once per store kind per session, copied per test (the
+    second kind, and other workers, take the first ingest's vectors from `EmbeddingMemo`).
 
     SQLite: the template folder is copied (database file, FAISS file, BM25 folder, all written by one
     ingest, so in step). PostgreSQL: the test's database (the URL in RAGAPP_DATABASE_URL, which the
@@ -139,6 +187,9 @@ class DocsWorkspaces:
         self.corpus = root / "docs"
         shutil.copytree(DOCS, self.corpus)
         self._templates: dict[str, IngestedDocs] = {}
+        # The workers of one run share the folder above their own temporary roots.
+        shared = root.parent.parent if os.environ.get("PYTEST_XDIST_WORKER") else root.parent
+        self.memo = EmbeddingMemo(shared / "docs-embeddings.npz")
 
     @classmethod
     def of(cls, factory: pytest.TempPathFactory) -> DocsWorkspaces:
@@ -152,7 +203,7 @@ class DocsWorkspaces:
     def _ingest(self, folder: Path, url: str) -> IngestedDocs:
         from ragapp import App
 
-        with App(folder, config={"database": {"url": url}}) as app:
+        with App(folder, config={"database": {"url": url}}) as app, self.memo.serving(app.embedder):
             report = app.ingest([self.corpus], progress=False)
         return IngestedDocs(
             self.corpus,

@@ -12,6 +12,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # before transformers / huggingface_hub are 
 
 import math
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import pytest
 from ragapp.evals.metrics import perplexity
@@ -144,3 +145,45 @@ def test_overlong_text_scores_its_start(gen: TransformersGenerator, small_window
     assert tokens == small_window - 1
     kept = _prompt_ids(gen, FRANCE)[-1:]
     assert nll == pytest.approx(_manual_nll(gen, kept + ids[: small_window - 1], 1), rel=1e-4)
+
+
+def _tokens_read(gen: TransformersGenerator) -> tuple[list[int], Any]:
+    """Records how many tokens each forward pass of the model reads (a hook, removed by the caller)."""
+    read: list[int] = []
+    hook = gen.model.register_forward_pre_hook(
+        lambda _m, _a, kw: read.append(kw["input_ids"].shape[1]), with_kwargs=True
+    )
+    return read, hook
+
+
+@pytest.mark.slow
+def test_keep_prompts_scores_without_rereading(gen: TransformersGenerator) -> None:
+    """Two prompts of different lengths, generated as one left-padded batch: inside keep_prompts each
+    reference reads only its own tokens (and the prompt's last), and scores what a fresh read scores."""
+    from ragapp.generators import GenerationConfig
+
+    long = [{"role": "user", "content": "Please read this note on capitals. " * 20 + "What is the capital of France?"}]
+    city = [{"role": "user", "content": "Name a city."}]
+    fresh = [gen.reference_nll(FRANCE, RIGHT), gen.reference_nll(long, RIGHT)]
+    config = GenerationConfig(max_new_tokens=4)
+    with gen.keep_prompts():
+        gen.generate_batch([FRANCE, long], config)
+        read, hook = _tokens_read(gen)
+        try:
+            kept = [gen.reference_nll(FRANCE, RIGHT), gen.reference_nll(long, RIGHT)]
+            other = gen.reference_nll(FRANCE, WRONG)  # same prompt, another text: the kept prompt serves it too
+            gen.reference_nll(city, RIGHT)  # a prompt that was not generated from is read in full
+        finally:
+            hook.remove()
+    text = gen.text_tokens(RIGHT)
+    assert read == [text + 1, text + 1, gen.text_tokens(WRONG) + 1, len(_prompt_ids(gen, city)) + text]
+    for (nll, tokens), (want, want_tokens) in zip(kept, fresh, strict=True):
+        assert tokens == want_tokens and nll == pytest.approx(want, rel=1e-4)
+    assert other[0] == pytest.approx(gen.reference_nll(FRANCE, WRONG)[0], rel=1e-4)
+    # once the context closes nothing is kept: the prompt is read again
+    read, hook = _tokens_read(gen)
+    try:
+        gen.reference_nll(FRANCE, RIGHT)
+    finally:
+        hook.remove()
+    assert read == [len(_prompt_ids(gen, FRANCE)) + text]

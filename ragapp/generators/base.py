@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Protocol, Self, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -63,6 +64,12 @@ class Generator(Protocol):
         Scores how likely the model finds a reference answer, for perplexity. With no messages `text` is
         scored as plain text: every token but the first, each from the ones before.
         """
+        ...
+
+    def keep_prompts(self) -> AbstractContextManager[None]:
+        """While open, `reference_nll` may reuse what the last generation read of the same prompt, so an eval
+        that scores the reference after generating the answer reads the prompt once. A backend that keeps no
+        such state returns a context that does nothing."""
         ...
 
     def generate(self, messages: Sequence[Message], config: GenerationConfig) -> str: ...

@@ -14,7 +14,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any
 
 from ragapp.errors import GenerationError, ScoringUnsupported
@@ -265,6 +265,10 @@ class OpenAIGenerator:
                 chunks.close()
 
     # -- scoring ---------------------------------------------------------------------------------
+    def keep_prompts(self) -> AbstractContextManager[None]:
+        """A server keeps its own prompt state, if any; this client has none to keep."""
+        return nullcontext()
+
     def reference_nll(self, messages: Sequence[Message], text: str) -> tuple[float, int]:
         """One /v1/completions call on the token ids with `prompt_logprobs=0` (vLLM), `max_tokens=1`."""
         prompt = (self._prompt_ids(messages) if messages else []) or []

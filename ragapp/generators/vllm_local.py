@@ -14,6 +14,7 @@ import os
 import threading
 import uuid
 from collections.abc import Iterator, MutableMapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -250,6 +251,11 @@ class VllmGenerator:
                     engine.abort_request([request_id])
 
     # -- scoring ---------------------------------------------------------------------------------
+    def keep_prompts(self) -> AbstractContextManager[None]:
+        """vLLM reads a prompt again whenever prompt log-probabilities are asked for (it skips its prefix
+        cache for them), so there is nothing to keep."""
+        return nullcontext()
+
     def reference_nll(self, messages: Sequence[Message], text: str) -> tuple[float, int]:
         """Prompt log-probabilities of the text's tokens (`prompt_logprobs=0`: only the actual token's)."""
         from vllm import SamplingParams

@@ -99,12 +99,13 @@ def database(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, _i
 # The files that take a minute or more, longest first (`pytest --durations=0` on 2 cores). `make test` hands
 # whole files to its pytest-xdist workers in collection order (--no-loadscope-reorder), so these start first
 # and the workers end together instead of one running the longest file alone at the end. A file missing here
-# only starts later; the order never changes what a test sees (each file's own order is kept).
+# only starts later; the order never changes what a test sees (each file's own order is kept). The first two
+# files go one to each worker: only one of them ingests docs/, whose vectors the other then reuses (EmbeddingMemo).
 LONGEST_FIRST = (
     "test_evals_runner.py",
-    "test_model_lifecycle.py",
+    "test_reliability.py",  # before test_model_lifecycle, which needs docs/ ingested: by then it is embedded
     "test_generator_vllm.py",
-    "test_reliability.py",
+    "test_model_lifecycle.py",
     "test_model_serve.py",
     "test_crash.py",
     "test_evals_faq.py",

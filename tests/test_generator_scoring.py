@@ -12,7 +12,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # before transformers / huggingface_hub are 
 
 import math
 from collections.abc import Iterator, Sequence
-from typing import Any
+from contextlib import contextmanager
 
 import pytest
 from ragapp.evals.metrics import perplexity
@@ -147,13 +147,17 @@ def test_overlong_text_scores_its_start(gen: TransformersGenerator, small_window
     assert nll == pytest.approx(_manual_nll(gen, kept + ids[: small_window - 1], 1), rel=1e-4)
 
 
-def _tokens_read(gen: TransformersGenerator) -> tuple[list[int], Any]:
-    """Records how many tokens each forward pass of the model reads (a hook, removed by the caller)."""
+@contextmanager
+def _tokens_read(gen: TransformersGenerator) -> Iterator[list[int]]:
+    """How many tokens each forward pass of the model reads while the context is open (a forward hook)."""
     read: list[int] = []
     hook = gen.model.register_forward_pre_hook(
         lambda _m, _a, kw: read.append(kw["input_ids"].shape[1]), with_kwargs=True
     )
-    return read, hook
+    try:
+        yield read
+    finally:
+        hook.remove()
 
 
 @pytest.mark.slow
@@ -168,22 +172,16 @@ def test_keep_prompts_scores_without_rereading(gen: TransformersGenerator) -> No
     config = GenerationConfig(max_new_tokens=4)
     with gen.keep_prompts():
         gen.generate_batch([FRANCE, long], config)
-        read, hook = _tokens_read(gen)
-        try:
+        with _tokens_read(gen) as read:
             kept = [gen.reference_nll(FRANCE, RIGHT), gen.reference_nll(long, RIGHT)]
             other = gen.reference_nll(FRANCE, WRONG)  # same prompt, another text: the kept prompt serves it too
             gen.reference_nll(city, RIGHT)  # a prompt that was not generated from is read in full
-        finally:
-            hook.remove()
     text = gen.text_tokens(RIGHT)
     assert read == [text + 1, text + 1, gen.text_tokens(WRONG) + 1, len(_prompt_ids(gen, city)) + text]
     for (nll, tokens), (want, want_tokens) in zip(kept, fresh, strict=True):
         assert tokens == want_tokens and nll == pytest.approx(want, rel=1e-4)
     assert other[0] == pytest.approx(gen.reference_nll(FRANCE, WRONG)[0], rel=1e-4)
     # once the context closes nothing is kept: the prompt is read again
-    read, hook = _tokens_read(gen)
-    try:
+    with _tokens_read(gen) as read:
         gen.reference_nll(FRANCE, RIGHT)
-    finally:
-        hook.remove()
     assert read == [len(_prompt_ids(gen, FRANCE)) + text]

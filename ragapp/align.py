@@ -24,6 +24,7 @@ from ragapp.preferences import Pair, read_rankings, split_pairs
 from ragapp.training import (
     LORA_TARGETS,
     check_out,
+    labelled_positions_only,
     load_base,
     load_causal_lm,
     parameter_counts,
@@ -120,7 +121,11 @@ def align(
     from peft import LoraConfig
     from trl import DPOConfig, DPOTrainer
 
-    with staged(out) as staging, tempfile.TemporaryDirectory(prefix="ragapp-dpo-") as scratch:
+    with (
+        staged(out) as staging,
+        tempfile.TemporaryDirectory(prefix="ragapp-dpo-") as scratch,
+        labelled_positions_only(),
+    ):
         config = DPOConfig(
             **trainer_args(scratch, epochs, batch_size, learning_rate, seed, evaluate=bool(by_split["validation"])),
             beta=beta,

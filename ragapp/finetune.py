@@ -26,6 +26,7 @@ from ragapp.generators.base import Message
 from ragapp.training import (
     LORA_TARGETS,
     check_out,
+    labelled_positions_only,
     load_base,
     load_causal_lm,
     parameter_counts,
@@ -314,7 +315,11 @@ def finetune(
     train, val, held = split_by_task(kept, validation, test, seed)
 
     lr = learning_rate if learning_rate is not None else LEARNING_RATES[method]
-    with staged(out) as staging, tempfile.TemporaryDirectory(prefix="ragapp-sft-") as scratch:
+    with (
+        staged(out) as staging,
+        tempfile.TemporaryDirectory(prefix="ragapp-sft-") as scratch,
+        labelled_positions_only(),
+    ):
         trainer = sft_trainer(base_path, tokenizer, train, val, method, rank, scratch, epochs, batch_size, lr, seed)
         use_progress(trainer, progress, "finetune")
         test_set = _dataset(held) if held else None

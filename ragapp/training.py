@@ -67,6 +67,31 @@ def load_base(base: str | None) -> tuple[Path, Any]:
     return path, tokenizer
 
 
+@contextmanager
+def labelled_positions_only() -> Iterator[None]:
+    """Make TRL's fused LM head score only the labelled positions on a CPU, as it already does on CUDA.
+
+    Elsewhere than CUDA/XPU, TRL projects every position (prompt and padding too) onto the vocabulary so that
+    tile shapes stay fixed for graph compilers; nothing is compiled on a CPU, where that costs time for nothing.
+    Unlabelled positions count zero either way, so losses and gradients are the same (tests/test_training.py).
+    Does nothing if a TRL release no longer has the switch.
+    """
+    try:
+        from trl.trainer import utils as trl_utils
+    except ImportError:
+        yield
+        return
+    original = getattr(trl_utils, "_use_triton", None)
+    if original is None:
+        yield
+        return
+    trl_utils._use_triton = lambda device: device.type == "cpu" or original(device)
+    try:
+        yield
+    finally:
+        trl_utils._use_triton = original
+
+
 def load_causal_lm(path: Path) -> Any:
     import torch
     from transformers import AutoModelForCausalLM

@@ -15,7 +15,7 @@ from ragapp.errors import UsageError
 from ragapp.finetune import finetune, read_examples, read_templates, sft_trainer, split_by_task
 from ragapp.generators import GenerationConfig
 from ragapp.generators.adapters import AdapterError
-from ragapp.training import load_base
+from ragapp.training import labelled_positions_only, load_base
 from ragapp.training_data import TrainingDataError, read_records, split
 from tests.lora import shipped_generator
 
@@ -190,6 +190,54 @@ def test_loss_covers_completion_tokens_only(colours: Path) -> None:
         # the completion, then the end-of-turn marker the model must learn to stop with
         assert learned[: len(completion_ids)] == completion_ids
         assert tokenizer.decode(learned[len(completion_ids) :]).strip() == "<|im_end|>"
+
+
+def test_scoring_labelled_positions_only_gives_the_same_loss_and_gradients(
+    colours: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`labelled_positions_only` skips the prompt and padding in TRL's LM head: same loss, same LoRA gradients."""
+    import torch
+    from trl.trainer import utils as trl_utils
+
+    switch = getattr(trl_utils, "_use_triton", None)
+    assert switch is not None, "TRL renamed the switch: labelled_positions_only now does nothing"
+    scored: list[int] = []  # positions each call of TRL's LM head projects onto the vocabulary
+    head = trl_utils._ChunkedLogProbFunction
+
+    class CountingHead:
+        @staticmethod
+        def apply(hidden: torch.Tensor, *args: object) -> object:
+            scored.append(hidden.shape[0])
+            return head.apply(hidden, *args)
+
+    monkeypatch.setattr(trl_utils, "_ChunkedLogProbFunction", CountingHead)
+    base, tokenizer = load_base(None)
+    examples = read_examples(colours)
+    with tempfile.TemporaryDirectory() as scratch:
+        trainer = sft_trainer(base, tokenizer, examples[:4], [], "lora", 8, scratch, 1, 4, 1e-4, 0)
+        batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+        labels = batch["labels"]
+        assert (labels[:, 1:] != -100).sum() < labels[:, 1:].numel() // 2  # most positions are prompt or padding
+
+        trainer.model.eval()  # no LoRA dropout: both passes see the same network
+
+        def loss_and_grads() -> tuple[float, list]:
+            trainer.model.zero_grad()
+            loss = trainer.compute_loss(trainer.model, dict(batch))
+            loss.backward()
+            grads = [p.grad.clone() for p in trainer.model.parameters() if p.requires_grad]
+            return loss.item(), grads
+
+        every_position = loss_and_grads()
+        with labelled_positions_only():
+            labelled_only = loss_and_grads()
+        assert trl_utils._use_triton is switch  # put back
+        labelled = int((labels[:, 1:] != -100).sum())
+        assert scored == [labels[:, 1:].numel(), labelled]
+        assert labelled_only[0] == pytest.approx(every_position[0], rel=1e-5)
+        assert len(labelled_only[1]) == len(every_position[1]) > 0
+        for a, b in zip(labelled_only[1], every_position[1], strict=True):
+            assert torch.allclose(a, b, rtol=1e-4, atol=1e-7)
 
 
 @pytest.mark.slow

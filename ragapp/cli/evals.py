@@ -96,7 +96,7 @@ def eval_group() -> None:
 @click.option("--name", help="Name of the run (default: DATASET's name and a number). An unfinished run is continued.")
 @click.option("-k", type=click.IntRange(1, 100), help="Passages to retrieve per question (default: retrieval.k).")
 @click.option(
-    "--batch-size", type=click.IntRange(1, 256), default=4, show_default=True, help="Questions per generation call."
+    "--batch-size", type=click.IntRange(1, 256), default=16, show_default=True, help="Questions per generation call."
 )
 @click.option("--no-stem", is_flag=True, help="ROUGE without the Porter stemmer.")
 @generation_options

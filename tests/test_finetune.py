@@ -216,8 +216,9 @@ def test_scoring_labelled_positions_only_gives_the_same_loss_and_gradients(
     with tempfile.TemporaryDirectory() as scratch:
         trainer = sft_trainer(base, tokenizer, examples[:4], [], "lora", 8, scratch, 1, 4, 1e-4, 0)
         batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
-        labels = batch["labels"]
-        assert (labels[:, 1:] != -100).sum() < labels[:, 1:].numel() // 2  # most positions are prompt or padding
+        targets = batch["labels"][:, 1:]  # what each position predicts: the next token
+        labelled = int((targets != -100).sum())
+        assert labelled < targets.numel() // 2  # most positions are prompt or padding
 
         trainer.model.eval()  # no LoRA dropout: both passes see the same network
 
@@ -232,8 +233,7 @@ def test_scoring_labelled_positions_only_gives_the_same_loss_and_gradients(
         with labelled_positions_only():
             labelled_only = loss_and_grads()
         assert trl_utils._use_triton is switch  # put back
-        labelled = int((labels[:, 1:] != -100).sum())
-        assert scored == [labels[:, 1:].numel(), labelled]
+        assert scored == [targets.numel(), labelled]
         assert labelled_only[0] == pytest.approx(every_position[0], rel=1e-5)
         assert len(labelled_only[1]) == len(every_position[1]) > 0
         for a, b in zip(labelled_only[1], every_position[1], strict=True):

@@ -8,16 +8,20 @@ adapter must give what transformers + peft give, and reference scoring must agre
 from __future__ import annotations
 
 import importlib.util
+import os
+import random
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 from ragapp.config import GenerationSettings
 from ragapp.generators import clear_cache, load_generator
 from ragapp.generators.base import GenerationConfig
 from ragapp.generators.gguf import resolve_model
 from ragapp.generators.transformers_local import TransformersGenerator
+from ragapp.generators.vllm_local import engine_in_this_process, has_cuda
 from tests.lora import make_adapter, shipped_generator
 from tests.support import IngestedDocs
 
@@ -48,6 +52,7 @@ PROMPTS = [
     [{"role": "user", "content": "Write a haiku about the sea."}],
 ]
 GREEDY = GenerationConfig(max_new_tokens=32, stop=[])
+AROUND_LOAD: dict[str, str | None] = {}  # the process environment right after the engine loaded
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +64,7 @@ def hf() -> TransformersGenerator:
 def vllm_gen() -> Iterator:
     """Through `load_generator`, as the App loads it: later App calls in this file reuse the engine."""
     gen = load_generator(GenerationSettings(backend="vllm"))
+    AROUND_LOAD["multiprocessing after"] = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
     yield gen
     gen.close()
     clear_cache()
@@ -82,6 +88,37 @@ def test_prompt_rendering_and_counts_match(vllm_gen, hf: TransformersGenerator) 
     assert vllm_gen.text_tokens("Paris is the capital.") == hf.text_tokens("Paris is the capital.")
     assert vllm_gen.context_window == 2048 and vllm_gen.device == "cpu"
     assert vllm_gen.model_id == "SmolLM2-135M-Instruct"
+
+
+def test_the_engine_leaves_this_process_as_it_found_it(vllm_gen) -> None:
+    """On a CPU the engine and its worker run in this process, and `torch.set_num_threads`, which the worker
+    replaces process-wide, is put back (the seed: test_engine_in_this_process_respects_the_users_choice)."""
+    from vllm.v1.engine.core_client import InprocClient
+
+    assert isinstance(vllm_gen.llm.llm_engine.engine_core, InprocClient) != has_cuda()
+    assert AROUND_LOAD["multiprocessing after"] is None
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads + 1)
+        assert torch.get_num_threads() == threads + 1
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_engine_in_this_process_respects_the_users_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Control flow only: the body stands in for vLLM's CPU worker, with vLLM's own seeding function."""
+    from vllm.utils.torch_utils import set_random_seed
+
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "1")
+    before = random.getstate(), torch.get_rng_state()
+    original = torch.set_num_threads
+    with engine_in_this_process():
+        assert os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] == "1"
+        set_random_seed(0)
+        monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # as vLLM's CPU worker does
+    assert os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] == "1"
+    assert torch.set_num_threads is original
+    assert random.getstate() == before[0] and torch.equal(torch.get_rng_state(), before[1])
 
 
 def test_stream_pieces_join_to_generate(vllm_gen) -> None:

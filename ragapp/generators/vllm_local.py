@@ -83,12 +83,13 @@ def has_cuda() -> bool:
 # this many cores that is a quarter of the machine or more. Larger machines keep vLLM's own placement,
 # whose worker threads are bound to cores (measured here on 2 cores only: benchmarks/vllm_engine_placement.py).
 FEW_CORES = 4
+MULTIPROCESSING = "VLLM_ENABLE_V1_MULTIPROCESSING"  # vLLM's switch: "0" builds the engine in this process
 
 
 def engine_in_process() -> bool:
     """Whether `VllmGenerator` runs the engine inside this process: as VLLM_ENABLE_V1_MULTIPROCESSING
     says when the user set it, otherwise on a CPU with few cores."""
-    chosen = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
+    chosen = os.environ.get(MULTIPROCESSING)
     if chosen is not None:
         return chosen.strip() == "0"
     return not has_cuda() and len(os.sched_getaffinity(0)) <= FEW_CORES
@@ -108,17 +109,16 @@ def engine_in_this_process() -> Iterator[None]:
     import numpy as np
     import torch
 
-    key = "VLLM_ENABLE_V1_MULTIPROCESSING"
-    chosen = os.environ.get(key)
+    chosen = os.environ.get(MULTIPROCESSING)
     states = random.getstate(), np.random.get_state(), torch.get_rng_state()
     set_num_threads = torch.set_num_threads
     if chosen is None:
-        os.environ[key] = "0"
+        os.environ[MULTIPROCESSING] = "0"
     try:
         yield
     finally:
         if chosen is None:
-            os.environ.pop(key, None)
+            os.environ.pop(MULTIPROCESSING, None)
         torch.set_num_threads = set_num_threads
         random.setstate(states[0])
         np.random.set_state(states[1])

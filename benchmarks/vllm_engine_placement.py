@@ -8,7 +8,13 @@ engine and generates the whole set twice (the first pass prepares the engine's k
 shapes). Reported per placement, median over runs: seconds to load, tokens/s of the second pass, and the
 CPU seconds of the whole process tree for loading and for that pass. Greedy float32 outputs must agree.
 
-    .venv/bin/python benchmarks/vllm_engine_placement.py [--runs 3] [--prompts 16] [--max-new-tokens 48]
+With `--server` the same comparison is made for `ragapp model serve`, whose vLLM server always keeps its
+engine core in a process of its own: vLLM's default there adds a worker process (the baseline); ragapp's
+placement on a CPU lets the engine core run the worker itself. Reported: seconds and CPU seconds of the
+server's process tree until it answers, then tokens/s and CPU seconds of the second of two passes that send
+every prompt at once to /v1/chat/completions (greedy).
+
+    .venv/bin/python benchmarks/vllm_engine_placement.py [--server] [--runs 3] [--prompts 16] [--max-new-tokens 48]
 
 Not a test: the ratios are printed, not asserted.
 """
@@ -18,10 +24,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -31,13 +41,14 @@ from finetune_cpu import cpu_name
 from generation_throughput import build_prompts, run_worker
 
 PLACEMENTS = {"engine processes (vLLM default)": "1", "in this process (ragapp on CPU)": "0"}
+SERVER_PLACEMENTS = {"engine core + worker (vLLM default)": "1", "engine core runs worker (ragapp)": "0"}
 
 
-def tree_cpu() -> float:
-    """CPU seconds of this process and every live process below it."""
+def tree_cpu(pid: int | None = None) -> float:
+    """CPU seconds of process `pid` (default: this one) and every live process below it."""
     import psutil
 
-    me = psutil.Process()
+    me = psutil.Process(pid)
     total = 0.0
     for proc in [me, *me.children(recursive=True)]:
         try:
@@ -77,31 +88,76 @@ def measure(placement: str, prompts_file: Path, max_new_tokens: int) -> dict[str
     return result
 
 
+def measure_server(placement: str, prompts: list[Any], max_new_tokens: int) -> dict[str, Any]:
+    """`ragapp model serve` started with one placement: time and CPU to ready, then two concurrent passes."""
+    import httpx
+
+    env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": SERVER_PLACEMENTS[placement]}
+    started = time.perf_counter()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "ragapp", "model", "serve", "--port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
+    )  # fmt: skip
+    try:
+        assert server.stdout is not None
+        match = re.search(r" at (http://\S+/v1)$", server.stdout.readline().strip())  # printed once healthy
+        if match is None:
+            raise SystemExit(f"{placement}: the server did not start")
+        ready_s, ready_cpu = time.perf_counter() - started, tree_cpu(server.pid)
+        with httpx.Client(base_url=match.group(1), timeout=600) as client:
+            model = client.get("/models").json()["data"][0]["id"]
+
+            def complete(messages: Any) -> dict[str, Any]:
+                body = {"model": model, "messages": messages, "max_tokens": max_new_tokens, "temperature": 0}
+                reply: dict[str, Any] = client.post("/chat/completions", json=body).raise_for_status().json()
+                return reply
+
+            with ThreadPoolExecutor(len(prompts)) as pool:
+                list(pool.map(complete, prompts))  # first pass: kernels for these batch shapes
+                mark, cpu = time.perf_counter(), tree_cpu(server.pid)
+                replies = list(pool.map(complete, prompts))
+                seconds, gen_cpu = time.perf_counter() - mark, tree_cpu(server.pid) - cpu
+    finally:
+        server.send_signal(signal.SIGINT)
+        server.wait(120)
+    tokens = sum(r["usage"]["completion_tokens"] for r in replies)
+    outputs = [r["choices"][0]["message"]["content"] for r in replies]
+    print(f"  {placement:34} ready {ready_s:5.1f} s ({ready_cpu:5.1f} CPU-s), "
+          f"{tokens / seconds:6.1f} tok/s ({gen_cpu:5.1f} CPU-s)", flush=True)  # fmt: skip
+    return {"load_s": ready_s, "load_cpu": ready_cpu, "rate": tokens / seconds, "gen_cpu": gen_cpu, "outputs": outputs}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--prompts", type=int, default=16)
     parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--server", action="store_true", help="Compare `ragapp model serve` starts instead.")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     prompts = build_prompts(args.prompts, args.max_new_tokens)
-    results: dict[str, list[dict[str, Any]]] = {p: [] for p in PLACEMENTS}
+    placements = SERVER_PLACEMENTS if args.server else PLACEMENTS
+    results: dict[str, list[dict[str, Any]]] = {p: [] for p in placements}
     with tempfile.TemporaryDirectory() as tmp:
         prompts_file = Path(tmp) / "prompts.json"
         prompts_file.write_text(json.dumps(prompts))
         threads = os.environ.get("OMP_NUM_THREADS", "unset")
         print(f"CPU: {cpu_name()}; {os.cpu_count()} cores; OMP_NUM_THREADS {threads}")
-        print(f"{len(prompts)} RAG prompts × {args.max_new_tokens} new tokens, float32 greedy, {args.runs} runs")
+        what = "`ragapp model serve`, concurrent requests" if args.server else "VllmGenerator"
+        print(f"{what}: {len(prompts)} RAG prompts × {args.max_new_tokens} new tokens, greedy, {args.runs} runs")
         for _ in range(args.runs):
-            for placement in PLACEMENTS:
-                results[placement].append(measure(placement, prompts_file, args.max_new_tokens))
+            for placement in placements:
+                if args.server:
+                    results[placement].append(measure_server(placement, prompts, args.max_new_tokens))
+                else:
+                    results[placement].append(measure(placement, prompts_file, args.max_new_tokens))
 
     def median(placement: str, key: str) -> float:
         return statistics.median(r[key] for r in results[placement])
 
-    base, fast = PLACEMENTS
-    print(f"\nmedian of {args.runs} runs   {'baseline':>10} {'in-process':>11}  ratio")
+    base, fast = placements
+    print(f"\nmedian of {args.runs} runs   {'baseline':>10} {'ragapp':>11}  ratio")
     for key, label, gain in (("load_s", "load, s", "faster"), ("load_cpu", "load, CPU-s", "less CPU"),
                              ("rate", "tokens/s", "faster"), ("gen_cpu", "generate, CPU-s", "less CPU")):  # fmt: skip
         a, b = median(base, key), median(fast, key)

@@ -27,6 +27,7 @@ from ragapp.generators.base import GenerationConfig
 from ragapp.generators.gguf import resolve_model
 from ragapp.generators.openai_client import OpenAIGenerator
 from ragapp.generators.transformers_local import TransformersGenerator
+from ragapp.generators.vllm_local import engine_in_process
 from tests.lora import shipped_generator
 from tests.servers import descendants
 from tests.support import DocsWorkspaces
@@ -248,10 +249,25 @@ def test_unknown_served_model_is_named(server: ModelServer) -> None:
         OpenAIGenerator(server.url, model="nope").load()
 
 
+def process_titles(pids: set[int]) -> list[str]:
+    """What vLLM names its processes (setproctitle): "VLLM::EngineCore", "VLLM::Worker..."."""
+    titles = []
+    for pid in pids:
+        try:
+            titles.append(Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace"))
+        except OSError:
+            continue
+    return titles
+
+
 def test_killing_the_server_gives_a_clear_error(server: ModelServer, workspace: Path) -> None:
     """Last: SIGINT (Ctrl-C) stops the server and all its processes; asking afterwards fails cleanly."""
     children = descendants(server.process.pid)
     assert children
+    titles = process_titles(children)
+    # On a small CPU the engine core runs the worker itself (ServerSpec.environment): no worker process.
+    assert any(t.startswith("VLLM::EngineCore") for t in titles), titles
+    assert any(t.startswith("VLLM::Worker") for t in titles) is not engine_in_process(), titles
     server.process.send_signal(signal.SIGINT)
     assert server.process.wait(timeout=60) == 0
     assert "Stopped the server (SIGINT)" in server.stderr_path.read_text()

@@ -73,6 +73,29 @@ def test_pipeline_stages_on_cpu_run_compiled(
     assert ("--enforce-eager" in ServerSpec(model_dir, "tiny", **sizes).command()) is eager
 
 
+@pytest.mark.parametrize(
+    ("in_process", "user", "sizes", "expected"),
+    [(True, None, {}, "0"), (False, None, {}, None), (True, "1", {}, "1"), (False, "0", {}, "0"),
+     (True, None, {"tensor_parallel_size": 2}, None), (True, None, {"data_parallel_size": 2}, None)],
+)  # fmt: skip
+def test_one_engine_process_on_a_small_cpu_for_one_device(
+    model_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    in_process: bool,
+    user: str | None,
+    sizes: dict[str, int],
+    expected: str | None,
+) -> None:
+    """The placement rule is a stand-in here (it has its own test in test_generator_vllm); the user's value
+    is never overridden, and several devices need vLLM's worker processes."""
+    monkeypatch.setattr(vllm_server, "engine_in_process", lambda: in_process)  # stand-in
+    base = {"PATH": "/bin"} if user is None else {"PATH": "/bin", "VLLM_ENABLE_V1_MULTIPROCESSING": user}
+    env = ServerSpec(model_dir, "tiny", **sizes).environment(base)
+    assert env.get("VLLM_ENABLE_V1_MULTIPROCESSING") == expected
+    assert env["PATH"] == "/bin" and env["HF_HUB_OFFLINE"] == "1"
+    assert "VLLM_ENABLE_V1_MULTIPROCESSING" not in base or base["VLLM_ENABLE_V1_MULTIPROCESSING"] == user
+
+
 @pytest.mark.parametrize("field", ["tensor_parallel_size", "pipeline_parallel_size", "data_parallel_size"])
 def test_spec_refuses_a_size_below_one(model_dir: Path, field: str) -> None:
     with pytest.raises(UsageError, match=f"{field} must be at least 1, not 0"):

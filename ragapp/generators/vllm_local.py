@@ -87,7 +87,8 @@ MULTIPROCESSING = "VLLM_ENABLE_V1_MULTIPROCESSING"  # vLLM's switch: "0" builds 
 
 
 def engine_in_process() -> bool:
-    """Whether `VllmGenerator` runs the engine inside this process: as VLLM_ENABLE_V1_MULTIPROCESSING
+    """Whether vLLM's CPU engine is kept in one process: `VllmGenerator` builds it inside this process, and
+    `ragapp model serve`'s engine-core process runs the worker itself. As VLLM_ENABLE_V1_MULTIPROCESSING
     says when the user set it, otherwise on a CPU with few cores."""
     chosen = os.environ.get(MULTIPROCESSING)
     if chosen is not None:

@@ -16,13 +16,21 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ragapp.errors import GenerationError, UsageError
 from ragapp.generators.adapters import Adapter
-from ragapp.generators.vllm_local import INSTALL_HINT, engine_environment, has_cuda, model_max_len, vllm_available
+from ragapp.generators.vllm_local import (
+    INSTALL_HINT,
+    MULTIPROCESSING,
+    engine_environment,
+    engine_in_process,
+    has_cuda,
+    model_max_len,
+    vllm_available,
+)
 
 # vLLM's log prefixes: the process ("(EngineCore pid=1) ") and, on error lines, "ERROR date time [file:line] ".
 _LOG_PREFIX = re.compile(r"^(?:\(\w+ pid=\d+\) )?(?:ERROR \S+ \S+ \[[^\]]*\] )?")
@@ -56,6 +64,18 @@ class ServerSpec:
         host = "127.0.0.1" if self.host in ("0.0.0.0", "", "::") else self.host
         host = f"[{host}]" if ":" in host else host
         return f"http://{host}:{self.port}/v1"
+
+    def environment(self, base: Mapping[str, str]) -> dict[str, str]:
+        """`base` with ragapp's vLLM defaults; on a small CPU, one device: one engine process.
+
+        vLLM's async server always keeps its engine core in a process of its own. With the multiprocessing
+        switch at "0" that process runs the worker itself, instead of starting a third process that imports
+        vLLM again while the engine core busy-waits on it (benchmarks/vllm_engine_placement.py --server)."""
+        env = dict(engine_environment(dict(base)))
+        single_device = self.tensor_parallel_size * self.pipeline_parallel_size * self.data_parallel_size == 1
+        if single_device and engine_in_process():
+            env.setdefault(MULTIPROCESSING, "0")
+        return env
 
     def command(self) -> list[str]:
         window = min(self.context_window, model_max_len(self.model_path) or self.context_window)
@@ -119,7 +139,7 @@ class VllmServer:
             raise GenerationError(INSTALL_HINT)
         self.spec.port = check_port(self.spec.host, self.spec.port)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        env = engine_environment(dict(os.environ))
+        env = self.spec.environment(os.environ)
         with open(self.log_path, "wb") as log:
             # Its own session: a terminal's Ctrl-C reaches only us, and we stop the whole group ourselves.
             self.process = subprocess.Popen(

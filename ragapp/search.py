@@ -177,12 +177,14 @@ def search(
     for n, q in enumerate(queries):
         hyde = hypothetical if n == 0 else None
         if mode in ("dense", "hybrid"):
-            rankings.append(_dense(parts, q, hyde, depth, restrict))
+            rankings.append(by_score(_dense(parts, q, hyde, depth, restrict)))
             weights.append(settings.dense_weight if mode == "hybrid" else 1.0)
         if mode in ("bm25", "hybrid"):
             text = f"{q} {hyde}" if hyde else q
             allowed = None if restrict is None else restrict.chunk_ids()
-            rankings.append(parts.keywords().search(text, depth, allowed) if allowed is None or len(allowed) else [])
+            rankings.append(
+                by_score(parts.keywords().search(text, depth, allowed)) if allowed is None or len(allowed) else []
+            )
             weights.append(1.0 - settings.dense_weight if mode == "hybrid" else 1.0)
     if len(rankings) == 1:
         ranked = rankings[0]
@@ -196,6 +198,12 @@ def search(
     if settings.mmr and len(ranked) > 1:
         ranked = _diversify(parts, query, ranked[:depth], rows, k)
     return [_hit(chunk_id, score, *rows[chunk_id]) for chunk_id, score in ranked[:k]]
+
+
+def by_score(ranking: list[tuple[int, float]]) -> list[tuple[int, float]]:
+    """Best score first, ties by chunk id: indexes return equal scores (a passage stored twice) in any order,
+    and that order must not change between two searches, nor between PostgreSQL query plans."""
+    return sorted(ranking, key=lambda pair: (-pair[1], pair[0]))
 
 
 def _dense(

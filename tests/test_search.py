@@ -21,7 +21,7 @@ from ragapp.cli import cli
 from ragapp.errors import UsageError
 from ragapp.generators import GenerationConfig
 from ragapp.keyword_index import POINTER_KEY
-from ragapp.search import Filters, expand_query
+from ragapp.search import Filters, by_score, expand_query
 from tests.support import DocsWorkspaces, IngestedDocs
 
 RARE = "XQ7731"  # an identifier no embedding model knows: keywords find it, vectors may not
@@ -123,6 +123,11 @@ def test_bm25_mode_does_not_load_the_embedding_model(workspace: Path) -> None:
     app = App(workspace)
     app.search("retention job", k=2, mode="bm25")
     assert app._embedder is None
+
+
+def test_equal_scores_rank_by_chunk_id() -> None:
+    """Indexes return tied scores in any order (pgvector's depends on the query plan, which depends on k)."""
+    assert by_score([(7, 0.5), (3, 0.9), (5, 0.5), (2, 0.5)]) == [(3, 0.9), (2, 0.5), (5, 0.5), (7, 0.5)]
 
 
 @pytest.mark.slow

@@ -46,9 +46,11 @@ typecheck: setup
 
 # One pytest-xdist worker per core (at most 4: each loads the models), a whole file at a time so module
 # fixtures (servers, engines) start once, longest files first (conftest.py, which also gives each worker
-# its share of the threads).
+# its share of the threads). Bytecode is written even where PYTHONDONTWRITEBYTECODE is set: otherwise
+# every worker compiles the test modules again (3-4 s each) and every ragapp process the test starts
+# compiles ragapp.
 test: setup system-packages typecheck
-	$(BIN)/python -m pytest -n auto --maxprocesses 4 --dist loadfile --no-loadscope-reorder
+	PYTHONDONTWRITEBYTECODE= $(BIN)/python -m pytest -n auto --maxprocesses 4 --dist loadfile --no-loadscope-reorder
 
 clean:
 	rm -rf $(VENV) .ragapp-demo .pytest_cache .mypy_cache

@@ -126,10 +126,13 @@ def test_empty_workspace_fails_before_creating_a_run(tmp_path: Path) -> None:
     assert RunStore(app.open_store()).list() == []
 
 
-def _args(ws: Path, *args: str) -> list[str]:
+KILLED_RUN_QUESTIONS = 4  # the run is killed after 2 saved items; 2 more are left for the resumed run
+
+
+def _args(ws: Path, dataset: Path, *args: str) -> list[str]:
     """One passage per prompt: what is checked is where a run stops and resumes, and with four passages
     each killed-run test took 51-56 s instead of 26-32 s on one core."""
-    return ["-w", str(ws), "eval", "run", str(QA), "-k", "1", "--max-new-tokens", "24", *args]
+    return ["-w", str(ws), "eval", "run", str(dataset), "-k", "1", "--max-new-tokens", "24", *args]
 
 
 @pytest.mark.parametrize(("sig", "status"), [(signal.SIGKILL, "running"), (signal.SIGINT, "interrupted")])
@@ -145,10 +148,12 @@ def test_killed_run_continues_where_it_stopped(
 
     ws = tmp_path / "ws"
     shutil.copytree(workspace, ws)
+    dataset = tmp_path / QA.name  # the same name: runs are named after the file ("docs_qa-...")
+    dataset.write_text("".join(QA.read_text().splitlines(keepends=True)[:KILLED_RUN_QUESTIONS]))
     before = RunStore(App(ws).open_store()).list()
     old_runs = {r.id for r in before}  # on PostgreSQL the module's database holds earlier tests' runs
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ragapp", *_args(ws, "--batch-size", "1")],
+        [sys.executable, "-m", "ragapp", *_args(ws, dataset, "--batch-size", "1")],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -164,15 +169,15 @@ def test_killed_run_continues_where_it_stopped(
     app = App(ws)
     runs = RunStore(app.open_store())
     (stopped,) = [r for r in runs.list() if r.name.startswith("docs_qa") and r.id not in old_runs]
-    assert stopped.status == status and 2 <= stopped.saved < 6
+    assert stopped.status == status and 2 <= stopped.saved < KILLED_RUN_QUESTIONS
     first = {i.position: i.prediction for i in runs.load(stopped.id).items}
 
-    resumed = CliRunner().invoke(cli, _args(ws, "--json"))
+    resumed = CliRunner().invoke(cli, _args(ws, dataset, "--json"))
     assert resumed.exit_code == 0, resumed.output
     done = json.loads(resumed.stdout)
     assert done["name"] == stopped.name and done["id"] == stopped.id  # the same run, continued
-    assert done["status"] == "completed" and len(done["items"]) == 6
-    assert sorted(i["position"] for i in done["items"]) == [1, 2, 3, 4, 5, 6]
+    assert done["status"] == "completed" and len(done["items"]) == KILLED_RUN_QUESTIONS
+    assert sorted(i["position"] for i in done["items"]) == list(range(1, KILLED_RUN_QUESTIONS + 1))
     assert {i["position"]: i["prediction"] for i in done["items"] if i["position"] in first} == first
     assert [r.name for r in runs.list()].count(stopped.name) == 1 and len(runs.list()) == len(before) + 1
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from ragapp.indexes import Bm25Index
-from sqlalchemy import create_engine, select, text
+from sqlalchemy import Engine, create_engine, select, text
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
 from ragapp import App
@@ -46,23 +46,39 @@ def build_corpus(folder: Path, docs: Path, n_files: int = 16) -> None:
         (folder / f"part-{i:02d}.md").write_text(f"# Part {i}\n\n" + "\n\n".join(picked) + "\n", encoding="utf-8")
 
 
-def counts(ws: Path) -> tuple[int, int]:
-    """(chunks, indexed chunks) as a concurrent reader sees them; (0, 0) before the schema exists."""
+def reader(ws: Path) -> Engine | None:
+    """An engine reading the workspace's store as a concurrent process does; None before SQLite's file exists.
+
+    One per polling loop: a new engine per poll cost about 10 ms of CPU on PostgreSQL (a connection, and a
+    server process forked for it), a third of a core taken from the ingest being watched."""
     url = os.environ.get("RAGAPP_DATABASE_URL")
     if url is None:
         db = ws / "ragapp.db"
         if not db.exists():
-            return 0, 0
+            return None
         url = f"sqlite:///file:{db}?mode=ro&uri=true"
-    engine = create_engine(database_url(url))
+    return create_engine(database_url(url))
+
+
+def read_counts(engine: Engine | None) -> tuple[int, int]:
+    """(chunks, indexed chunks); (0, 0) before the schema exists."""
+    if engine is None:
+        return 0, 0
     try:
         with engine.connect() as connection:
             row = connection.execute(text("SELECT count(*), count(*) FILTER (WHERE indexed) FROM chunks")).one()
             return int(row[0]), int(row[1])
     except (OperationalError, ProgrammingError):
         return 0, 0
+
+
+def counts(ws: Path) -> tuple[int, int]:
+    engine = reader(ws)
+    try:
+        return read_counts(engine)
     finally:
-        engine.dispose()
+        if engine is not None:
+            engine.dispose()
 
 
 def kill_when(ws: Path, corpus: Path, condition, sig: int = signal.SIGKILL, timeout: float = 240.0) -> int | None:
@@ -74,17 +90,21 @@ def kill_when(ws: Path, corpus: Path, condition, sig: int = signal.SIGKILL, time
         preexec_fn=default_sigint,  # noqa: PLW1509 - it only resets a signal handler; nothing that a thread could hold
     )
     deadline = time.monotonic() + timeout
+    engine = None
     try:
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 assert proc.returncode == 0, proc.stderr.read().decode()
                 return None
-            if condition(*counts(ws)):
+            engine = engine or reader(ws)
+            if condition(*read_counts(engine)):
                 proc.send_signal(sig)
                 return proc.wait(timeout=120)
             time.sleep(0.02)
         raise AssertionError("ingest subprocess did not reach the kill point in time")
     finally:
+        if engine is not None:
+            engine.dispose()
         if proc.poll() is None:
             proc.kill()
             proc.wait()

@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from ragapp.evals import evaluate, load_dataset
 from ragapp.evals.runner import answer_metrics
 from ragapp.evals.runs import RunStore
-from sqlalchemy import create_engine, text
+from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
 from ragapp import App
@@ -51,10 +51,15 @@ def workspace(ingested: IngestedDocs) -> Path:
     return ingested.folder
 
 
-def saved_items(ws: Path, run_prefix: str, old_runs: set[int]) -> int:
-    """Items saved so far for new runs whose name starts with `run_prefix`, as a concurrent reader sees them."""
+def reader(ws: Path) -> Engine:
+    """An engine reading the workspace's store as a concurrent process does. One per polling loop: a new engine
+    per poll costs a connection each time (and, on PostgreSQL, a server process forked for it)."""
     url = os.environ.get("RAGAPP_DATABASE_URL") or f"sqlite:///file:{ws / 'ragapp.db'}?mode=ro&uri=true"
-    engine = create_engine(database_url(url))
+    return create_engine(database_url(url))
+
+
+def saved_items(engine: Engine, run_prefix: str, old_runs: set[int]) -> int:
+    """Items saved so far for new runs whose name starts with `run_prefix`, as a concurrent reader sees them."""
     try:
         with engine.connect() as connection:
             query = text(
@@ -65,8 +70,6 @@ def saved_items(ws: Path, run_prefix: str, old_runs: set[int]) -> int:
         return sum(n for run_id, n in rows if run_id not in old_runs)
     except (OperationalError, ProgrammingError):
         return 0
-    finally:
-        engine.dispose()
 
 
 def test_evaluate_answers_scores_and_stores_every_question(workspace: Path, ingested: IngestedDocs) -> None:
@@ -160,10 +163,14 @@ def test_killed_run_continues_where_it_stopped(
         preexec_fn=default_sigint,  # noqa: PLW1509 (it only resets one signal handler, which is fork-safe)
     )
     deadline = time.monotonic() + 300
-    while saved_items(ws, "docs_qa", old_runs) < 2:
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline, "eval run did not save 2 items in time"
-        time.sleep(0.05)
+    engine = reader(ws)
+    try:
+        while saved_items(engine, "docs_qa", old_runs) < 2:
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "eval run did not save 2 items in time"
+            time.sleep(0.05)
+    finally:
+        engine.dispose()
     proc.send_signal(sig)
     proc.wait(timeout=120)
     app = App(ws)

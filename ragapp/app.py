@@ -298,11 +298,14 @@ class App:
         store = self.open_store(create=True)
         with self.ingest_lock(wait=True):
             c = self.config
-            chunker = Chunker(self.embedder.tokenizer, c.chunking.chunk_tokens, c.chunking.overlap_tokens)
             max_bytes = int(c.ingest.max_file_mb * 1e6)
             limits = c.ingest.parse_limits()
             vectors, keywords = self.indexes.vectors(store), self.indexes.keywords(store)
-            yield Ingestor(store, vectors, keywords, self.embedder, chunker, max_bytes, limits)
+
+            def make_chunker() -> Chunker:
+                return Chunker(self.embedder.tokenizer, c.chunking.chunk_tokens, c.chunking.overlap_tokens)
+
+            yield Ingestor(store, vectors, keywords, self.embedder, make_chunker, max_bytes, limits)
 
     def search(
         self,

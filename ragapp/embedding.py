@@ -68,25 +68,18 @@ def declared(value: int | None, what: str, folder: Path) -> int:
 
 
 class Embedder:
-    """Loads the model once; embeds batches into L2-normalised float32 vectors (cosine = inner product)."""
+    """Embeds batches into L2-normalised float32 vectors (cosine = inner product).
+
+    The model is loaded on first use, not here: a process that only searches embeds its queries with the
+    cached ONNX encoder and never needs torch (see ragapp.query_encoder)."""
 
     def __init__(self, model: str = "", device: str = "cpu", batch_size: int = 16, dtype: str = "auto"):
-        with MODEL_LOADING:  # see ragapp.locks
-            import torch
-            from sentence_transformers import SentenceTransformer
-            from transformers.utils import logging as hf_logging
-
-            hf_logging.disable_progress_bar()  # ragapp shows its own progress; a weights bar is noise
-            self.folder, self.model_id = resolve_model(model)
-            self.batch_size = batch_size
-            self.dtype = resolve_dtype(dtype, device)
-            self.model: SentenceTransformer = SentenceTransformer(
-                str(self.folder),
-                device=device,
-                local_files_only=True,
-                model_kwargs={"dtype": getattr(torch, self.dtype)},
-            )
-        self.dim = declared(self.model.get_embedding_dimension(), "embedding dimension", self.folder)
+        self.folder, self.model_id = resolve_model(model)
+        self.device = device
+        self.batch_size = batch_size
+        self._dtype_setting = dtype
+        self._model: SentenceTransformer | None = None
+        self._dim: int | None = None
         # One model serves every thread of a server (searches, an ingest job). A fast tokenizer is not
         # safe to share across threads ("Already borrowed"), so one thread encodes at a time, and
         # chunking counts tokens with a copy of its own.
@@ -100,11 +93,50 @@ class Embedder:
         self._query_fallback = False  # the encoder could not be built: queries use `embed`
 
     @property
+    def model(self) -> SentenceTransformer:
+        """The sentence-transformers model, loaded once (whichever threads ask first)."""
+        if self._model is None:
+            with MODEL_LOADING:  # see ragapp.locks
+                if self._model is None:
+                    self._model = self._load()
+        return self._model
+
+    def _load(self) -> SentenceTransformer:
+        import torch
+        from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # ragapp shows its own progress; a weights bar is noise
+        return SentenceTransformer(
+            str(self.folder),
+            device=self.device,
+            local_files_only=True,
+            model_kwargs={"dtype": getattr(torch, self.dtype)},
+        )
+
+    @property
+    def dtype(self) -> str:
+        """What chunks are embedded in (`embedding.dtype`, with "auto" resolved for this CPU)."""
+        return resolve_dtype(self._dtype_setting, self.device)
+
+    @property
+    def dim(self) -> int:
+        """The vectors' dimension: from the cached query encoder when there is one (no model load)."""
+        if self._dim is None:
+            encoder = None if self._model is not None else self._cached_query_encoder()
+            if encoder is not None:
+                self._dim = encoder.dim
+            else:
+                self._dim = declared(self.model.get_embedding_dimension(), "embedding dimension", self.folder)
+        return self._dim
+
+    @property
     def tokenizer(self) -> Any:
         """The model's tokenizer, for counting tokens (a private copy: never the one `embed` uses)."""
         if self._counting_tokenizer is None:
+            model = self.model
             with self._lock:
-                self._counting_tokenizer = copy.deepcopy(self.model.tokenizer)
+                self._counting_tokenizer = copy.deepcopy(model.tokenizer)
         return self._counting_tokenizer
 
     @property
@@ -164,21 +196,36 @@ class Embedder:
         return encoder.encode(texts)
 
     def _build_query_encoder(self) -> OnnxQueryEncoder | None:
-        """The ONNX encoder, built on the first query (once, whichever threads ask); None means use torch."""
-        with self._query_lock, MODEL_LOADING:  # see ragapp.locks
+        """The ONNX encoder, built on the first query (once, whichever threads ask); None means use torch.
+        A cached one is loaded without the model; otherwise it is exported from the model and cached."""
+        with self._query_lock:
             if self._query_encoder is not None or self._query_fallback:
                 return self._query_encoder
-            if self.model.device.type != "cpu":
+            if self.device.split(":")[0] != "cpu":
                 self._query_fallback = True  # ONNX Runtime runs here on the CPU only
                 return None
             try:
                 from ragapp.query_encoder import OnnxQueryEncoder, QueryEncoderError
 
-                self._query_encoder = OnnxQueryEncoder(self.model, self.folder, guard=self._lock)
+                encoder = self._cached_query_encoder()
+                if encoder is None:
+                    with MODEL_LOADING:  # see ragapp.locks
+                        encoder = OnnxQueryEncoder.export(self.model, self.folder, guard=self._lock)
+                self._query_encoder = encoder
             except (ImportError, QueryEncoderError) as exc:
                 self._query_fallback = True
                 log.warning("queries are embedded with torch (slower): %s", exc)
             return self._query_encoder
+
+    def _cached_query_encoder(self) -> OnnxQueryEncoder | None:
+        """The published ONNX encoder for this model, if any (no torch); kept for `embed_queries`."""
+        if self._query_encoder is None and self.device.split(":")[0] == "cpu":
+            try:
+                from ragapp.query_encoder import OnnxQueryEncoder
+            except ImportError:
+                return None
+            self._query_encoder = OnnxQueryEncoder.cached(self.folder)
+        return self._query_encoder
 
     def _encode(self, texts: list[str]) -> np.ndarray:
         with self._lock:

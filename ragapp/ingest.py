@@ -6,6 +6,7 @@ then works through the pending chunks, wherever they came from (this run, or a r
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -72,19 +73,25 @@ class Ingestor:
         index: VectorIndex,
         keywords: WorkspaceKeywords,
         embedder: Embedder,
-        chunker: Chunker,
+        make_chunker: Callable[[], Chunker],
         max_bytes: int,
         limits: ParseLimits | None = None,
     ):
+        """`make_chunker` is called on the first changed document: a run that finds nothing changed never
+        loads the embedding model (its tokenizer sizes the chunks)."""
         self.store = store
         self.index = index
         self.keywords = keywords
         self.embedder = embedder
-        self.chunker = chunker
+        self._make_chunker = make_chunker
         self.max_bytes = max_bytes
         self.limits = limits or ParseLimits()  # per file: PDF, .docx, HTML parse in a capped worker process
         self._embedded_up_to = 0
         self._last_save = time.monotonic()
+
+    @functools.cached_property
+    def chunker(self) -> Chunker:
+        return self._make_chunker()
 
     def run(
         self,

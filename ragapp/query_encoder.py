@@ -2,9 +2,11 @@
 
 A search embeds one short query, and torch's per-call overhead dominates that (≈9 ms for MiniLM here, against
 ≈2.5 ms in ONNX Runtime). The model's transformer is exported once, in float32, with mean pooling and L2
-normalisation inside the graph, and cached under `cache_dir() / "onnx"`, keyed by the model's bytes and the
-library versions. Every encoder checks itself against the torch model before it is used; callers fall back to
-torch when building it fails in any way (`QueryEncoderError`).
+normalisation inside the graph, into a bundle under `cache_dir() / "onnx"`: the graph, the query tokenizer and
+the embedding dimension, keyed by the model's bytes and the library versions. A bundle is checked against the
+torch model before it is published, so loading a cached one needs neither torch nor the model: a process that
+only searches (`ragapp search`, a server's first query) starts in a fraction of a second instead of ≈8 s.
+Callers fall back to torch when building it fails in any way (`QueryEncoderError`).
 """
 
 from __future__ import annotations
@@ -12,9 +14,12 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
+import importlib.metadata
 import inspect
+import json
 import logging
 import os
+import shutil
 import tempfile
 import time
 import warnings
@@ -36,8 +41,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-EXPORT_VERSION = 1  # bump when the exported graph changes: old cache files are then ignored
+EXPORT_VERSION = 2  # bump when the bundle changes: old cache entries are then ignored
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+# Whatever changes the exported graph, the tokenizer or how they run: a new version is a new bundle.
+KEYED_LIBRARIES = ("torch", "transformers", "sentence-transformers", "tokenizers", "onnxruntime")
+GRAPH, TOKENIZER, META = "model.onnx", "tokenizer.json", "meta.json"
 MIN_SELF_CHECK_COSINE = 0.9999
 # Probes of different lengths, embedded as one padded batch: a wrong pad/truncation setting shows up here.
 PROBES = (
@@ -53,28 +61,69 @@ class QueryEncoderError(RagappError, RuntimeError):
 
 class OnnxQueryEncoder:
     """Embeds short texts into the vectors `SentenceTransformer.encode(..., normalize_embeddings=True)` gives in
-    float32. Safe to call from many threads at once (the tokenizer copy and the session are never mutated)."""
+    float32. Safe to call from many threads at once (the tokenizer and the session are never mutated).
 
-    def __init__(
-        self,
+    Made by `cached` (a published bundle, no torch) or `export` (from the loaded model); the constructor
+    loads a bundle folder."""
+
+    def __init__(self, bundle: Path, *, threads: int | None = None):
+        from tokenizers import Tokenizer
+
+        meta = json.loads((bundle / META).read_text(encoding="utf-8"))
+        self.path = bundle
+        self.dim = int(meta["dim"])
+        self.exported = False
+        self._tokenizer = Tokenizer.from_file(str(bundle / TOKENIZER))
+        self._session = _session(bundle / GRAPH, threads)
+        self._inputs = [i.name for i in self._session.get_inputs()]
+
+    @classmethod
+    def cached(cls, folder: Path, *, threads: int | None = None) -> OnnxQueryEncoder | None:
+        """The published bundle for the model in `folder`, or None when there is none or it does not load
+        (then `export` makes it again)."""
+        try:
+            bundle = bundle_path(folder)
+            if not (bundle / META).is_file():
+                return None
+            return cls(bundle, threads=threads)
+        except Exception as exc:  # noqa: BLE001 - a damaged cache entry is exported again
+            log.info("exporting the query encoder again: the cached one does not load (%s)", exc)
+            return None
+
+    @classmethod
+    def export(
+        cls,
         st_model: SentenceTransformer,
         folder: Path,
         *,
         threads: int | None = None,
         guard: AbstractContextManager[Any] | None = None,
-    ):
-        """`folder` is the one `st_model` was loaded from; `guard` is held while copying `st_model`'s tokenizer
-        (not safe to read while another thread encodes with it)."""
+    ) -> OnnxQueryEncoder:
+        """Export the model in `folder` (`st_model` was loaded from it), check the result against torch, and
+        publish it in the cache. `guard` is held while copying `st_model`'s tokenizer (not safe to read while
+        another thread encodes with it)."""
         try:
             max_length = declared(st_model.max_seq_length, "max_seq_length", folder)
             with guard if guard is not None else contextlib.nullcontext():
-                self._tokenizer = _query_tokenizer(st_model, max_length)
+                tokenizer = _query_tokenizer(st_model, max_length)
             reference = _float32_model(Path(folder), max_length)
-            self.dim = declared(reference.get_embedding_dimension(), "embedding dimension", folder)
-            self.path = cache_dir() / "onnx" / f"{cache_key(Path(folder))}.onnx"
-            self._session, self.exported = self._load_or_export(reference, threads)
-            self._inputs = [i.name for i in self._session.get_inputs()]
-            self._check(reference)
+            final = bundle_path(Path(folder))
+            final.parent.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=f".{final.name}-", suffix=".tmp", dir=final.parent))
+            try:
+                _write_graph(reference, staging / GRAPH)
+                tokenizer.save(str(staging / TOKENIZER))
+                dim = declared(reference.get_embedding_dimension(), "embedding dimension", folder)
+                (staging / META).write_text(json.dumps({"dim": dim, "max_seq_length": max_length}), encoding="utf-8")
+                candidate = cls(staging, threads=threads)
+                candidate._check(reference)
+                del candidate  # its session holds the staging files open
+                _publish(staging, final)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+            encoder = cls(final, threads=threads)
+            encoder.exported = True
+            return encoder
         except QueryEncoderError:
             raise
         except Exception as exc:  # any failure means "use torch instead"
@@ -95,16 +144,6 @@ class OnnxQueryEncoder:
         (vectors,) = self._session.run(None, feed)
         return np.ascontiguousarray(vectors, dtype=np.float32)
 
-    def _load_or_export(self, reference: SentenceTransformer, threads: int | None) -> tuple[Any, bool]:
-        """(session, whether it was exported now). A cached file that does not load is exported again, once."""
-        if self.path.is_file():
-            try:
-                return _session(self.path, threads), False
-            except Exception as exc:  # noqa: BLE001 - a corrupt or truncated cache file
-                log.info("re-exporting %s: the cached file does not load (%s)", self.path, exc)
-        export(reference, self.path)
-        return _session(self.path, threads), True
-
     def _check(self, reference: SentenceTransformer) -> None:
         expected = reference.encode(
             list(PROBES), normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
@@ -113,16 +152,17 @@ class OnnxQueryEncoder:
         if not np.all(cosines >= MIN_SELF_CHECK_COSINE):
             raise QueryEncoderError(
                 f"the ONNX query encoder disagrees with torch (cosines {np.round(cosines, 5).tolist()}, "
-                f"need >= {MIN_SELF_CHECK_COSINE}); {self.path} may be stale"
+                f"need >= {MIN_SELF_CHECK_COSINE}); it was not cached"
             )
 
 
-def cache_key(folder: Path) -> str:
-    """sha256 of the weights, config.json, torch and transformers versions and EXPORT_VERSION: a changed model
-    or exporter gets a new file."""
-    import torch
-    import transformers
+def bundle_path(folder: Path) -> Path:
+    return cache_dir() / "onnx" / cache_key(folder)
 
+
+def cache_key(folder: Path) -> str:
+    """sha256 of the weights, config.json, the versions of KEYED_LIBRARIES and EXPORT_VERSION: a changed model,
+    exporter or runtime gets a new bundle. (Versions come from package metadata: no import of torch.)"""
     weights = next((folder / name for name in WEIGHT_FILES if (folder / name).is_file()), None)
     if weights is None:
         raise QueryEncoderError(f"no {' or '.join(WEIGHT_FILES)} in {folder}")
@@ -132,14 +172,40 @@ def cache_key(folder: Path) -> str:
         with open(path, "rb") as handle:
             while chunk := handle.read(1 << 20):
                 digest.update(chunk)
-    digest.update(f"\0torch={torch.__version__}\0transformers={transformers.__version__}".encode())
+    for name in KEYED_LIBRARIES:
+        digest.update(f"\0{name}={importlib.metadata.version(name)}".encode())
     digest.update(f"\0export={EXPORT_VERSION}".encode())
     return digest.hexdigest()[:32]
 
 
-def export(reference: SentenceTransformer, path: Path) -> None:
-    """Export `reference`'s transformer (float32) with mean pooling and L2 normalisation to `path`, atomically:
-    written to a temp file next to it, fsync-ed, then `os.replace`-d (readers never see half a file)."""
+def _publish(staging: Path, final: Path) -> None:
+    """Move a checked bundle into place in one rename, so readers see a whole bundle or none. Files are
+    fsync-ed first (the rename must not outlive their contents in a crash). A bundle that another process
+    published meanwhile wins; a damaged one in the way is moved aside first."""
+    for name in (GRAPH, TOKENIZER, META):
+        with open(staging / name, "rb+") as written:
+            os.fsync(written.fileno())
+    if final.exists():
+        aside = final.with_name(f".{final.name}-{os.getpid()}-{time.monotonic_ns()}.stale")
+        with contextlib.suppress(OSError):
+            os.rename(final, aside)
+            shutil.rmtree(aside, ignore_errors=True)
+    try:
+        os.rename(staging, final)
+    except OSError:
+        if not (final / META).is_file():  # not a concurrent publish: a real failure
+            raise
+        return
+    with contextlib.suppress(OSError):  # make the rename itself durable
+        directory = os.open(final.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+
+
+def _write_graph(reference: SentenceTransformer, path: Path) -> None:
+    """Export `reference`'s transformer (float32) with mean pooling and L2 normalisation to `path`."""
     import torch
 
     transformer = _auto_model(reference)
@@ -149,52 +215,42 @@ def export(reference: SentenceTransformer, path: Path) -> None:
     # A padded dummy batch (small ids exist in any vocabulary), so the traced graph keeps the attention mask.
     mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]], dtype=torch.int64)
     dummy = {"input_ids": mask * torch.arange(1, 5), "attention_mask": mask, "token_type_ids": torch.zeros_like(mask)}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".onnx.tmp", dir=path.parent)
-    os.close(handle)
     started = time.perf_counter()
-    try:
-        # The exporter warns about itself (TorchScript is "legacy") and about traced shape checks that are
-        # constant for this graph: noise in a server's log, where the first query triggers this.
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                _mean_pooled(transformer, names),
-                tuple(dummy[n] for n in names),
-                temp,
-                dynamo=False,
-                opset_version=17,
-                input_names=names,
-                output_names=["embedding"],
-                dynamic_axes={**{n: {0: "batch", 1: "sequence"} for n in names}, "embedding": {0: "batch"}},
-            )
-        with open(temp, "rb+") as written:
-            os.fsync(written.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
-    with contextlib.suppress(OSError):  # make the rename itself durable
-        directory = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
-    log.info("exported the query encoder to %s in %.1f s", path, time.perf_counter() - started)
+    # The exporter warns about itself (TorchScript is "legacy") and about traced shape checks that are
+    # constant for this graph: noise in a server's log, where the first query triggers this.
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            _mean_pooled(transformer, names),
+            tuple(dummy[n] for n in names),
+            str(path),
+            dynamo=False,
+            opset_version=17,
+            input_names=names,
+            output_names=["embedding"],
+            dynamic_axes={**{n: {0: "batch", 1: "sequence"} for n in names}, "embedding": {0: "batch"}},
+        )
+    log.info("exported the query encoder in %.1f s", time.perf_counter() - started)
 
 
 def _session(path: Path, threads: int | None) -> onnxruntime.InferenceSession:
     import onnxruntime as ort
-    import torch
 
     options = ort.SessionOptions()
-    # No more threads than torch uses in this process (OMP_NUM_THREADS, the CPUs it may run on): a process
-    # given one core must not spin a second thread on a core another process computes on. At most 2: a
-    # short query gains nothing from more.
-    options.intra_op_num_threads = threads or min(2, torch.get_num_threads())
+    options.intra_op_num_threads = threads or min(2, cpu_budget())
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def cpu_budget() -> int:
+    """The cores this process may compute on: OMP_NUM_THREADS when set (what torch obeys too), else the
+    CPUs it may run on. A process given one core must not spin a second thread on a core another process
+    computes on; a short query gains nothing from more than 2."""
+    with contextlib.suppress(ValueError):
+        wanted = int(os.environ.get("OMP_NUM_THREADS", ""))
+        if wanted > 0:
+            return wanted
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _float32_model(folder: Path, max_seq_length: int) -> SentenceTransformer:

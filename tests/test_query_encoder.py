@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -64,8 +68,9 @@ def encoder(embedder: Embedder, cache: Path) -> Iterator[OnnxQueryEncoder]:
     """Exported once for the module, into its own cache folder."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("RAGAPP_CACHE_DIR", str(cache))
-        built = OnnxQueryEncoder(embedder.model, embedder.folder)
+        built = OnnxQueryEncoder.export(embedder.model, embedder.folder)
     assert built.exported and built.path.parent == cache / "onnx"
+    assert sorted(p.name for p in built.path.iterdir()) == ["meta.json", "model.onnx", "tokenizer.json"]
     yield built
 
 
@@ -83,23 +88,54 @@ def test_vectors_equal_sentence_transformers_float32(encoder: OnnxQueryEncoder, 
     assert encoder.encode([]).shape == (0, expected.shape[1])
 
 
-def test_cached_file_is_loaded_not_exported(
+def test_cached_bundle_is_loaded_not_exported(
     embedder: Embedder, encoder: OnnxQueryEncoder, expected: np.ndarray, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    before = encoder.path.stat().st_mtime_ns
+    before = (encoder.path / "model.onnx").stat().st_mtime_ns
 
     def no_export(*args: object) -> None:
-        raise AssertionError("export called although the cache holds the file")
+        raise AssertionError("export called although the cache holds the bundle")
 
-    monkeypatch.setattr(query_encoder, "export", no_export)
-    again = OnnxQueryEncoder(embedder.model, embedder.folder)
-    assert not again.exported and again.path == encoder.path
-    assert encoder.path.stat().st_mtime_ns == before
+    monkeypatch.setattr(query_encoder, "_write_graph", no_export)
+    again = OnnxQueryEncoder.cached(embedder.folder)
+    assert again is not None and not again.exported and again.path == encoder.path
+    assert (encoder.path / "model.onnx").stat().st_mtime_ns == before
     assert cosines(again.encode(QUERIES), expected).min() >= 0.99999
-    assert list((encoder.path.parent).glob("*.tmp")) == []
+    assert [p.name for p in encoder.path.parent.iterdir()] == [encoder.path.name]  # no staging left behind
 
 
-def test_corrupt_cache_file_is_exported_again(
+def test_a_search_only_process_never_imports_torch(
+    embedder: Embedder, encoder: OnnxQueryEncoder, expected: np.ndarray, cache: Path
+) -> None:
+    """What `ragapp search` and a server's first query get: the dimension, the fingerprint and the query
+    vectors from the cached bundle, with neither torch nor the model loaded (≈0.5 s instead of ≈8 s)."""
+    code = (
+        "import json, sys\n"
+        "from ragapp.embedding import Embedder\n"
+        "e = Embedder()\n"
+        "queries = json.load(sys.stdin)\n"
+        "out = {'dim': e.dim, 'fingerprint': e.fingerprint, 'vectors': e.embed_queries(queries).tolist()}\n"
+        "out['loaded'] = sorted(m for m in ('torch', 'transformers', 'sentence_transformers') if m in sys.modules)\n"
+        "print(json.dumps(out))\n"
+    )
+    env = {**os.environ, "RAGAPP_CACHE_DIR": str(cache)}
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        input=json.dumps(QUERIES),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["loaded"] == []
+    assert out["dim"] == embedder.dim and out["fingerprint"] == embedder.fingerprint
+    assert cosines(np.array(out["vectors"], dtype=np.float32), expected).min() >= 0.99999
+
+
+def test_damaged_bundle_is_exported_again(
     embedder: Embedder,
     expected: np.ndarray,
     tmp_path: Path,
@@ -107,14 +143,30 @@ def test_corrupt_cache_file_is_exported_again(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     monkeypatch.setenv("RAGAPP_CACHE_DIR", str(tmp_path))  # its own cache: the module's stays valid
-    path = tmp_path / "onnx" / f"{query_encoder.cache_key(embedder.folder)}.onnx"
-    path.parent.mkdir(parents=True)
-    path.write_bytes(b"\x00garbage, not a protobuf\xff" * 100)
+    bundle = query_encoder.bundle_path(embedder.folder)
+    bundle.mkdir(parents=True)
+    (bundle / "model.onnx").write_bytes(b"\x00garbage, not a protobuf\xff" * 100)
+    (bundle / "tokenizer.json").write_text("{}")
+    (bundle / "meta.json").write_text('{"dim": 384}')
     with caplog.at_level(logging.INFO, logger="ragapp.query_encoder"):
-        rebuilt = OnnxQueryEncoder(embedder.model, embedder.folder)
-    assert rebuilt.exported and rebuilt.path == path
-    assert any("re-exporting" in r.message for r in caplog.records)
-    assert cosines(rebuilt.encode(QUERIES), expected).min() >= 0.99999
+        assert OnnxQueryEncoder.cached(embedder.folder) is None
+    assert any("does not load" in r.message for r in caplog.records)
+    rebuilt = OnnxQueryEncoder.export(embedder.model, embedder.folder)
+    assert rebuilt.exported and rebuilt.path == bundle
+    assert [p.name for p in bundle.parent.iterdir()] == [bundle.name]  # the damaged one is gone, not set aside
+    reloaded = OnnxQueryEncoder.cached(embedder.folder)
+    assert reloaded is not None and cosines(reloaded.encode(QUERIES), expected).min() >= 0.99999
+
+
+def test_an_export_that_fails_its_check_is_not_cached(
+    embedder: Embedder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RAGAPP_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(query_encoder, "MIN_SELF_CHECK_COSINE", 1.01)  # FAKE: a check no export can pass
+    with pytest.raises(QueryEncoderError, match="disagrees with torch"):
+        OnnxQueryEncoder.export(embedder.model, embedder.folder)
+    assert list((tmp_path / "onnx").iterdir()) == []  # nothing published, no staging left
+    assert OnnxQueryEncoder.cached(embedder.folder) is None
 
 
 def test_threads_get_the_sequential_vectors(encoder: OnnxQueryEncoder) -> None:
@@ -140,15 +192,18 @@ def test_threads_get_the_sequential_vectors(encoder: OnnxQueryEncoder) -> None:
         assert np.allclose(np.stack(got), np.stack(want), atol=1e-6)
 
 
-def test_embed_queries_uses_onnx(embedder: Embedder, encoder: OnnxQueryEncoder, expected: np.ndarray) -> None:
-    got = embedder.embed_queries(QUERIES[:3])
-    assert embedder._query_encoder is not None  # built from the module's cache, not torch
+def test_embed_queries_uses_onnx(encoder: OnnxQueryEncoder, expected: np.ndarray) -> None:
+    fresh = Embedder()  # its own instance: the shared one may hold an encoder from another cache
+    got = fresh.embed_queries(QUERIES[:3])
+    assert fresh._query_encoder is not None  # loaded from the module's cache, not exported again
+    assert fresh._query_encoder.path == encoder.path and not fresh._query_encoder.exported
+    assert fresh._model is None  # queries alone never load the torch model
     assert cosines(got, expected[:3]).min() >= 0.99999
-    assert embedder.embed_queries([]).shape == (0, embedder.dim)
+    assert fresh.embed_queries([]).shape == (0, fresh.dim)
 
 
 def test_embed_queries_falls_back_to_torch(
-    expected: np.ndarray, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    expected: np.ndarray, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     calls = []
 
@@ -156,7 +211,8 @@ def test_embed_queries_falls_back_to_torch(
         calls.append(1)
         raise QueryEncoderError("FAKE failure: the encoder cannot be built")  # FAKE: simulated, not a real export
 
-    monkeypatch.setattr(query_encoder, "OnnxQueryEncoder", broken)
+    monkeypatch.setenv("RAGAPP_CACHE_DIR", str(tmp_path))  # an empty cache: the encoder must be exported
+    monkeypatch.setattr(OnnxQueryEncoder, "export", broken)
     fresh = Embedder(dtype="float32")  # its own instance: the shared one already has its encoder
     with caplog.at_level(logging.WARNING, logger="ragapp.embedding"):
         first = fresh.embed_queries(QUERIES[:3])

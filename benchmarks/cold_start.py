@@ -34,8 +34,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from finetune_cpu import cpu_name
 from ingest import ensure_baseline_libs
+from machine import cpu_name
 
 QUERY = "How do I rebuild the vector index after changing the embedding model?"
 
@@ -121,7 +121,7 @@ def main() -> None:
             names = list(commands) if round_ % 2 == 0 else list(reversed(commands))
             for name in names:
                 times[name].append(run(commands[name], env))
-    print(f"\nCPU: {cpu_name()}, {os.cpu_count()} CPUs; corpus {args.corpus}; median of {args.repeat} runs each\n")
+    print(f"\nCPU: {cpu_name()}; corpus {args.corpus}; median of {args.repeat} runs each\n")
     print(f"{'process':34} {'wall s':>7} {'CPU s':>7}  {'baseline wall / this':>20}")
     base = statistics.median(w for w, _ in times["LangChain script (baseline)"])
     for name, samples in times.items():

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import platform
 import statistics
 import sys
 import tempfile
@@ -30,12 +29,8 @@ from ragapp.app import App
 from ragapp.finetune import read_examples, sft_trainer
 from ragapp.training import labelled_positions_only, load_base
 
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from machine import cpu_name
 
 
 def main() -> None:

@@ -39,6 +39,10 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from machine import cpu_name
+
 GOAL = 3.0
 # Comparable chunking: the baseline's 1000-character chunks average 259 MiniLM tokens here and half of
 # them are cut at the model's 256; ragapp's chunks of up to 240 tokens (+ title, within 256) embed all
@@ -314,7 +318,7 @@ def main() -> None:
     libs = ensure_baseline_libs(args.cache)
     files = list(corpus.rglob("*.txt"))
     size = sum(len(p.read_text(encoding="utf-8")) for p in files)
-    print(f"corpus: {corpus} ({len(files)} files, {size:,} characters); {os.cpu_count()} CPUs")
+    print(f"corpus: {corpus} ({len(files)} files, {size:,} characters); CPU: {cpu_name()}")
     runs: dict[str, list[dict[str, Any]]] = {"baseline": [], "ragapp": []}
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)

@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from ingest import ensure_baseline_libs
+from machine import cpu_name
 
 GOAL_MS = 5.0
 COPIES = 9
@@ -194,7 +195,7 @@ def main() -> None:
     embeddings = HuggingFaceEmbeddings(
         model_name=str(shipped_model_path()), encode_kwargs={"normalize_embeddings": True}
     )
-    print(f"{len(queries)} SciFact queries, {args.repeat} rounds; {os.cpu_count()} CPUs\n")
+    print(f"{len(queries)} SciFact queries, {args.repeat} rounds; CPU: {cpu_name()}\n")
     print(f"{'chunks':>7} {'system':34} {'p50 ms':>7} {'p99 ms':>7}  {'LangChain p50 / this p50':>24}")
     summary: dict[str, float] = {}
     for label, ws, variants in (

@@ -64,6 +64,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from machine import cpu_name
 from query import ensure_corpus, percentile
 
 K = 10
@@ -485,7 +486,7 @@ def main() -> None:
     # -- the report -----------------------------------------------------------------------------------
     load = os.getloadavg()
     print(
-        f"\n{date.today()}: {n:,} chunks, {len(queries)} SciFact test queries, k = {K}, {os.cpu_count()} CPUs "
+        f"\n{date.today()}: {n:,} chunks, {len(queries)} SciFact test queries, k = {K}, CPU: {cpu_name()} "
         f"(load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}); total run {time.perf_counter() - wall:.0f} s"
     )
     print(

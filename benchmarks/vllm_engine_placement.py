@@ -37,8 +37,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from finetune_cpu import cpu_name
 from generation_throughput import build_prompts, run_worker
+from machine import cpu_name
 
 PLACEMENTS = {"engine processes (vLLM default)": "1", "in this process (ragapp on CPU)": "0"}
 SERVER_PLACEMENTS = {"engine core + worker (vLLM default)": "1", "engine core runs worker (ragapp)": "0"}
@@ -143,7 +143,7 @@ def main() -> None:
         prompts_file = Path(tmp) / "prompts.json"
         prompts_file.write_text(json.dumps(prompts))
         threads = os.environ.get("OMP_NUM_THREADS", "unset")
-        print(f"CPU: {cpu_name()}; {os.cpu_count()} cores; OMP_NUM_THREADS {threads}")
+        print(f"CPU: {cpu_name()}; OMP_NUM_THREADS {threads}")
         what = "`ragapp model serve`, concurrent requests" if args.server else "VllmGenerator"
         print(f"{what}: {len(prompts)} RAG prompts × {args.max_new_tokens} new tokens, greedy, {args.runs} runs")
         for _ in range(args.runs):

@@ -118,7 +118,8 @@ class OnnxQueryEncoder:
                 candidate = cls(staging, threads=threads)
                 candidate._check(reference)
                 del candidate  # its session holds the staging files open
-                _publish(staging, final)
+                if cls.cached(folder, threads=threads) is None:  # else another process published one meanwhile
+                    _publish(staging, final)
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
             encoder = cls(final, threads=threads)
@@ -180,8 +181,8 @@ def cache_key(folder: Path) -> str:
 
 def _publish(staging: Path, final: Path) -> None:
     """Move a checked bundle into place in one rename, so readers see a whole bundle or none. Files are
-    fsync-ed first (the rename must not outlive their contents in a crash). A bundle that another process
-    published meanwhile wins; a damaged one in the way is moved aside first."""
+    fsync-ed first (the rename must not outlive their contents in a crash). A damaged bundle in the way is
+    moved aside first; one that another process published in the meantime wins."""
     for name in (GRAPH, TOKENIZER, META):
         with open(staging / name, "rb+") as written:
             os.fsync(written.fileno())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -156,6 +157,29 @@ def test_damaged_bundle_is_exported_again(
     assert [p.name for p in bundle.parent.iterdir()] == [bundle.name]  # the damaged one is gone, not set aside
     reloaded = OnnxQueryEncoder.cached(embedder.folder)
     assert reloaded is not None and cosines(reloaded.encode(QUERIES), expected).min() >= 0.99999
+
+
+def test_a_bundle_published_meanwhile_by_another_process_wins(
+    embedder: Embedder, encoder: OnnxQueryEncoder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two processes' first searches export at once; the second to finish keeps the first one's bundle
+    (readers holding it see no change) and leaves no staging folder behind."""
+    monkeypatch.setenv("RAGAPP_CACHE_DIR", str(tmp_path))
+    bundle = query_encoder.bundle_path(embedder.folder)
+    real_write = query_encoder._write_graph
+
+    published: list[int] = []
+
+    def other_process_publishes_first(reference: object, path: Path) -> None:
+        real_write(reference, path)  # type: ignore[arg-type]  # the real export; then the other "process":
+        shutil.copytree(encoder.path, bundle)
+        published.append((bundle / "model.onnx").stat().st_ino)
+
+    monkeypatch.setattr(query_encoder, "_write_graph", other_process_publishes_first)
+    mine = OnnxQueryEncoder.export(embedder.model, embedder.folder)
+    assert mine.path == bundle and mine.exported
+    assert published == [(bundle / "model.onnx").stat().st_ino]  # theirs, not replaced by ours
+    assert [p.name for p in bundle.parent.iterdir()] == [bundle.name]
 
 
 def test_an_export_that_fails_its_check_is_not_cached(

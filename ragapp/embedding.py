@@ -201,7 +201,7 @@ class Embedder:
         with self._query_lock:
             if self._query_encoder is not None or self._query_fallback:
                 return self._query_encoder
-            if self.device.split(":")[0] != "cpu":
+            if not self._on_cpu:
                 self._query_fallback = True  # ONNX Runtime runs here on the CPU only
                 return None
             try:
@@ -219,13 +219,17 @@ class Embedder:
 
     def _cached_query_encoder(self) -> OnnxQueryEncoder | None:
         """The published ONNX encoder for this model, if any (no torch); kept for `embed_queries`."""
-        if self._query_encoder is None and self.device.split(":")[0] == "cpu":
+        if self._query_encoder is None and self._on_cpu:
             try:
                 from ragapp.query_encoder import OnnxQueryEncoder
             except ImportError:
                 return None
             self._query_encoder = OnnxQueryEncoder.cached(self.folder)
         return self._query_encoder
+
+    @property
+    def _on_cpu(self) -> bool:
+        return self.device.split(":")[0] == "cpu"
 
     def _encode(self, texts: list[str]) -> np.ndarray:
         with self._lock:

@@ -83,8 +83,16 @@ class OnnxQueryEncoder:
         (then `export` makes it again)."""
         try:
             bundle = bundle_path(folder)
-            if not (bundle / META).is_file():
-                return None
+        except Exception as exc:  # noqa: BLE001 - unreadable weights: `export` says why
+            log.info("no cached query encoder for %s: %s", folder, exc)
+            return None
+        return cls._published(bundle, threads)
+
+    @classmethod
+    def _published(cls, bundle: Path, threads: int | None) -> OnnxQueryEncoder | None:
+        if not (bundle / META).is_file():
+            return None
+        try:
             return cls(bundle, threads=threads)
         except Exception as exc:  # noqa: BLE001 - a damaged cache entry is exported again
             log.info("exporting the query encoder again: the cached one does not load (%s)", exc)
@@ -117,12 +125,13 @@ class OnnxQueryEncoder:
                 (staging / META).write_text(json.dumps({"dim": dim, "max_seq_length": max_length}), encoding="utf-8")
                 candidate = cls(staging, threads=threads)
                 candidate._check(reference)
-                del candidate  # its session holds the staging files open
-                if cls.cached(folder, threads=threads) is None:  # else another process published one meanwhile
+                theirs = cls._published(final, threads)  # another process may have published one meanwhile
+                if theirs is None:
                     _publish(staging, final)
+                    candidate.path = final  # its graph and tokenizer are in memory: nothing to load again
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
-            encoder = cls(final, threads=threads)
+            encoder = theirs or candidate
             encoder.exported = True
             return encoder
         except QueryEncoderError:

@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from ingest import ensure_baseline_libs
 from machine import cpu_name
+from query import langchain_store
 
 QUERY = "How do I rebuild the vector index after changing the embedding model?"
 
@@ -61,24 +62,12 @@ def run(command: list[str], env: dict[str, str]) -> tuple[float, float]:
 
 
 def save_langchain_store(workspace: Path, target: Path) -> None:
-    """A LangChain FAISS store with exactly the workspace's chunks and vectors."""
-    from langchain_community.vectorstores import FAISS
+    """A LangChain FAISS store with exactly the workspace's chunks and vectors, saved for the baseline."""
     from langchain_huggingface import HuggingFaceEmbeddings
 
-    from ragapp import App
     from ragapp.embedding import shipped_model_path
 
-    with App(workspace) as app:
-        store = app.open_store()
-        pairs = [(cid, text) for batch in store.index_texts() for cid, text in batch]
-        vectors = app.indexes.vectors(store).index.vectors([cid for cid, _ in pairs])
-    embeddings = HuggingFaceEmbeddings(model_name=str(shipped_model_path()))
-    FAISS.from_embeddings(
-        [(text, vector.tolist()) for (_, text), vector in zip(pairs, vectors, strict=True)],
-        embeddings,
-        ids=[str(cid) for cid, _ in pairs],
-        normalize_L2=False,
-    ).save_local(str(target))
+    langchain_store(workspace, HuggingFaceEmbeddings(model_name=str(shipped_model_path()))).save_local(str(target))
 
 
 def main() -> None:

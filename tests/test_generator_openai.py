@@ -221,3 +221,91 @@ def test_with_tokenize_counts_and_window_come_from_the_server(fake: FakeServer) 
         "choices": [{"index": 0, "text": "", "finish_reason": "length", "logprobs": None}]})  # fmt: skip
     with pytest.raises(ScoringUnsupported, match="no prompt log-probabilities"):
         g.reference_nll(MESSAGES, "fine thanks")
+
+
+# -- repetition: the penalty's mapping per server, and the repeat guard ---------------------------
+
+
+def test_presence_penalty_is_proportional_to_the_repetition_penalty_and_clamped() -> None:
+    from ragapp.generators.openai_client import presence_penalty
+
+    pairs = {1.0: 0.0, 1.05: 0.5, 1.1: 1.0, 1.2: 2.0, 2.0: 2.0, 0.9: -1.0, 0.5: -2.0}
+    assert {r: presence_penalty(r) for r in pairs} == pairs
+
+
+def test_repetition_penalty_becomes_presence_penalty_on_servers_other_than_vllm(fake: FakeServer) -> None:
+    fake.routes["POST /v1/chat/completions"] = lambda h, b: reply(h, 200, completion("Hi!"))
+    g = gen(fake)
+    assert not g.vllm_server  # the fake's models are owned_by "test"
+    g.generate(MESSAGES, GREEDY)
+    assert "presence_penalty" not in fake.requests[-1][1] and "repetition_penalty" not in fake.requests[-1][1]
+    g.generate(MESSAGES, GREEDY.model_copy(update={"repetition_penalty": 1.1}))
+    body = fake.requests[-1][1]
+    assert body["presence_penalty"] == 1.0 and "repetition_penalty" not in body
+
+
+def test_vllm_servers_get_the_repetition_penalty_itself(fake: FakeServer) -> None:
+    fake.routes["GET /v1/models"] = lambda h, b: reply(h, 200, {"object": "list", "data": [
+        {"id": "fake", "object": "model", "created": 0, "owned_by": "vllm"}]})  # fmt: skip
+    fake.routes["POST /v1/chat/completions"] = lambda h, b: reply(h, 200, completion("Hi!"))
+    g = gen(fake)
+    assert g.vllm_server
+    sampled = GenerationConfig(max_new_tokens=8, temperature=0.7, top_k=20, repetition_penalty=1.3)
+    g.generate(MESSAGES, sampled)
+    body = fake.requests[-1][1]
+    assert body["repetition_penalty"] == 1.3 and body["top_k"] == 20 and "presence_penalty" not in body
+
+
+def test_no_repeat_ngram_size_is_ignored_with_one_warning(fake: FakeServer, caplog: pytest.LogCaptureFixture) -> None:
+    fake.routes["POST /v1/chat/completions"] = lambda h, b: reply(h, 200, completion("Hi!"))
+    g = gen(fake)
+    config = GREEDY.model_copy(update={"no_repeat_ngram_size": 3})
+    with caplog.at_level("WARNING", logger="ragapp.generators.openai_client"):
+        assert g.generate(MESSAGES, config) == g.generate(MESSAGES, config) == "Hi!"
+    (record,) = caplog.records
+    assert record.getMessage() == (
+        f"no_repeat_ngram_size=3 is ignored: the server at {fake.url} has no such setting (repetition_penalty "
+        "works, and repeated sentences are still cut)"
+    )
+    assert "no_repeat_ngram_size" not in json.dumps(fake.requests[-1][1])
+
+
+SENTENCE = "Sync removes documents whose files are gone [1]. "
+
+
+def test_generate_cuts_a_repeated_sentence(fake: FakeServer) -> None:
+    fake.routes["POST /v1/chat/completions"] = lambda h, b: reply(h, 200, completion(SENTENCE * 20))
+    assert gen(fake).generate(MESSAGES, GREEDY) == SENTENCE.strip()
+
+
+def test_stream_stops_reading_at_a_repeated_sentence(fake: FakeServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake.routes["POST /v1/chat/completions"] = lambda h, b: sse(h, [SENTENCE] * 50)
+    g = gen(fake)
+    create, read, closed = g.client.chat.completions.create, [], []
+
+    class Counting:
+        """TEST DOUBLE around the real openai Stream: counts the chunks the generator reads and the close."""
+
+        def __init__(self, stream: Any) -> None:
+            self.stream = stream
+
+        def __iter__(self) -> Iterator[Any]:
+            for chunk in self.stream:
+                read.append(chunk)
+                yield chunk
+
+        def close(self) -> None:
+            closed.append(True)
+            self.stream.close()
+
+    monkeypatch.setattr(g.client.chat.completions, "create", lambda **kwargs: Counting(create(**kwargs)))
+    assert "".join(g.stream(MESSAGES, GREEDY)) == SENTENCE.strip()
+    assert len(read) == 2 and closed  # the second piece completes the repeat (each ends with a space)
+
+
+def test_stream_ended_by_a_stop_string_releases_what_the_guard_held(fake: FakeServer) -> None:
+    """ "Sync removes." reads like the start of the first sentence until it ends; the stop string comes next."""
+    first = "Sync removes documents whose files are gone. "
+    fake.routes["POST /v1/chat/completions"] = lambda h, b: sse(h, [first, "Sync removes.", "\nQuestion: x"])
+    config = GREEDY.model_copy(update={"stop": ["\nQuestion:"]})
+    assert "".join(gen(fake).stream(MESSAGES, config)) == first + "Sync removes."

@@ -27,17 +27,20 @@ def _audit(event: str, args: tuple) -> None:
 
 sys.addaudithook(_audit)
 
+import re
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from ragapp.config import DEFAULT_SYSTEM
 from ragapp.generators import gguf
-from ragapp.generators.base import GenerationConfig, Generator
+from ragapp.generators.base import GenerationConfig, Generator, StopFilter, cut_at_stop
 from ragapp.generators.gguf import MARKER, ModelNotFound, convert_gguf, is_converted, resolve_model
-from ragapp.generators.transformers_local import StopFilter, TransformersGenerator, cut_at_stop
+from ragapp.generators.transformers_local import TransformersGenerator
 from tests.lora import shipped_generator
 
 FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
@@ -181,6 +184,90 @@ def test_batch_equals_individual_greedy(gen: TransformersGenerator) -> None:
 def test_batch_applies_stop_strings(gen: TransformersGenerator) -> None:
     config = GREEDY.model_copy(update={"stop": ["Paris", "\n"]})
     assert gen.generate_batch(PROMPTS[:2], config) == [gen.generate(p, config) for p in PROMPTS[:2]]
+
+
+# A RAG prompt on which SmolLM2-135M, greedy and without penalties, writes one sentence again and again.
+LOOP = [
+    {"role": "system", "content": DEFAULT_SYSTEM},
+    {
+        "role": "user",
+        "content": "Passages:\n[1] ragapp ingests folders of .md .txt .html .pdf .docx .csv .json .jsonl files.\n\n"
+        "[2] Each file is parsed in a sandboxed worker process.\n\n"
+        "Question: Which file formats can be ingested?\nAnswer briefly, citing passages like [1].",
+    },
+]
+LOOPING = GenerationConfig(max_new_tokens=48, stop=[])
+
+
+def repeated_sentences(text: str) -> list[str]:
+    """Sentences of 3+ words written twice, by a plain split independent of the guard under test."""
+    seen: set[str] = set()
+    twice = []
+    for sentence in re.split(r"(?<=[.!?])\s+|\n+", text):
+        key = " ".join(re.sub(r"\[\d+\]", "", sentence).lower().split()).rstrip(".!?")
+        if len(key.split()) >= 3:
+            if key in seen:
+                twice.append(key)
+            seen.add(key)
+    return twice
+
+
+@pytest.mark.slow
+def test_a_real_loop_is_cut_and_generation_ends_early(
+    gen: TransformersGenerator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    batch = gen._encode([LOOP])
+    with torch.inference_mode():  # the model alone, without ragapp's guard: it loops until max_new_tokens
+        raw = gen.model.generate(**batch, max_new_tokens=48, do_sample=False, pad_token_id=gen.tokenizer.pad_token_id)
+    raw_ids = raw[0, batch["input_ids"].shape[1] :]
+    raw_text = gen.tokenizer.decode(raw_ids, skip_special_tokens=True)
+    assert len(raw_ids) == 48 and repeated_sentences(raw_text), raw_text
+
+    lengths: list[int] = []  # new tokens of each model.generate call, through a recording wrapper
+    generate = gen.model.generate
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        out = generate(*args, **kwargs)
+        lengths.append(int(out.shape[1]) - int(kwargs["input_ids"].shape[1]))
+        return out
+
+    monkeypatch.setattr(gen.model, "generate", recording)
+    answer = gen.generate(LOOP, LOOPING)
+    assert answer and raw_text.startswith(answer) and not repeated_sentences(answer), answer
+    pieces = list(gen.stream(LOOP, LOOPING))
+    assert "".join(pieces) == answer and len(pieces) > 3
+    assert len(lengths) == 2 and max(lengths) < 40, lengths  # both stopped soon after the repeat began
+    # Batched, each row stops on its own: the looping one early, the other one as it would alone.
+    monkeypatch.undo()
+    assert gen.generate_batch([LOOP, FRANCE], LOOPING) == [answer, gen.generate(FRANCE, LOOPING)]
+
+
+@pytest.mark.slow
+def test_repetition_settings_change_the_greedy_answer(gen: TransformersGenerator) -> None:
+    plain = gen.generate(LOOP, LOOPING)
+    penalised = gen.generate(LOOP, LOOPING.model_copy(update={"repetition_penalty": 1.3}))
+    no_trigram = gen.generate(LOOP, LOOPING.model_copy(update={"no_repeat_ngram_size": 3}))
+    assert len({plain, penalised, no_trigram}) == 3, (plain, penalised, no_trigram)
+
+
+def test_no_repeat_ngram_counts_only_the_answer() -> None:
+    """transformers' own rule on the answer's tokens (tensors only, no model): the prompt may be quoted."""
+    import torch
+    from transformers import NoRepeatNGramLogitsProcessor
+
+    from ragapp.generators.transformers_local import _no_repeat_ngram_in_answer
+
+    prompt, answer = [5, 6, 7, 1], [2, 5, 6]  # the answer ends with "5 6", which the prompt follows with 7
+    ids, scores = torch.tensor([prompt + answer]), torch.zeros(1, 10)
+    ours = _no_repeat_ngram_in_answer(len(prompt), 3)(ids, scores)
+    assert torch.isinf(NoRepeatNGramLogitsProcessor(3)(ids, scores)[0, 7])  # the built-in bans quoting on
+    assert not torch.isinf(ours).any()
+    again = torch.tensor([prompt + [5, 6, 7, 5, 6]])  # now the answer itself has written "5 6 7"
+    ours = _no_repeat_ngram_in_answer(len(prompt), 3)(again, scores)
+    assert torch.equal(ours, NoRepeatNGramLogitsProcessor(3)(again[:, len(prompt) :], scores))
+    assert torch.isinf(ours[0, 7]) and int(torch.isinf(ours).sum()) == 1
 
 
 @pytest.mark.slow

@@ -205,6 +205,35 @@ def test_app_batch_answers_with_vllm_backend(vllm_gen, ingested_docs: IngestedDo
                                           "device": "cpu", "dtype": "float32"}  # fmt: skip
 
 
+def test_repetition_penalty_and_the_repeat_guard(vllm_gen, hf: TransformersGenerator, caplog) -> None:
+    """The RAG prompt SmolLM2 loops on (test_generator_transformers.py): vLLM's answer is cut where the
+    transformers backend's is, and the penalty reaches the engine with the meaning transformers gives it."""
+    from ragapp.config import DEFAULT_SYSTEM
+
+    loop = [
+        {"role": "system", "content": DEFAULT_SYSTEM},
+        {
+            "role": "user",
+            "content": "Passages:\n[1] ragapp ingests folders of .md .txt .html .pdf .docx .csv .json .jsonl files."
+            "\n\n[2] Each file is parsed in a sandboxed worker process.\n\n"
+            "Question: Which file formats can be ingested?\nAnswer briefly, citing passages like [1].",
+        },
+    ]
+    looping = GenerationConfig(max_new_tokens=48, stop=[])
+    expected = hf.generate(loop, looping)
+    assert expected == "[3] Each file is parsed in a sandboxed worker process."  # cut at its first repeat
+    assert vllm_gen.generate(loop, looping) == expected
+    assert "".join(vllm_gen.stream(loop, looping)) == expected
+    assert not vllm_gen.llm.llm_engine.has_unfinished_requests()  # the stream's request was aborted
+    penalised = looping.model_copy(update={"repetition_penalty": 1.3, "max_new_tokens": 16})  # it no longer loops
+    assert vllm_gen._params(penalised, 10).repetition_penalty == 1.3
+    assert vllm_gen.generate(loop, penalised) == hf.generate(loop, penalised) != expected
+    with caplog.at_level("WARNING", logger="ragapp.generators.vllm_local"):
+        for _ in range(2):
+            vllm_gen._params(looping.model_copy(update={"no_repeat_ngram_size": 3}), 10)
+    assert [r.getMessage()[:40] for r in caplog.records] == ["no_repeat_ngram_size=3 is ignored: vLLM "]
+
+
 def test_lora_adapter_matches_transformers_with_peft(vllm_gen, adapter: Path) -> None:
     """A second engine with LoRA enabled; the first is closed to keep memory down."""
     base_outputs = vllm_gen.generate_batch(PROMPTS, GREEDY)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Protocol, Self, runtime_checkable
@@ -25,6 +26,11 @@ class GenerationConfig(BaseModel):
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     seed: int | None = 0
     stop: list[str] = Field(default_factory=list)
+    # Against loops: 1.0 / 0 = off. repetition_penalty divides the logits of tokens already in the prompt or the
+    # answer (transformers' and vLLM's meaning; OpenAI servers get presence_penalty); no_repeat_ngram_size
+    # forbids repeating any run of that many answer tokens (transformers only).
+    repetition_penalty: float = Field(default=1.0, gt=0.0, le=2.0)
+    no_repeat_ngram_size: int = Field(default=0, ge=0, le=64)
 
     @property
     def greedy(self) -> bool:
@@ -113,6 +119,128 @@ class StopFilter:
         """The held-back tail once the stream has ended without a stop string."""
         out, self.sent = ("" if self.stopped else self.text[self.sent :]), len(self.text)
         return out
+
+
+_SENTENCE_END = re.compile(r"[.!?](?=\s)|\n")  # after . ! ? that whitespace follows, or before a newline
+_MARK = re.compile(r"\[\d+(?:\s*,\s*\d+)*\]")  # a citation mark: [1], [1, 2]
+_OPEN_MARK = re.compile(r"\[(?:\d+(?:\s*,\s*\d+)*\s*(?:,\s*)?)?$")  # a mark's start, ending a partial sentence
+_TRAILING = re.compile(r"[\s.,;:!?]+$")
+_CODE = re.compile(r"[{}=<>]|\w\(")  # braces, assignments, comparisons, calls: a line of code, not prose
+
+
+def _sentence_key(text: str) -> str:
+    """A sentence as compared for repeats: lowercase, citation marks dropped, whitespace collapsed, no
+    trailing punctuation. Growing a sentence only ever extends its key, so a partial sentence whose key is
+    no prefix of an earlier one can never become a repeat of it."""
+    text = _OPEN_MARK.sub("", _MARK.sub(" ", text.lower()))
+    return _TRAILING.sub("", " ".join(text.split()))
+
+
+def _counts(key: str) -> bool:
+    """Whether a sentence is long and prose-like enough that writing it twice is a loop (`}`, `Yes.`, a
+    short list item or a line of code may well recur in a good answer)."""
+    visible = key.replace(" ", "")
+    letters = sum(c.isalpha() for c in visible)
+    return len(key) >= 15 and key.count(" ") >= 2 and letters >= 0.6 * len(visible) and not _CODE.search(key)
+
+
+class RepeatGuard:
+    """Ends streamed text where it starts repeating a sentence it already wrote: small models loop.
+
+    A sentence ends at . ! ? followed by whitespace, or at a newline; sentences compare by `_sentence_key`
+    and only those that `_counts` take part. Text passes straight through except the current partial
+    sentence while its key is a prefix of an earlier sentence's; a completed repeat is dropped (with the
+    whitespace before it) and sets `stopped`. What comes out depends only on the text, never on how it was
+    cut into pieces, so `cut_at_repeat` on a whole answer gives what the stream gave.
+    """
+
+    def __init__(self) -> None:
+        self.text = ""
+        self.sent = 0  # characters emitted
+        self.start = 0  # where the current partial sentence starts (with the whitespace before it)
+        self.scan = 0  # where the search for the next sentence end resumes
+        self.seen: set[str] = set()
+        self.stopped = False
+
+    def _held(self) -> bool:
+        """Whether the partial sentence may still become a repeat: once released, it never can."""
+        if self.sent > self.start or not self.seen:
+            return False
+        key = _sentence_key(self.text[self.start :])
+        return any(s.startswith(key) for s in self.seen)
+
+    def push(self, piece: str) -> str:
+        """Add a piece; return what is now safe to emit. Sets `stopped` at the first repeated sentence."""
+        if self.stopped:
+            return ""
+        self.text += piece
+        for m in _SENTENCE_END.finditer(self.text, self.scan):
+            end = m.start() if m.group() == "\n" else m.end()
+            sentence = self.text[self.start : end]
+            key = _sentence_key(sentence)
+            if _counts(key):
+                if key in self.seen:
+                    self.stopped = True
+                    out, self.sent = self.text[self.sent : self.start], max(self.sent, self.start)
+                    return out
+                self.seen.add(key)
+            if sentence.strip():  # blank lines go with the sentence after them, and with it if it repeats
+                self.start = end
+            self.scan = m.end()
+        end = max(self.sent, self.start if self._held() else len(self.text))
+        out, self.sent = self.text[self.sent : end], end
+        return out
+
+    def finish(self) -> str:
+        """The held-back tail once the text has ended: dropped when it repeats an earlier sentence, or
+        when it was cut off (no closing . ! ?) while still reading like the start of one."""
+        tail, partial, held = self.text[self.sent :], self.text[self.start :], self._held()
+        self.sent = len(self.text)
+        key = _sentence_key(partial)
+        if self.stopped or not tail:
+            return ""
+        if not key or not held:
+            return tail
+        if partial.rstrip()[-1:] in (".", "!", "?"):  # a whole sentence: only an exact repeat goes
+            return "" if _counts(key) and key in self.seen else tail
+        return ""
+
+
+def cut_at_repeat(text: str) -> str:
+    """`text` up to the first sentence it repeats (see `RepeatGuard`), as a stream of it would give."""
+    guard = RepeatGuard()
+    return guard.push(text) + guard.finish()
+
+
+def repeats(text: str) -> bool:
+    """Whether `text` already holds a completed repeated sentence, so generating more is wasted."""
+    guard = RepeatGuard()
+    guard.push(text)
+    return guard.stopped
+
+
+def cut_answer(text: str, stops: Sequence[str]) -> str:
+    """A whole generated text as every backend returns it: up to a stop string, then up to a repeat."""
+    return cut_at_repeat(cut_at_stop(text, stops))
+
+
+class AnswerFilter:
+    """`cut_answer` for streamed text: stop strings first, then the repeat guard; joins to `cut_answer`."""
+
+    def __init__(self, stops: Sequence[str]) -> None:
+        self.stop_filter = StopFilter(stops)
+        self.guard = RepeatGuard()
+
+    @property
+    def stopped(self) -> bool:
+        """The answer is over: read no more (and cancel generation where the backend can)."""
+        return self.stop_filter.stopped or self.guard.stopped
+
+    def push(self, piece: str) -> str:
+        return self.guard.push(self.stop_filter.push(piece))
+
+    def finish(self) -> str:
+        return self.guard.push(self.stop_filter.finish()) + self.guard.finish()
 
 
 def scoring_layout(prompt: list[int], target: list[int], window: int) -> tuple[list[int], list[int]]:

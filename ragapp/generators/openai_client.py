@@ -9,6 +9,7 @@ Perplexity needs prompt log-probabilities (`prompt_logprobs`, a vLLM extension o
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 from collections import OrderedDict
@@ -18,13 +19,26 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any
 
 from ragapp.errors import GenerationError, ScoringUnsupported
-from ragapp.generators.base import GenerationConfig, Message, StopFilter, cut_at_stop, scoring_layout
+from ragapp.generators.base import AnswerFilter, GenerationConfig, Message, cut_answer, scoring_layout
 
 if TYPE_CHECKING:
     from langchain_core.language_models import BaseChatModel
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
 CHARS_PER_TOKEN = 3.0  # estimate used only without /tokenize: low on purpose, so prompts are never too long
+log = logging.getLogger(__name__)
+
+
+def presence_penalty(repetition_penalty: float) -> float:
+    """OpenAI's presence_penalty for a transformers-style repetition_penalty, for servers without the latter.
+
+    Both penalise a token once for being present, however often it was: repetition_penalty takes
+    l·(1 − 1/r) off a positive logit l, presence_penalty takes p off every logit. The exact match depends on
+    l, which a client never sees, so the usual range of r (1 to 1.2, the CTRL paper's value) is spread over
+    OpenAI's range: p = 10·(r − 1), clamped to [-2, 2] (1.05 → 0.5, 1.1 → 1.0, 1.2 and up → 2.0).
+    presence_penalty also leaves the prompt's tokens alone, which repetition_penalty does not.
+    """
+    return max(-2.0, min(2.0, round(10.0 * (repetition_penalty - 1.0), 6)))
 
 
 class OpenAIGenerator:
@@ -54,6 +68,8 @@ class OpenAIGenerator:
         self._exact_counts: bool | None = None  # unknown until the first /tokenize
         self._counts: OrderedDict[str, int] = OrderedDict()
         self._lock = threading.Lock()
+        self.vllm_server = False  # learnt in load(): the served model is vLLM's, which takes repetition_penalty
+        self._warned_ngram = False
 
     @property
     def root_url(self) -> str:
@@ -99,7 +115,8 @@ class OpenAIGenerator:
                 base_url=self.base_url, api_key=self.api_key, timeout=self.timeout, max_retries=self.max_retries
             )
             with self._errors("listing models"):
-                models = [m.id for m in client.models.list()]
+                owners = {m.id: getattr(m, "owned_by", "") for m in client.models.list()}
+            models = list(owners)
             if not self.model_id:
                 if not models:
                     raise GenerationError(f"the server at {self.base_url} serves no model")
@@ -108,6 +125,7 @@ class OpenAIGenerator:
                 raise GenerationError(
                     f"the server at {self.base_url} does not serve {self.model_id!r} (it serves: {', '.join(models)})"
                 )
+            self.vllm_server = owners.get(self.model_id) == "vllm"
             headers = {"Authorization": f"Bearer {self.api_key}"}
             self._http = httpx.Client(base_url=self.root_url, timeout=self.timeout, headers=headers)
             self._client = client
@@ -215,12 +233,28 @@ class OpenAIGenerator:
         stops = [s for s in config.stop if s]
         if stops:
             body["stop"] = stops
+        extra: dict[str, Any] = {}  # not part of OpenAI's API; vLLM and most compatible servers accept them
         if not config.greedy:
             body.update(top_p=config.top_p)
             if config.seed is not None:
                 body["seed"] = config.seed
-            if config.top_k > 0:  # not part of OpenAI's API; vLLM and most compatible servers accept it
-                body["extra_body"] = {"top_k": config.top_k}
+            if config.top_k > 0:
+                extra["top_k"] = config.top_k
+        if config.repetition_penalty != 1.0:
+            if self.vllm_server:
+                extra["repetition_penalty"] = config.repetition_penalty
+            else:
+                body["presence_penalty"] = presence_penalty(config.repetition_penalty)
+        if config.no_repeat_ngram_size and not self._warned_ngram:
+            self._warned_ngram = True
+            log.warning(
+                "no_repeat_ngram_size=%d is ignored: the server at %s has no such setting (repetition_penalty "
+                "works, and repeated sentences are still cut)",
+                config.no_repeat_ngram_size,
+                self.base_url,
+            )
+        if extra:
+            body["extra_body"] = extra
         return body
 
     def generate(self, messages: Sequence[Message], config: GenerationConfig) -> str:
@@ -228,7 +262,7 @@ class OpenAIGenerator:
             response = self.client.chat.completions.create(**self._request(messages, config))
         if not response.choices:
             raise GenerationError(f"the server at {self.base_url} returned no choices")
-        return cut_at_stop(response.choices[0].message.content or "", config.stop)
+        return cut_answer(response.choices[0].message.content or "", config.stop)
 
     def generate_batch(self, conversations: Sequence[Sequence[Message]], config: GenerationConfig) -> list[str]:
         """Concurrent requests: a vLLM server batches whatever is in flight at once."""
@@ -240,7 +274,7 @@ class OpenAIGenerator:
             return list(pool.map(lambda c: self.generate(c, config), conversations))
 
     def stream(self, messages: Sequence[Message], config: GenerationConfig) -> Iterator[str]:
-        filt = StopFilter(config.stop)
+        filt = AnswerFilter(config.stop)  # a stop string or a repeated sentence closes the stream
         with self._errors("generating"):
             chunks = self.client.chat.completions.create(**self._request(messages, config), stream=True)
             finished = False
@@ -253,8 +287,8 @@ class OpenAIGenerator:
                         if out:
                             yield out
                         if filt.stopped:
-                            return
-                if not finished:  # the connection ended cleanly, but the answer did not
+                            break
+                if not (finished or filt.stopped):  # the connection ended cleanly, but the answer did not
                     raise GenerationError(
                         f"generating: the server at {self.base_url} closed the stream before the answer was finished"
                     )

@@ -14,7 +14,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ragapp.generators.adapters import LORA, PROMPT_TUNING, read_adapter
-from ragapp.generators.base import GenerationConfig, Message, StopFilter, cut_at_stop, scoring_layout
+from ragapp.generators.base import (
+    AnswerFilter,
+    GenerationConfig,
+    Message,
+    cut_answer,
+    cut_at_stop,
+    repeats,
+    scoring_layout,
+)
 from ragapp.generators.gguf import model_name, resolve_model
 
 if TYPE_CHECKING:
@@ -44,6 +52,35 @@ def _stop_in_new_text(tokenizer: Any, prompt_len: int, stops: list[str]) -> Any:
             return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
     return StopInNewText()
+
+
+def _repeat_in_new_text(tokenizer: Any, prompt_len: int, stops: list[str]) -> Any:
+    """A StoppingCriteria that ends a row once its generated text (up to any stop string) has repeated a
+    sentence: everything after would be cut anyway (`cut_answer`), so it is not worth generating."""
+    import torch
+    from transformers import StoppingCriteria
+
+    class RepeatInNewText(StoppingCriteria):
+        def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
+            texts = tokenizer.batch_decode(input_ids[:, prompt_len:], skip_special_tokens=True)
+            done = [repeats(cut_at_stop(text, stops)) for text in texts]
+            return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+    return RepeatInNewText()
+
+
+def _no_repeat_ngram_in_answer(prompt_len: int, size: int) -> Any:
+    """transformers' no-repeat-n-gram rule over the generated tokens only. Its own `no_repeat_ngram_size`
+    also counts the prompt, which would keep the model from quoting any `size` tokens of a passage."""
+    from transformers import LogitsProcessor, NoRepeatNGramLogitsProcessor
+
+    rule = NoRepeatNGramLogitsProcessor(size)
+
+    class NoRepeatNGramInAnswer(LogitsProcessor):
+        def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+            return rule(input_ids[:, prompt_len:], scores)
+
+    return NoRepeatNGramInAnswer()
 
 
 @dataclass(frozen=True)
@@ -257,10 +294,17 @@ class TransformersGenerator:
         }
         if not config.greedy:
             kwargs.update(temperature=config.temperature, top_k=config.top_k, top_p=config.top_p)
+        if config.repetition_penalty != 1.0:
+            kwargs["repetition_penalty"] = config.repetition_penalty
+        if config.no_repeat_ngram_size:
+            rule = _no_repeat_ngram_in_answer(prompt_len, config.no_repeat_ngram_size)
+            kwargs["logits_processor"] = [*extra.get("logits_processor", []), rule]
         stops = [s for s in config.stop if s]
-        if stops:  # ends each sequence as soon as a stop string is complete (text is cut again in _decode)
-            criteria = [*extra.get("stopping_criteria", []), _stop_in_new_text(self.tokenizer, prompt_len, stops)]
-            kwargs["stopping_criteria"] = criteria
+        # Each row ends as soon as a stop string or a repeated sentence is complete (text is cut in _decode).
+        criteria = [*extra.get("stopping_criteria", []), _repeat_in_new_text(self.tokenizer, prompt_len, stops)]
+        if stops:
+            criteria.append(_stop_in_new_text(self.tokenizer, prompt_len, stops))
+        kwargs["stopping_criteria"] = criteria
         seed = None if config.greedy else config.seed
         # fork_rng: a seeded call leaves the caller's global RNG state as it was.
         with self._lock, torch.inference_mode(), torch.random.fork_rng(devices=[], enabled=seed is not None):
@@ -278,7 +322,7 @@ class TransformersGenerator:
         return out[:, prompt_len:]
 
     def _decode(self, ids: Any, config: GenerationConfig) -> str:
-        return cut_at_stop(self.tokenizer.decode(ids, skip_special_tokens=True), config.stop)
+        return cut_answer(self.tokenizer.decode(ids, skip_special_tokens=True), config.stop)
 
     def generate(self, messages: Sequence[Message], config: GenerationConfig) -> str:
         return self._decode(self._generate_ids(self._encode([messages]), config, keep=True)[0], config)
@@ -318,7 +362,7 @@ class TransformersGenerator:
 
         worker = threading.Thread(target=work, name="ragapp-generate", daemon=True)
         worker.start()
-        filt = StopFilter(config.stop)
+        filt = AnswerFilter(config.stop)
         try:
             for piece in streamer:
                 out = filt.push(piece)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import atexit
 import json
+import logging
 import os
 import random
 import threading
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from ragapp.errors import GenerationError
 from ragapp.generators.adapters import read_adapter
-from ragapp.generators.base import GenerationConfig, Message, StopFilter, cut_at_stop, scoring_layout
+from ragapp.generators.base import AnswerFilter, GenerationConfig, Message, cut_answer, scoring_layout
 from ragapp.generators.gguf import cache_dir, model_name, resolve_model
 
 if TYPE_CHECKING:
@@ -33,6 +34,7 @@ INSTALL_HINT = (
     "(then `pip uninstall -y torchvision torchaudio torchcodec`), `pip install 'ragapp[vllm]'` with one"
 )
 _DTYPES = ("float32", "bfloat16", "float16")
+log = logging.getLogger(__name__)
 
 
 def vllm_available() -> bool:
@@ -152,6 +154,7 @@ class VllmGenerator:
         self._lora: Any = None
         self._window = context_window
         self._lock = threading.RLock()
+        self._warned_ngram = False
 
     # -- loading ---------------------------------------------------------------------------------
     def load(self) -> VllmGenerator:
@@ -245,6 +248,14 @@ class VllmGenerator:
                 "top_p": config.top_p,
                 "seed": config.seed,
             }
+        sampling["repetition_penalty"] = config.repetition_penalty  # the meaning transformers gives it
+        if config.no_repeat_ngram_size and not self._warned_ngram:
+            self._warned_ngram = True
+            log.warning(
+                "no_repeat_ngram_size=%d is ignored: vLLM has no such setting (repetition_penalty works, and "
+                "repeated sentences are still cut)",
+                config.no_repeat_ngram_size,
+            )
         return SamplingParams(
             max_tokens=min(config.max_new_tokens, room),
             stop=[s for s in config.stop if s] or None,
@@ -269,17 +280,18 @@ class VllmGenerator:
             outputs = self.llm.generate(
                 [TokensPrompt(prompt_token_ids=i) for i in ids], params, use_tqdm=False, lora_request=self._lora
             )
-        return [cut_at_stop(o.outputs[0].text, config.stop) for o in outputs]
+        return [cut_answer(o.outputs[0].text, config.stop) for o in outputs]
 
     def stream(self, messages: Sequence[Message], config: GenerationConfig) -> Iterator[str]:
-        """Deltas straight from the engine's step loop; closing the iterator early aborts the request."""
+        """Deltas straight from the engine's step loop; closing the iterator early, a stop string or a repeated
+        sentence aborts the request."""
         from vllm.inputs import TokensPrompt
         from vllm.sampling_params import RequestOutputKind
 
         ids = self._prompt_ids(messages)
         params = self._params(config, len(ids), output_kind=RequestOutputKind.DELTA)
         request_id = f"ragapp-{uuid.uuid4().hex}"
-        filt = StopFilter(config.stop)
+        filt = AnswerFilter(config.stop)
         with self._lock:
             engine = self.llm.llm_engine
             engine.add_request(request_id, TokensPrompt(prompt_token_ids=ids), params, lora_request=self._lora)

@@ -3,7 +3,8 @@
 Items are paired by id. The interval is a percentile bootstrap over paired items, resampling
 questions with replacement and recomputing each statistic as the run-level aggregate does (corpus
 BLEU from pooled n-gram counts, as in Koehn 2004 and sacrebleu's paired bootstrap; token-pooled
-perplexity; means for the rest). All metrics share one set of resamples.
+perplexity; sums for counts such as `judge_unparsed`; means for the rest). All metrics share one set of
+resamples.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from ragapp.evals.metrics import Bleu, corpus_bleu_from, sentence_bleu
 from ragapp.evals.results import ItemResult, RunResult
-from ragapp.evals.summary import LOWER_IS_BETTER, metric_names
+from ragapp.evals.summary import LOWER_IS_BETTER, SUMMED, metric_names
 
 RESAMPLES = 1000
 CONFIDENCE = 0.95
@@ -77,6 +78,10 @@ def _mean_stat(values: np.ndarray) -> Statistic:
     return lambda rows: values[rows].mean(axis=1)
 
 
+def _sum_stat(values: np.ndarray) -> Statistic:
+    return lambda rows: values[rows].sum(axis=1)
+
+
 def _bleu_stat(parts: Sequence[Bleu]) -> Statistic:
     return lambda rows: np.array([corpus_bleu_from([parts[j] for j in row]).score for row in rows])
 
@@ -93,7 +98,8 @@ def _statistics(items: list[ItemResult], name: str) -> Statistic | None:
         if tokens.min(initial=1) <= 0:
             return None
         return _perplexity_stat(np.log([float(i.metrics["perplexity"]) for i in items]), tokens)  # type: ignore[arg-type]
-    return _mean_stat(np.array([float(i.metrics[name]) for i in items]))  # type: ignore[arg-type]
+    values = np.array([float(i.metrics[name]) for i in items])  # type: ignore[arg-type]
+    return _sum_stat(values) if name in SUMMED else _mean_stat(values)
 
 
 def compare(

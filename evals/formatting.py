@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import math
 
+COUNTS = frozenset({"judge_unparsed", "judge_errors"})  # whole numbers, however small
+
 
 def format_seconds(value: float) -> str:
     if value < 1:
@@ -27,14 +29,14 @@ def format_duration(seconds: float) -> str:
 
 
 def format_metric(name: str, value: float | None) -> str:
-    """3 decimals for 0..1 scores, 2 for perplexity and other numbers, seconds, whole token counts."""
+    """3 decimals for 0..1 scores, 2 for perplexity and other numbers, seconds, whole token and judge counts."""
     if value is None or math.isnan(value):
         return "—"
     if math.isinf(value):
         return "∞" if value > 0 else "−∞"
     if name.endswith("_s"):
         return format_seconds(value)
-    if name.endswith("_tokens"):
+    if name.endswith("_tokens") or name in COUNTS:
         return f"{round(value):,}"
     if name == "perplexity":
         return f"{value:.2f}"

@@ -1,7 +1,9 @@
-"""Answer and retrieval metrics, all on a 0..1 scale.
+"""Answer, retrieval and groundedness metrics, all on a 0..1 scale.
 
 ROUGE and BLEU are thin wrappers over rouge-score and sacrebleu so the numbers are exactly the ones those
 libraries (and papers quoting them) report; only the scale changes (sacrebleu's 0..100 becomes 0..1).
+Groundedness metrics read what `App.ask` / `App.attribute` already worked out per sentence (ragapp.attribution);
+None means a metric does not apply to the item, and it is then left out of the run's mean.
 """
 
 from __future__ import annotations
@@ -10,10 +12,17 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
+from typing import TYPE_CHECKING
 
+import numpy as np
 import sacrebleu
 from rouge_score import rouge_scorer
 from sacrebleu.metrics.bleu import BLEU, BLEUScore
+
+from ragapp.attribution import Encode, strip_marks
+
+if TYPE_CHECKING:
+    from ragapp.answer import Answer, Citation, Sentence
 
 _ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
 # What sacrebleu.corpus_bleu uses by default; corpus_bleu_from must score pooled statistics the same way.
@@ -168,3 +177,60 @@ def perplexity(nll_sum: float, tokens: int) -> float:
     if tokens < 1:
         raise ValueError(f"perplexity needs at least one token, not {tokens}")
     return math.exp(nll_sum / tokens)
+
+
+# -- groundedness ----------------------------------------------------------------------------------
+
+GROUNDING = ("groundedness", "citation_precision", "citation_recall", "answer_relevance", "abstention_rate")
+
+
+def groundedness(sentences: Sequence[Sentence], abstained: bool) -> float | None:
+    """The share of the answer's sentences that cite at least one passage. None for an abstained answer
+    (it says it found nothing, which is neither grounded nor not) or one with no sentences."""
+    if abstained or not sentences:
+        return None
+    return sum(1 for s in sentences if s.citations) / len(sentences)
+
+
+def _matches_any(expected: Sequence[str], citation: Citation) -> bool:
+    return any(source_matches(e, citation.source, citation.anchor) for e in expected)
+
+
+def citation_precision(citations: Sequence[Citation], expected: Sequence[str]) -> float | None:
+    """The share of cited passages that come from an expected source. None without expected sources or
+    when nothing is cited (no citation can be wrong then; `groundedness` says the answer is unsupported)."""
+    cited = [c for c in citations if c.cited]
+    if not expected or not cited:
+        return None
+    return sum(1 for c in cited if _matches_any(expected, c)) / len(cited)
+
+
+def citation_recall(citations: Sequence[Citation], expected: Sequence[str]) -> float | None:
+    """The share of expected sources that some cited passage comes from; None without expected sources."""
+    wanted = list(dict.fromkeys(expected))
+    if not wanted:
+        return None
+    cited = [c for c in citations if c.cited]
+    return sum(1 for e in wanted if any(source_matches(e, c.source, c.anchor) for c in cited)) / len(wanted)
+
+
+def answer_relevance(question: str, answer: str, encode: Encode) -> float | None:
+    """How well the answer addresses the question: the cosine of their embeddings (unit vectors from
+    `encode`, [n] marks left out), clipped to 0..1. None when either is empty."""
+    texts = [strip_marks(question), strip_marks(answer)]
+    if not all(t.strip() for t in texts):
+        return None
+    q, a = encode(texts)
+    return float(np.clip(np.dot(q, a), 0.0, 1.0))
+
+
+def grounding_metrics(answer: Answer, expected: Sequence[str], encode: Encode) -> dict[str, float | None]:
+    """Every groundedness metric of one attributed answer (see GROUNDING)."""
+    relevance = None if answer.abstained else answer_relevance(answer.question, answer.answer, encode)
+    return {
+        "groundedness": groundedness(answer.sentences, answer.abstained),
+        "citation_precision": citation_precision(answer.citations, expected),
+        "citation_recall": citation_recall(answer.citations, expected),
+        "answer_relevance": relevance,
+        "abstention_rate": 1.0 if answer.abstained else 0.0,
+    }

@@ -1,4 +1,5 @@
-"""One evaluation run as a single HTML page: its metrics, their distributions, the worst answers and their sources.
+"""One evaluation run as a single HTML page: its metrics, their distributions, the worst answers and their sources
+(each answer sentence marked supported or not, abstentions badged, the LLM judge's claims and verdicts).
 
 The page is self-contained so that it opens from file:// offline, can be attached to a CI job and
 still reads the same later: plots are PNG data URIs drawn with matplotlib's Agg canvas, CSS is
@@ -32,10 +33,12 @@ from ragapp.evals.metrics import source_matches
 from ragapp.evals.results import ItemResult, Metrics, RunResult, shown_question
 from ragapp.evals.summary import LOWER_IS_BETTER, metric_names
 
+from ragapp.attribution import written_marks
+
 # --- metric names: grouping, ordering, formatting -------------------------------------------------
 
-ANSWER, RETRIEVAL, COST, OTHER = "Answer quality", "Retrieval", "Cost", "Other"
-_GROUPS = (ANSWER, RETRIEVAL, COST, OTHER)
+ANSWER, GROUNDING, RETRIEVAL, COST, OTHER = "Answer quality", "Groundedness", "Retrieval", "Cost", "Other"
+_GROUPS = (ANSWER, GROUNDING, RETRIEVAL, COST, OTHER)
 
 _ROUGE = re.compile(r"rouge(?P<kind>\w+?)(?P<part>_p|_r)?")
 _BLEU_PRECISION = re.compile(r"bleu_p(?P<n>\d+)")
@@ -43,12 +46,27 @@ _RETRIEVAL = re.compile(r"(?P<family>\w+)@(?P<k>\d+)")
 _RETRIEVAL_ORDER = ("hit", "recall", "precision", "mrr", "map", "ndcg")
 _COST_ORDER = ("latency_s", "latency_p50_s", "latency_p95_s", "prompt_tokens", "completion_tokens")
 _ROUGE_PARTS = {None: "F1", "_p": "precision", "_r": "recall"}
+_GROUNDING_ORDER = (
+    "groundedness",
+    "citation_precision",
+    "citation_recall",
+    "answer_relevance",
+    "faithfulness",
+    "abstention_rate",
+    "judge_unparsed",
+    "judge_errors",
+)
+_GROUNDING_COUNTS = ("judge_unparsed", "judge_errors")
+# Per-item values worth a histogram; the others are 0/1 per item or counts, read best as run-level bars.
+_GROUNDING_HISTOGRAMS = ("groundedness", "answer_relevance", "faithfulness")
 
 
 def metric_group(name: str) -> str:
     """Which table section (and which plots) a metric belongs to."""
     if _ROUGE.fullmatch(name) or name in ("bleu", "bleu_bp", "perplexity") or _BLEU_PRECISION.fullmatch(name):
         return ANSWER
+    if name in _GROUNDING_ORDER:
+        return GROUNDING
     if _RETRIEVAL.fullmatch(name):
         return RETRIEVAL
     if name in _COST_ORDER or name.endswith(("_s", "_tokens")):
@@ -71,6 +89,8 @@ def _sort_key(name: str) -> tuple[int, int, tuple[Any, ...]]:
         return group, 1, (2 + int(m["n"]),)
     if name == "perplexity":
         return group, 2, ()
+    if name in _GROUNDING_ORDER:
+        return group, _GROUNDING_ORDER.index(name), ()
     if m := _RETRIEVAL.fullmatch(name):
         family = m["family"]
         rank = _RETRIEVAL_ORDER.index(family) if family in _RETRIEVAL_ORDER else len(_RETRIEVAL_ORDER)
@@ -89,6 +109,7 @@ def _unit_range(name: str) -> bool:
     return bool(_ROUGE.fullmatch(name) or _RETRIEVAL.fullmatch(name) or _BLEU_PRECISION.fullmatch(name)) or name in (
         "bleu",
         "bleu_bp",
+        *(n for n in _GROUNDING_ORDER if n not in _GROUNDING_COUNTS),
     )
 
 
@@ -112,6 +133,14 @@ def describe_metric(name: str) -> str:
         "bleu": "corpus BLEU, 0–1 (per item: sentence BLEU)",
         "bleu_bp": "corpus BLEU brevity penalty",
         "perplexity": "generator perplexity of the references, token-weighted",
+        "groundedness": "answer sentences supported by a passage, mean per answer (abstained answers excluded)",
+        "citation_precision": "cited passages from an expected source, mean per answer that cites any",
+        "citation_recall": "expected sources among the cited passages, mean per item",
+        "answer_relevance": "cosine of the question's and the answer's embeddings, clipped to 0–1, mean",
+        "faithfulness": "LLM judge: the answer's claims the passages support, mean per judged answer",
+        "abstention_rate": "answers that said the documents do not have it",
+        "judge_unparsed": "LLM judge replies that could not be read (claims lists and verdicts), total",
+        "judge_errors": "answers the LLM judge failed on (HTTP errors after retries)",
         "reward": "reward model score of the answer (higher is better; not on a 0–1 scale)",
         "latency_s": "mean seconds per question",
         "latency_p50_s": "median seconds per question",
@@ -188,7 +217,7 @@ _FAMILY_COLOURS = {
 
 @dataclass(frozen=True)
 class Plot:
-    key: str  # what it shows, for tests and anchors: "hist-rougeL", "retrieval", "latency", "scatter"
+    key: str  # what it shows, for tests and anchors: "hist-rougeL", "grounding", "retrieval", "latency", "scatter"
     alt: str
     caption: str
     png: bytes
@@ -261,21 +290,39 @@ def _histogram(key: str, name: str, values: Sequence[float], what: str, colour: 
     return _plot(key, fig, alt, f"{what.capitalize()} {name}, {len(values)} items: {stats}.")
 
 
+def _bars(key: str, what: str, aggregates: Metrics, names: Sequence[str], colours: Sequence[str]) -> Plot:
+    """Run-level values of 0..1 metrics side by side, each bar labelled with its value."""
+    values = [float(aggregates[n] or 0.0) for n in names]
+    fig, ax = _figure()  # the same size as the other plots, so the grid lines up and text matches
+    bars = ax.bar(names, values, color=list(colours), width=0.6)
+    ax.bar_label(bars, labels=[format_metric(n, v) for n, v in zip(names, values)], fontsize=8, padding=2)
+    ax.set_ylim(0, max(1.0, max(values)) * 1.12)
+    if len(names) > 6 or (len(names) > 3 and max(len(n) for n in names) > 12):
+        ax.tick_params(axis="x", labelrotation=45)
+    ax.set_title(f"{what.capitalize()} metrics (run level)", fontsize=10, loc="left")
+    listed = ", ".join(f"{n} {format_metric(n, v)}" for n, v in zip(names, values))
+    return _plot(key, fig, f"Bar chart of run-level {what} metrics: {listed}.", f"{what.capitalize()}: {listed}.")
+
+
 def _retrieval_bars(aggregates: Metrics) -> Plot | None:
     names = [n for n in ordered_metrics(aggregates) if metric_group(n) == RETRIEVAL and aggregates[n] is not None]
     if not names:
         return None
-    values = [float(aggregates[n] or 0.0) for n in names]
-    fig, ax = _figure()  # the same size as the other plots, so the grid lines up and text matches
     colours = [_FAMILY_COLOURS.get(_RETRIEVAL.fullmatch(n)["family"], _GREY) for n in names]  # type: ignore[index]
-    bars = ax.bar(names, values, color=colours, width=0.6)
-    ax.bar_label(bars, labels=[format_metric(n, v) for n, v in zip(names, values)], fontsize=8, padding=2)
-    ax.set_ylim(0, max(1.0, max(values)) * 1.12)
-    if len(names) > 6:
-        ax.tick_params(axis="x", labelrotation=45)
-    ax.set_title("Retrieval metrics (run level)", fontsize=10, loc="left")
-    listed = ", ".join(f"{n} {format_metric(n, v)}" for n, v in zip(names, values))
-    return _plot("retrieval", fig, f"Bar chart of run-level retrieval metrics: {listed}.", f"Retrieval: {listed}.")
+    return _bars("retrieval", "retrieval", aggregates, names, colours)
+
+
+def _grounding_bars(aggregates: Metrics) -> Plot | None:
+    """Groundedness, citation precision and recall, relevance, faithfulness and the abstention rate."""
+    names = [
+        n
+        for n in ordered_metrics(aggregates)
+        if metric_group(n) == GROUNDING and n not in _GROUNDING_COUNTS and aggregates[n] is not None
+    ]
+    if not names:
+        return None
+    colours = [_ORANGE if n == "abstention_rate" else _GREEN if n == "faithfulness" else _BLUE for n in names]
+    return _bars("grounding", "groundedness", aggregates, names, colours)
 
 
 def _latency_histogram(items: Sequence[ItemResult]) -> Plot | None:
@@ -357,13 +404,21 @@ def plots(run: RunResult) -> list[Plot]:
     out: list[Plot] = []
     names = ordered_metrics(metric_names(scored))
     for name in names:
-        if metric_group(name) not in (ANSWER, OTHER) or (m := _ROUGE.fullmatch(name)) and m["part"]:
-            continue  # retrieval has its bar chart; ROUGE precision and recall would triple the plots for little
+        if metric_group(name) not in (ANSWER, OTHER) and name not in _GROUNDING_HISTOGRAMS:
+            continue  # retrieval and groundedness have their bar charts
+        if (m := _ROUGE.fullmatch(name)) and m["part"]:
+            continue  # ROUGE precision and recall would triple the plots for little
         values = _values(scored, _metric(name))
         if values:
             what = "sentence" if name == "bleu" else "per-item"
             out.append(_histogram(f"hist-{name}", name, values, what, _ORANGE if name == "perplexity" else _BLUE))
-    for extra in (_retrieval_bars(run.aggregates), _latency_histogram(scored), _scatter(scored, rank_metric(scored))):
+    extras = (
+        _grounding_bars(run.aggregates),
+        _retrieval_bars(run.aggregates),
+        _latency_histogram(scored),
+        _scatter(scored, rank_metric(scored)),
+    )
+    for extra in extras:
         if extra is not None:
             out.append(extra)
     return out
@@ -438,6 +493,13 @@ table.citations tr.match td { background: #f0fbf3; }
 col.c-n { width: 44px; } col.c-source { width: 25%; } col.c-heading { width: 15%; }
 col.c-score { width: 68px; } col.c-cited { width: 72px; } col.c-expected { width: 96px; }
 .badge { white-space: nowrap; }
+.badge.abstained, .badge.unparsed { background: var(--warn-bg); color: var(--warn); border-color: #f5e0a0; }
+.sentence.supported { background: #f0fbf3; box-shadow: inset 0 -2px 0 #aceebb; }
+.sentence.unsupported { background: var(--bad-bg); box-shadow: inset 0 -2px 0 #ffcecb; }
+sup.marks { color: var(--accent); font-size: 11px; margin-left: 1px; }
+p.legend { font-size: 12px; margin: 4px 0 0; }
+ul.claims { margin: 0; padding-left: 20px; }
+ul.claims li { margin: 2px 0; overflow-wrap: anywhere; }
 details summary { cursor: pointer; color: var(--accent); white-space: nowrap; }
 .passage { white-space: pre-wrap; overflow-wrap: anywhere; font-size: 13px; background: var(--panel); border-radius: 6px;
            padding: 8px 10px; margin-top: 6px; max-height: 24em; overflow: auto; }
@@ -492,7 +554,7 @@ def _header(run: RunResult) -> str:
     )
 
 
-_HEADLINE = (r"rougeL", r"rouge1", r"bleu", r"hit@\d+", r"mrr@\d+", r"latency_p50_s", r"perplexity")
+_HEADLINE = (r"rougeL", r"groundedness", r"rouge1", r"bleu", r"hit@\d+", r"mrr@\d+", r"latency_p50_s", r"perplexity")
 
 
 def _headline(aggregates: Metrics) -> str:
@@ -624,18 +686,84 @@ def _citations(item: ItemResult) -> str:
     )
 
 
+_ABSTAINED_BADGE = '<span class="badge abstained" title="the answer says the documents do not have it">abstained</span>'
+
+
+def _sentence(sentence: dict[str, Any]) -> tuple[str, str, list[int]]:
+    """A sentence's CSS class, its title (support and passages) and the passages it cites."""
+    cites = [int(n) for n in sentence.get("citations") or []]
+    support = sentence.get("support")
+    shown = f"support {support:.2f}" if isinstance(support, (int, float)) else "support —"
+    if cites:
+        return "supported", f"{shown} · cites {', '.join(f'[{n}]' for n in cites)}", cites
+    return "unsupported", f"{shown} · no passage supports it", cites
+
+
+def _marked_answer(item: ItemResult) -> str:
+    """The answer exactly as stored, each attributed sentence marked supported or unsupported; passage
+    numbers the text does not show already (answers scored with `eval score`) follow their sentence."""
+    text, out, at = item.prediction, [], 0
+    for sentence in item.sentences:
+        piece = str(sentence.get("text") or "")
+        start = text.find(piece, at) if piece else -1
+        if start < 0:
+            continue
+        end = start + len(piece)
+        kind, title, cites = _sentence(sentence)
+        out.append(f'{_e(text[at:start])}<span class="sentence {kind}" title="{_e(title)}">{_e(piece)}</span>')
+        if cites and not written_marks(piece) and not text[end:].lstrip().startswith("["):
+            out.append(f'<sup class="marks">{_e("".join(f"[{n}]" for n in cites))}</sup>')
+        at = end
+    return "".join(out) + _e(text[at:])
+
+
+def _prediction(item: ItemResult) -> str:
+    badge = f" {_ABSTAINED_BADGE}" if item.abstained else ""
+    legend = ""
+    if item.sentences:
+        supported = sum(1 for s in item.sentences if s.get("citations"))
+        legend = (
+            f"<p class='legend muted'>{supported} of {len(item.sentences)} sentence{'s' * (len(item.sentences) != 1)} "
+            "supported by a passage (<span class='sentence supported'>supported</span>, "
+            "<span class='sentence unsupported'>unsupported</span>).</p>"
+        )
+    return f'<div><h4>Prediction{badge}</h4><div class="text prediction">{_marked_answer(item)}</div>{legend}</div>'
+
+
+_VERDICTS = {
+    True: '<span class="badge match">supported</span>',
+    False: '<span class="badge missing">not supported</span>',
+    None: '<span class="badge unparsed" title="the judge\'s reply could not be read">unreadable</span>',
+}
+
+
+def _judgement(item: ItemResult) -> str:
+    """The LLM judge's claims and verdicts, or why there are none."""
+    judge = item.judge
+    if not judge:
+        return ""
+    head = f"<h4>Judge claims <span class='muted'>({_e(judge.get('model') or '—')})</span></h4>"
+    if judge.get("error"):
+        return head + f"<pre class='error'>{_e(judge['error'])}</pre>"
+    claims = judge.get("claims") or []
+    if not claims:
+        why = "The judge's list of claims could not be read." if judge.get("unparsed") else "The judge found no claim."
+        return head + f"<p class='empty'>{why}</p>"
+    rows = "".join(f"<li>{_VERDICTS[c.get('supported')]} {_e(c.get('claim', ''))}</li>" for c in claims)
+    return head + f"<ul class='claims'>{rows}</ul>"
+
+
 def _item(rank: int, item: ItemResult, by: str) -> str:
     return (
         f'<article class="item" id="item-{item.position}" data-item-id="{_e(item.item_id)}">'
         f'<header><span class="rank">#{rank}</span><h3>{_e(item.item_id)}</h3>'
-        f'<span class="muted">line {item.position}</span>'
+        f'<span class="muted">line {item.position}</span>{f" {_ABSTAINED_BADGE}" if item.abstained else ""}'
         f'<span class="score">{_e(by)} {_e(format_metric(by, item.metrics.get(by)))}</span></header>'
         f'<p class="question">{_e(shown_question(item.question))}</p>'
-        '<div class="answers">'
-        f'<div><h4>Prediction</h4><div class="text prediction">{_e(item.prediction)}</div></div>'
+        f'<div class="answers">{_prediction(item)}'
         f'<div><h4>Reference</h4><div class="text reference">{_e(item.reference)}</div></div></div>'
         f"<h4>Scores</h4>{_chips(item, by)}"
-        f"{_expected_sources(item)}{_citations(item)}</article>"
+        f"{_judgement(item)}{_expected_sources(item)}{_citations(item)}</article>"
     )
 
 
@@ -674,6 +802,19 @@ def _not_scored(run: RunResult) -> str:
         )
     else:
         parts.append("<h3 id='errors'>Items with errors</h3><p class='empty'>None.</p>")
+    judged = [i for i in run.items if i.judge and i.judge.get("error")]
+    if judged:
+        rows = "".join(
+            f"<tr><td class='num'>{i.position}</td><td class='mono'>{_e(i.item_id)}</td>"
+            f"<td><pre class='error'>{_e(i.judge['error'] if i.judge else '')}</pre></td></tr>"
+            for i in judged
+        )
+        parts.append(
+            f"<h3 id='judge-errors' style='margin-top:18px'>Items the judge failed on ({len(judged)})</h3>"
+            "<p class='muted'>Scored, but without <code>faithfulness</code>.</p><table class='judge-errors'><thead><tr>"
+            "<th class='num narrow'>Line</th><th>Id</th><th>Error</th></tr></thead>"
+            f"<tbody>{rows}</tbody></table>"
+        )
     if run.problems:
         rows = "".join(f"<tr><td class='num'>{p.line}</td><td>{_e(p.reason)}</td></tr>" for p in run.problems)
         parts.append(

@@ -25,6 +25,12 @@ class ItemResult:
     # retrieve_s, generate_s, latency_s, prompt_tokens, completion_tokens, reference_tokens
     timings: dict[str, float] = field(default_factory=dict)
     error: str | None = None  # the item could not be answered or scored; it has no metrics
+    # `Sentence.to_dict()` of each sentence: text, citations (passage numbers), support, quote. [] in runs
+    # stored before attribution, and in `eval score` rows that could not be attributed (no question).
+    sentences: list[dict[str, Any]] = field(default_factory=list)
+    abstained: bool = False  # the answer is `answer.not_found`: nothing relevant or nothing supported
+    # The LLM judge's work (`--judge-url`), `Judgement.to_dict()`: model, claims and verdicts, unparsed, error.
+    judge: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

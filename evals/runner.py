@@ -1,5 +1,7 @@
 """Batch evaluation: answer every dataset question through `App.ask_batch` (the `ask` path, batched),
 score each answer, and save the results a batch at a time so that an interrupted run can continue.
+`eval score` attributes answers written elsewhere to the workspace's passages (`App.attribute`) so that
+they get the same groundedness metrics; an optional LLM judge (ragapp.evals.judge) adds faithfulness.
 """
 
 from __future__ import annotations
@@ -7,12 +9,12 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ragapp.evals.dataset import Dataset, Example, load_dataset
-from ragapp.evals.metrics import perplexity, retrieval_metrics, rouge, sentence_bleu
+from ragapp.evals.metrics import grounding_metrics, perplexity, retrieval_metrics, rouge, sentence_bleu
 from ragapp.evals.results import ItemResult, Metrics, RunResult
 from ragapp.evals.runs import FINISHED, RunStore
 from tqdm import tqdm
@@ -22,6 +24,8 @@ from ragapp.generators import GenerationConfig
 from ragapp.locks import exclusive_lock, held
 
 if TYPE_CHECKING:
+    from ragapp.evals.judge import Judge
+
     from ragapp.answer import Answer
     from ragapp.app import App
 
@@ -120,11 +124,12 @@ def evaluate(
     batch_size: int = DEFAULT_BATCH,
     stem: bool = True,
     progress: bool = False,
+    judge: Judge | None = None,
 ) -> RunResult:
     """Answer and score every question of `dataset`; the run is stored in `app`'s workspace and returned.
 
     Rerunning with the same dataset, settings and models (and the same `name`, if one was given)
-    continues an interrupted run instead of starting over.
+    continues an interrupted run instead of starting over. With a `judge`, answers also get `faithfulness`.
     """
     if isinstance(dataset, (str, Path)):
         dataset = load_dataset(dataset)
@@ -139,6 +144,7 @@ def evaluate(
         "prompt": c.prompt.model_dump(),
         "chunking": c.chunking.model_dump(),
         "index": c.index.model_dump(),
+        "answer": c.answer.model_dump(),
         "rouge_stem": stem,
     }
     store = app.open_store()
@@ -146,6 +152,7 @@ def evaluate(
     models = {"embedding": app.embedder.fingerprint, "generator": app.generator.model_id}
     if app.reward_model is not None:
         models["reward"] = app.reward_model.model_id
+    _add_judge(judge, config, models)
     runs = RunStore(store)
     run_id = _open_run(runs, app.workspace, "pipeline", dataset, name, config, models)
     done = runs.done_positions(run_id)
@@ -164,7 +171,7 @@ def evaluate(
         ) as bar,
     ):
         for batch in _batches(todo, batch_size):
-            runs.save_items(run_id, _answer_batch(app, batch, k, sampling, stem))
+            runs.save_items(run_id, add_judgements(judge, _answer_batch(app, batch, k, sampling, stem)))
             bar.update(len(batch))
     assert session.result is not None
     return session.result
@@ -213,6 +220,7 @@ def _score(app: App, example: Example, answer: Answer | str, k: int, stem: bool)
     if example.sources:
         ranked = [(h.source, h.anchor) for h in answer.hits]
         item.metrics.update(retrieval_metrics(ranked, example.sources, k))
+    _add_grounding(app, item, answer)
     mark = time.perf_counter()
     try:
         nll, tokens = app.generator.reference_nll(answer.messages, example.reference)
@@ -232,35 +240,111 @@ def _score(app: App, example: Example, answer: Answer | str, k: int, stem: bool)
     return item
 
 
+def _add_grounding(app: App, item: ItemResult, answer: Answer) -> None:
+    """The answer's attributed sentences, whether it abstained, and the groundedness metrics they give."""
+    item.sentences = [s.to_dict() for s in answer.sentences]
+    item.abstained = answer.abstained
+    item.metrics.update(grounding_metrics(answer, item.expected_sources, app.embedder.embed_queries))
+
+
+def _judged_passages(item: ItemResult) -> list[tuple[int, str]]:
+    """What the judge checks claims against: the cited passages, or all the generator saw if none is cited."""
+    shown = [(int(c["n"]), str(c.get("text") or "")) for c in item.citations]
+    cited = [(int(c["n"]), str(c.get("text") or "")) for c in item.citations if c.get("cited")]
+    return cited or shown
+
+
+def add_judgements(judge: Judge | None, items: list[ItemResult]) -> list[ItemResult]:
+    """The judge's `faithfulness` and `judge_unparsed` of each answer that has sentences and passages.
+
+    Other items (abstained, unattributed, failed) get None, so the metrics exist in every judged run;
+    a judge that failed over HTTP leaves its message in `item.judge["error"]` and both metrics None."""
+    if judge is None:
+        return items
+    for item in (i for i in items if i.error is None):
+        item.metrics.update(faithfulness=None, judge_unparsed=None)
+        passages = _judged_passages(item)
+        if item.abstained or not item.sentences or not passages:
+            continue
+        judgement = judge.judge(item.question, item.prediction, passages)
+        item.judge = judgement.to_dict()
+        if judgement.error is None:
+            item.metrics.update(faithfulness=judgement.faithfulness, judge_unparsed=judgement.unparsed)
+    return items
+
+
+def _add_judge(judge: Judge | None, config: dict[str, Any], models: dict[str, Any]) -> None:
+    """A run judged by another model (or at another URL) is another run: it never continues this one."""
+    if judge is not None:
+        config["judge"] = {"url": judge.url}
+        models["judge"] = judge.model
+
+
+def _attributable(app: App) -> bool:
+    """Whether `eval score` can attribute answers: the workspace has passages to attribute them to."""
+    return app.open_store(create=True).has_chunks()
+
+
+def _score_row(app: App, example: Example, stem: bool, attribute: bool) -> ItemResult:
+    """One `eval score` row: answer metrics, and with a question and passages, attribution and groundedness.
+    A prediction that is exactly `answer.not_found` (ragapp's own abstention) counts as abstained."""
+    assert example.prediction is not None
+    item = ItemResult(
+        example.position,
+        example.item_id,
+        example.question,
+        example.reference,
+        example.prediction,
+        example.sources,
+        metrics=answer_metrics(example.prediction, example.reference, stem),
+    )
+    if attribute and example.question:
+        answer = app.attribute(example.question, example.prediction)
+        if answer.answer == app.config.answer.not_found.strip():
+            cited = [replace(c, cited=False) for c in answer.citations]
+            answer = replace(answer, citations=cited, sentences=[], abstained=True)
+        item.citations = [asdict(c) for c in answer.citations]
+        _add_grounding(app, item, answer)
+    return item
+
+
 def score_predictions(
-    app: App, dataset: Dataset | str | Path, name: str | None = None, stem: bool = True, progress: bool = False
+    app: App,
+    dataset: Dataset | str | Path,
+    name: str | None = None,
+    stem: bool = True,
+    progress: bool = False,
+    judge: Judge | None = None,
 ) -> RunResult:
     """Score answers produced elsewhere (`prediction` beside the reference); no generator is loaded
-    (the reward model is, when one is configured).
+    (the reward model is, when one is configured). When the workspace has documents, rows with a question
+    are attributed to the passages retrieved for it and get the groundedness metrics (and, with a `judge`,
+    faithfulness).
 
     The run is stored in `app`'s workspace (created if needed) so it can be listed, compared and reported.
     """
     if isinstance(dataset, (str, Path)):
         dataset = load_dataset(dataset, need_prediction=True)
     runs = RunStore(app.open_store(create=True))
+    attribute = _attributable(app)
+    config: dict[str, Any] = {"rouge_stem": stem}
     models = {"reward": app.reward_model.model_id} if app.reward_model is not None else {}
-    run_id = _open_run(runs, app.workspace, "score", dataset, name, {"rouge_stem": stem}, models)
+    if attribute:  # the scores then depend on the passages, the embedding model and the attribution settings
+        config.update(retrieval=app.config.retrieval.model_dump(), answer=app.config.answer.model_dump())
+        models["embedding"] = app.embedder.fingerprint
+    _add_judge(judge, config, models)
+    run_id = _open_run(runs, app.workspace, "score", dataset, name, config, models)
     done = runs.done_positions(run_id)
     session = _Session(runs, run_id, app.workspace)
     todo = [e for e in dataset.examples if e.position not in done]
+    size = 16 if attribute or judge else 256  # a kill loses at most one batch of embedding or judging work
     with (
         session.working(),
         tqdm(total=len(dataset.examples), initial=len(done), unit="item", desc="score", disable=not progress) as bar,
     ):
-        for batch in _batches(todo, 256):
-            items = []
-            for e in batch:
-                assert e.prediction is not None
-                metrics = answer_metrics(e.prediction, e.reference, stem)
-                items.append(
-                    ItemResult(e.position, e.item_id, e.question, e.reference, e.prediction, e.sources, [], metrics)
-                )
-            runs.save_items(run_id, add_rewards(app, items))
+        for batch in _batches(todo, size):
+            items = [_score_row(app, e, stem, attribute) for e in batch]
+            runs.save_items(run_id, add_judgements(judge, add_rewards(app, items)))
             bar.update(len(batch))
     assert session.result is not None
     return session.result

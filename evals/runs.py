@@ -29,6 +29,9 @@ def _item(row: EvalItemRow) -> ItemResult:
         metrics=dict(row.metrics or {}),
         timings=dict(row.timings or {}),
         error=row.error,
+        sentences=list(row.sentences or []),  # NULL in items stored before schema version 5
+        abstained=bool(row.abstained),
+        judge=row.judge,
     )
 
 

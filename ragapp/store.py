@@ -56,7 +56,7 @@ if TYPE_CHECKING:
     from ragapp.chunking import Chunk
     from ragapp.connectors import Document
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 # Row ids: 64-bit on PostgreSQL (ids are never reused, so they only grow); SQLite's INTEGER is 64-bit already
 # and must stay INTEGER to be the rowid that AUTOINCREMENT works on.
 RowId = BigInteger().with_variant(Integer, "sqlite")
@@ -191,6 +191,10 @@ class EvalItemRow(Base):
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     timings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     error: Mapped[str | None] = mapped_column(SafeText)
+    # Version 5: the answer's attributed sentences, whether it abstained, the LLM judge's claims (NULL before).
+    sentences: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
+    abstained: Mapped[bool | None] = mapped_column(Boolean)
+    judge: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 
 class ApiKeyRow(Base):
@@ -280,11 +284,26 @@ def _add_column(table: str, column: str, sql_type: str) -> Migration:
     return step
 
 
+def _steps(*steps: Migration) -> Migration:
+    """Several steps as one version."""
+
+    def step(session: Session) -> None:
+        for each in steps:
+            each(session)
+
+    return step
+
+
 MIGRATIONS: dict[int, Migration] = {
     1: _create(*_V1_TABLES),
     2: _create(*_V2_TABLES),
     3: _create(*_V3_TABLES),
     4: _add_column("ingest_jobs", "worker", "TEXT"),
+    5: _steps(
+        _add_column("eval_items", "sentences", "JSON"),
+        _add_column("eval_items", "abstained", "BOOLEAN"),
+        _add_column("eval_items", "judge", "JSON"),
+    ),
 }
 
 

@@ -214,3 +214,53 @@ def test_cli_and_html_report_show_the_same_numbers(ws: Path, tmp_path: Path) -> 
     html = (tmp_path / "r.html").read_text(encoding="utf-8")
     reported = dict(re.findall(r"<tr><td>([^<]+)</td><td class='num'>([^<]+)</td>", html))
     assert shown == {name: reported.get(name) for name in shown}
+
+
+def test_runs_stored_before_groundedness_still_load_show_and_report(ws: Path, tmp_path: Path) -> None:
+    """A workspace at schema version 4 (items without sentences, abstained, judge) is migrated on open;
+    its runs read back with no sentences, not abstained, not judged."""
+    import os
+
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.orm import Session
+
+    from ragapp.store import MIGRATIONS, database_url, migrate
+
+    ws.mkdir()
+    engine = create_engine(database_url(os.environ.get("RAGAPP_DATABASE_URL") or f"sqlite:///{ws / 'ragapp.db'}"))
+    with Session(engine) as s:
+        migrate(s, {v: MIGRATIONS[v] for v in (1, 2, 3, 4)})
+        for column in ("sentences", "abstained", "judge"):  # version 4 created eval_items without them
+            s.execute(text(f"ALTER TABLE eval_items DROP COLUMN {column}"))
+        s.execute(
+            text(
+                "INSERT INTO eval_runs (id, name, kind, status, dataset, dataset_hash, started_at, seconds, config, "
+                "models, aggregates, problems, total) VALUES (1, 'old', 'score', 'completed', 'p.jsonl', 'x', "
+                """CURRENT_TIMESTAMP, 1.0, '{}', '{}', '{"rougeL": 0.5}', '[]', 1)"""
+            )
+        )
+        s.execute(
+            text(
+                "INSERT INTO eval_items (run_id, position, item_id, question, reference, prediction, "
+                "expected_sources, citations, metrics, timings) VALUES (1, 1, 'q0', 'Why?', 'Because.', "
+                """'Because.', '[]', '[]', '{"rougeL": 0.5}', '{}')"""
+            )
+        )
+        s.commit()
+    engine.dispose()
+    code, out, err = invoke(ws, "eval", "show", "old", "--items", "--json")
+    assert code == 0, err
+    (item,) = json.loads(out)["items"]
+    assert (item["sentences"], item["abstained"], item["judge"], item["metrics"]) == ([], False, None, {"rougeL": 0.5})
+    code, _, err = invoke(ws, "eval", "report", "old", "--out", str(tmp_path / "old.html"))
+    assert code == 0, err
+    assert 'class="badge abstained"' not in (tmp_path / "old.html").read_text(encoding="utf-8")
+
+
+def test_judge_options_are_checked_before_scoring(ws: Path, tmp_path: Path) -> None:
+    p = write(tmp_path / "p.jsonl")
+    code, _, err = invoke(ws, "eval", "score", str(p), "--judge-model", "m")
+    assert code == 2 and "--judge-model needs --judge-url" in err
+    code, _, err = invoke(ws, "eval", "score", str(p), "--judge-url", "http://127.0.0.1:9/v1")  # nothing listens
+    assert code == 2 and "--judge-url: cannot list the judge's models" in err
+    assert invoke(ws, "eval", "list")[0] == 2  # no run, not even a workspace, was made

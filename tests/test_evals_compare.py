@@ -114,3 +114,35 @@ def test_pairs_by_id_and_ranks_changed_items() -> None:
     assert (c.paired, c.only_a, c.only_b) == (8, 1, 2)  # q9 only in A; "new", and q0 (failed in A), only in B
     assert [ch.item_id for ch in c.changed] == ["q7", "q3"]  # |−0.7| before |+0.5|
     assert c.changed[0].delta == pytest.approx(-0.7)
+
+
+def grounded_items(n: int, seed: int, supported: float, abstain_every: int, unparsed: int = 0) -> list[ItemResult]:
+    """SYNTHETIC items with groundedness metrics: `supported` is each answer's share of supported sentences;
+    every `abstain_every`-th item abstained (groundedness None); `unparsed` judge replies per answer."""
+    out = items(n, seed)
+    for i, item in enumerate(out):
+        abstained = i % abstain_every == 0
+        item.abstained = abstained
+        item.metrics.update(
+            groundedness=None if abstained else supported,
+            abstention_rate=1.0 if abstained else 0.0,
+            faithfulness=None if abstained else supported,
+            judge_unparsed=None if abstained else float(unparsed),
+        )
+    return out
+
+
+def test_groundedness_metrics_are_compared_like_the_aggregates() -> None:
+    a = run("a", grounded_items(40, seed=1, supported=0.5, abstain_every=10, unparsed=0))
+    b = run("b", grounded_items(40, seed=1, supported=0.9, abstain_every=4, unparsed=1))
+    c = compare(a, b)
+    g = by_name(c, "groundedness")
+    assert g.n == 28  # 40 less the 12 abstained in A or in B
+    assert g.a == pytest.approx(0.5) and g.b == pytest.approx(0.9) and g.verdict == "better"
+    assert (g.low, g.high) == pytest.approx((0.4, 0.4))  # the same change on every item: no spread
+    abstention = by_name(c, "abstention_rate")
+    assert abstention.a == pytest.approx(a.aggregates["abstention_rate"]) and abstention.verdict == "worse"
+    unparsed = by_name(c, "judge_unparsed")  # a count: summed, as the run aggregate is
+    assert b.aggregates["judge_unparsed"] == 30  # one per answer in B
+    assert unparsed.a == 0 and unparsed.b == 28 and unparsed.verdict == "worse"  # over the paired answers
+    assert by_name(c, "faithfulness").verdict == "better"

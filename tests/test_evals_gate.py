@@ -56,3 +56,21 @@ def test_enforce_raises_with_every_failure_and_exit_code_1() -> None:
         enforce(["a is low", "b is low"])
     assert str(info.value) == "quality gate failed: a is low; b is low"
     assert info.value.exit_code == 1
+
+
+GROUNDED = {"groundedness": 0.6, "abstention_rate": 0.25, "judge_unparsed": 2.0, "judge_errors": 0.0}
+
+
+def test_groundedness_floors_and_judge_ceilings() -> None:
+    assert check_floors(GROUNDED, {"groundedness": 0.5}) == []
+    (failure,) = check_floors({**GROUNDED, "groundedness": 0.4}, {"groundedness": 0.5})
+    assert failure == "groundedness = 0.4000 is 0.1000 below the required 0.5"
+    # The abstention rate and the judge's counts are lower-is-better: the number is a ceiling.
+    assert check_floors(GROUNDED, {"abstention_rate": 0.3, "judge_errors": 0}) == []
+    failures = check_floors(GROUNDED, {"abstention_rate": 0.2, "judge_unparsed": 0})
+    assert failures == [
+        "abstention_rate = 0.25 is 0.05 above the allowed 0.2 (lower is better)",
+        "judge_unparsed = 2 is 2 above the allowed 0 (lower is better)",
+    ]
+    (drop,) = check_drops(GROUNDED, {**GROUNDED, "abstention_rate": 0.1}, {"abstention_rate": 0.1}, "base")
+    assert drop.startswith("abstention_rate rose by 0.1500 vs run 'base'")

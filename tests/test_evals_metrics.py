@@ -1,4 +1,6 @@
-"""ragapp.evals.metrics: the course's worked examples, exact agreement with rouge-score / sacrebleu, retrieval metrics."""
+"""ragapp.evals.metrics: the course's worked examples, exact agreement with rouge-score / sacrebleu, retrieval
+metrics, and the groundedness metrics on HAND-MADE Answers (sentences, citations and vectors written by hand
+to pin the definitions; the runner's tests compute them on real answers)."""
 
 from __future__ import annotations
 
@@ -9,9 +11,15 @@ import numpy as np
 import pytest
 import sacrebleu
 from ragapp.evals.metrics import (
+    GROUNDING,
     Bleu,
+    answer_relevance,
+    citation_precision,
+    citation_recall,
     corpus_bleu,
     corpus_bleu_from,
+    groundedness,
+    grounding_metrics,
     perplexity,
     retrieval_metrics,
     rouge,
@@ -20,6 +28,8 @@ from ragapp.evals.metrics import (
 )
 from rouge_score import rouge_scorer
 from sklearn.metrics import ndcg_score
+
+from ragapp.answer import Answer, Citation, Quote, Sentence
 
 PAIRS = [  # (prediction, reference)
     ("I am very happy that I am drinking a cup of tea", "I am very happy to say that I am drinking a warm cup of tea"),
@@ -272,3 +282,104 @@ def test_perplexity() -> None:
     assert perplexity(10 * math.log(4), 10) == pytest.approx(4.0)
     with pytest.raises(ValueError):
         perplexity(1.0, 0)
+
+
+# -- groundedness (HAND-MADE answers) ------------------------------------------------------------------
+
+
+def _sentence(text: str, *cites: int) -> Sentence:
+    return Sentence(text, list(cites), 0.8 if cites else 0.2, Quote(7, 0, 10) if cites else None)
+
+
+def _citation(n: int, source: str, cited: bool, anchor: str | None = None) -> Citation:
+    return Citation(n, source, None, anchor, None, 100 + n, 0.5, cited, f"passage {n}")
+
+
+def _answer(sentences: list[Sentence], citations: list[Citation], abstained: bool = False) -> Answer:
+    """A HAND-MADE Answer: `cited` set as App.ask sets it (exactly the passages some sentence cites)."""
+    text = " ".join(s.text for s in sentences) or "I could not find this in the documents."
+    return Answer(
+        "How are hidden files handled?", text, citations, "hand-made", sentences=sentences, abstained=abstained
+    )
+
+
+HAND_MADE = _answer(
+    [
+        _sentence("Hidden files are skipped.", 1),
+        _sentence("Links to folders are not followed.", 1, 3),
+        _sentence("Bananas are grown in Ecuador."),
+        _sentence("Ingest reads PDF files too.", 2),
+    ],
+    [
+        _citation(1, "/corpus/docs/ingesting.md", True),
+        _citation(2, "/corpus/docs/asking.md", True, "stop"),
+        _citation(3, "/corpus/docs/ingesting.md", True),
+        _citation(4, "/corpus/docs/workspace.md", False),
+    ],
+)
+
+
+def test_groundedness_is_the_share_of_sentences_with_a_citation() -> None:
+    assert groundedness(HAND_MADE.sentences, False) == 0.75
+    assert groundedness([_sentence("Nothing supports this.")], False) == 0.0
+    assert groundedness(HAND_MADE.sentences, True) is None  # abstained: not defined
+    assert groundedness([], False) is None  # no sentences: not defined
+
+
+def test_citation_precision_and_recall_against_gold_sources() -> None:
+    cits = HAND_MADE.citations
+    # Cited: 1 and 3 (ingesting.md), 2 (asking.md#stop); 4 (workspace.md) is only retrieved.
+    assert citation_precision(cits, ["ingesting.md"]) == pytest.approx(2 / 3)
+    assert citation_recall(cits, ["ingesting.md"]) == 1.0
+    assert citation_recall(cits, ["ingesting.md", "workspace.md"]) == 0.5  # retrieved but not cited: not recalled
+    assert citation_precision(cits, ["ingesting.md", "asking.md#stop"]) == 1.0  # the anchor matches too
+    assert citation_precision(cits, ["asking.md#other"]) == 0.0
+    assert citation_recall(cits, ["docs/ingesting.md", "docs/ingesting.md"]) == 1.0  # a repeated source counts once
+    assert citation_precision(cits, []) is None and citation_recall(cits, []) is None  # no gold sources
+    nothing_cited = [_citation(1, "/corpus/docs/ingesting.md", False)]
+    assert citation_precision(nothing_cited, ["ingesting.md"]) is None  # nothing cited: no precision
+    assert citation_recall(nothing_cited, ["ingesting.md"]) == 0.0
+
+
+def _encoder(vectors: dict[str, list[float]], seen: list[str]):
+    """A HAND-MADE encoder: fixed unit vectors per text, and a record of what it was asked to embed."""
+
+    def encode(texts: list[str]) -> np.ndarray:
+        seen.extend(texts)
+        return np.array([vectors[t] for t in texts], dtype=np.float32)
+
+    return encode
+
+
+def test_answer_relevance_is_the_clipped_cosine_without_marks() -> None:
+    seen: list[str] = []
+    encode = _encoder({"Q?": [1.0, 0.0], "Close answer.": [0.6, 0.8], "Opposite.": [-0.6, 0.8]}, seen)
+    assert answer_relevance("Q?", "Close answer. [1]", encode) == pytest.approx(0.6)
+    assert seen == ["Q?", "Close answer."]  # [n] marks are not part of what the answer says
+    assert answer_relevance("Q?", "Opposite.", encode) == 0.0  # negative cosine clipped to 0
+    assert answer_relevance("", "Close answer.", encode) is None
+
+
+def test_grounding_metrics_of_an_answer_and_of_an_abstention() -> None:
+    encode = _encoder({"How are hidden files handled?": [1.0, 0.0], HAND_MADE.answer: [0.8, 0.6]}, [])
+    m = grounding_metrics(HAND_MADE, ["ingesting.md"], encode)
+    assert tuple(m) == GROUNDING
+    assert m == pytest.approx(
+        {
+            "groundedness": 0.75,
+            "citation_precision": 2 / 3,
+            "citation_recall": 1.0,
+            "answer_relevance": 0.8,
+            "abstention_rate": 0.0,
+        }
+    )
+    abstained = _answer([], [_citation(1, "/corpus/docs/ingesting.md", False)], abstained=True)
+    m = grounding_metrics(abstained, ["ingesting.md"], _encoder({}, []))  # nothing is embedded for it
+    assert m == {
+        "groundedness": None,
+        "citation_precision": None,
+        "citation_recall": 0.0,
+        "answer_relevance": None,
+        "abstention_rate": 1.0,
+    }
+    assert grounding_metrics(abstained, [], _encoder({}, []))["citation_recall"] is None  # no gold sources

@@ -120,6 +120,52 @@ def synthetic_run(n: int = 30, kind: str = "pipeline", seed: int = 7) -> RunResu
     )
 
 
+def grounded_run() -> RunResult:
+    """SYNTHETIC: `synthetic_run()` with attribution and an LLM judge's work made up on top. Each answer's
+    first sentence is supported by passage 1, its second by none; q03 abstained; the judge failed on q04
+    and could not read one verdict on q06."""
+    run = synthetic_run()
+    rng = random.Random(3)
+    for item in run.scored:
+        first, second = item.prediction.split("\n")
+        item.sentences = [
+            {"text": first, "citations": [1], "support": 0.81, "quote": {"chunk_id": 1, "start": 0, "end": 9}},
+            {"text": second, "citations": [], "support": 0.22, "quote": None},
+        ]
+        item.metrics.update(
+            groundedness=0.5,
+            citation_precision=rng.choice([0.0, 0.5, 1.0]),
+            citation_recall=rng.choice([0.0, 1.0]),
+            answer_relevance=rng.uniform(0.2, 0.9),
+            abstention_rate=0.0,
+            faithfulness=1.0,
+            judge_unparsed=0,
+        )
+        item.judge = {
+            "model": "judge-7b",
+            "claims": [{"claim": first, "supported": True}],
+            "unparsed": 0,
+            "error": None,
+        }
+        if item.item_id == "q03":
+            item.prediction, item.sentences, item.abstained, item.judge = "I could not find this.", [], True, None
+            item.metrics.update(groundedness=None, answer_relevance=None, abstention_rate=1.0)
+            item.metrics.update(faithfulness=None, judge_unparsed=None)
+        if item.item_id == "q04":
+            item.judge = {"model": "judge-7b", "claims": [], "unparsed": 0, "error": "HTTP 500 <boom> & more"}
+            item.metrics.update(faithfulness=None, judge_unparsed=None)
+        if item.item_id == "q06":
+            item.judge["claims"] = [
+                {"claim": "Supported <claim>.", "supported": True},
+                {"claim": "Unsupported claim.", "supported": False},
+                {"claim": "Claim with an unreadable verdict.", "supported": None},
+            ]
+            item.judge["unparsed"] = 1
+            item.metrics.update(faithfulness=0.5, judge_unparsed=1)
+    run.aggregates = aggregate(run.items)
+    return run
+
+
 VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
 
 
@@ -339,3 +385,58 @@ def test_report_renders_in_headless_chromium(tmp_path: Path) -> None:
         assert background < 0.97
     if target := os.environ.get("EVALS_REPORT_SCREENSHOT"):
         shutil.copyfile(shot, target)
+
+
+def _card(doc: Any, item_id: str) -> Any:
+    (card,) = doc.xpath(f"//article[@data-item-id='{item_id}']")
+    return card
+
+
+def test_groundedness_summary_plots_marked_sentences_badges_and_judge() -> None:
+    run = grounded_run()
+    doc = _doc(render_report(run, worst=40))
+    rows = doc.xpath("//table[@class='summary']//tr")
+    groups = [r.text_content() for r in rows if r.get("class") == "group"]
+    assert groups[:2] == ["Answer quality", "Groundedness"]
+    summary = {r.xpath("td")[0].text_content(): r.xpath("td")[1].text_content() for r in rows if r.xpath("td")}
+    assert summary["groundedness"] == "0.500" and summary["faithfulness"] == f"{run.aggregates['faithfulness']:.3f}"
+    assert summary["judge_unparsed"] == "1" and summary["judge_errors"] == "1"  # counts, not 0..1 scores
+    assert summary["abstention_rate"] == f"{1 / 29:.3f}"
+    keys = _plot_keys(doc)
+    assert {"hist-groundedness", "hist-answer_relevance", "hist-faithfulness", "grounding"} <= set(keys)
+    assert "hist-abstention_rate" not in keys and "hist-judge_unparsed" not in keys  # 0/1 and counts: bars
+    # Each sentence is marked; the text reads exactly as stored (escaped), the missing [1] mark follows it.
+    card = _card(doc, "q01")
+    supported = card.xpath(".//span[contains(@class, 'sentence supported')]")
+    unsupported = card.xpath(".//span[contains(@class, 'sentence unsupported')]")
+    assert supported[0].text_content() == "It works like this, item 1."
+    assert unsupported[0].text_content() == "Second line <i>not italic</i>."
+    assert "support 0.81 · cites [1]" in supported[0].get("title")
+    prediction = card.xpath(".//div[contains(@class, 'prediction')]")[0].text_content()
+    assert prediction == "It works like this, item 1.[1]\nSecond line <i>not italic</i>."
+    assert "1 of 2 sentences supported" in card.text_content()
+    assert doc.xpath("//i") == []
+    abstained = _card(doc, "q03")
+    assert abstained.xpath(".//span[contains(@class, 'badge abstained')]")
+    assert not _card(doc, "q01").xpath(".//span[contains(@class, 'badge abstained')]")
+    claims = _card(doc, "q06").xpath(".//ul[@class='claims']/li")
+    assert [c.text_content() for c in claims] == [
+        "supported Supported <claim>.",
+        "not supported Unsupported claim.",
+        "unreadable Claim with an unreadable verdict.",
+    ]
+    assert "HTTP 500 <boom> & more" in _card(doc, "q04").text_content()
+    (failed,) = doc.xpath("//table[@class='judge-errors']//tr[td]")
+    assert failed.xpath("td")[1].text_content() == "q04"
+
+
+@pytest.mark.usefixtures("no_plots")
+def test_marks_already_in_the_answer_are_not_repeated() -> None:
+    """`ask` writes [n] after supported sentences: the report shows them once."""
+    run = grounded_run()
+    item = next(i for i in run.scored if i.item_id == "q01")
+    item.prediction = "It works like this, item 1. [1]\nSecond line <i>not italic</i>."
+    doc = _doc(render_report(run, worst=40))
+    card = _card(doc, "q01")
+    assert card.xpath(".//sup[@class='marks']") == []
+    assert card.xpath(".//div[contains(@class, 'prediction')]")[0].text_content() == item.prediction

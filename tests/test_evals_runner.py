@@ -14,16 +14,20 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
 from ragapp.evals import evaluate, load_dataset
+from ragapp.evals.judge import Judge
+from ragapp.evals.metrics import GROUNDING
 from ragapp.evals.runner import answer_metrics
 from ragapp.evals.runs import RunStore
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
 from ragapp import App
+from ragapp.attribution import split_sentences
 from ragapp.cli import cli
 from ragapp.errors import EmptyWorkspace
 from ragapp.store import database_url
@@ -72,9 +76,24 @@ def saved_items(engine: Engine, run_prefix: str, old_runs: set[int]) -> int:
         return 0
 
 
+class CannedJudge(Judge):
+    """A FAKE judge without a server: every answer makes one claim, and the passages support it. It checks
+    that `evaluate` asks the judge and stores its work, not what a judge would say."""
+
+    def __init__(self) -> None:
+        super().__init__("http://judge.invalid/v1", model="canned")
+        self.prompts: list[str] = []
+
+    def complete(self, prompt: str, max_tokens: int) -> str:
+        self.prompts.append(prompt)
+        return '["The answer says something."]' if prompt.startswith("Question:") else '{"verdict": "yes"}'
+
+
 def test_evaluate_answers_scores_and_stores_every_question(workspace: Path, ingested: IngestedDocs) -> None:
     app = App(workspace)
-    run = evaluate(app, QA, name="docs", k=2, generation=SHORT, batch_size=3)  # 2 passages: half the prompt
+    judge = CannedJudge()
+    # 2 passages: half the prompt
+    run = evaluate(app, QA, name="docs", k=2, generation=SHORT, batch_size=3, judge=judge)
     assert run.status == "completed" and run.saved == run.total == 6 and not run.problems
     assert [i.item_id for i in run.items] == ["passages", "hidden", "stop", "env", "workspace", "pdf"]
     for item in run.items:
@@ -93,9 +112,81 @@ def test_evaluate_answers_scores_and_stores_every_question(workspace: Path, inge
     assert a["hit@2"] >= 0.5  # retrieval finds the right page for most of these plain questions
     assert 0 < a["rougeL"] < 1 and 0 <= a["bleu"] < 1 and a["latency_p95_s"] >= a["latency_p50_s"]
     assert run.config["retrieval"]["k"] == 2 and run.config["generation"]["max_new_tokens"] == 40
-    assert run.models["generator"] and run.models["embedding"]
+    assert run.models["generator"] and run.models["embedding"] and run.models["judge"] == "canned"
     again = RunStore(app.open_store()).load("docs")
     assert again.to_dict() == run.to_dict()
+    _check_grounding(run, judge)
+
+
+def _check_grounding(run: Any, judge: CannedJudge) -> None:
+    """The groundedness metrics exist, lie in 0..1, and agree with the sentences stored with each item."""
+    a = run.aggregates
+    for name in (*GROUNDING, "faithfulness"):
+        assert a[name] is None or 0 <= a[name] <= 1, name  # None only if every answer abstained
+    assert a["abstention_rate"] is not None and a["judge_unparsed"] == 0 and a["judge_errors"] == 0
+    answered = [i for i in run.items if not i.abstained]
+    for item in run.items:
+        supported = [s for s in item.sentences if s["citations"]]
+        if item.abstained:
+            assert item.sentences == [] and item.metrics["groundedness"] is None and item.judge is None
+            assert not any(c["cited"] for c in item.citations) and item.metrics["abstention_rate"] == 1.0
+            continue
+        assert item.sentences, item.prediction
+        assert item.metrics["groundedness"] == len(supported) / len(item.sentences)
+        assert {c["n"] for c in item.citations if c["cited"]} == {n for s in supported for n in s["citations"]}
+        assert 0 <= item.metrics["answer_relevance"] <= 1 and item.metrics["faithfulness"] == 1.0
+    if answered:
+        mean = sum(i.metrics["groundedness"] for i in answered) / len(answered)
+        assert a["groundedness"] == pytest.approx(mean)
+        assert a["answer_relevance"] > 0.2  # the answers are about the questions
+    assert a["abstention_rate"] == pytest.approx(1 - len(answered) / len(run.items))
+    assert len(judge.prompts) == 2 * len(answered)  # one claims list and one verdict per answer
+
+
+def _copied(app: App, question: str) -> str:
+    """The first two sentences of the best passage for `question`, word for word."""
+    text = app.search(question)[0].text
+    spans = split_sentences(text)
+    return text[spans[0][0] : spans[min(1, len(spans) - 1)][1]]
+
+
+def test_eval_score_copied_passage_is_grounded_and_made_up_answer_is_not(workspace: Path, tmp_path: Path) -> None:
+    """`eval score` attributes given answers to the workspace's passages, as `ask` attributes its own."""
+    question = "Does ragapp ingest skip hidden files?"
+    copied = _copied(App(workspace), question)
+    made_up = "Bananas are grown in Ecuador and exported to Norway."
+    rows = [
+        {"id": "copied", "question": question, "prediction": copied, "reference": copied, "sources": ["ingesting.md"]},
+        {"id": "made-up", "question": question, "prediction": made_up, "reference": copied},
+        {
+            "id": "abstained",
+            "question": question,
+            "prediction": "I could not find this in the documents.",
+            "reference": copied,
+        },
+        {"id": "no-question", "prediction": copied, "reference": copied},
+    ]
+    runs = {}
+    for name, keep in (("copied", {"copied", "abstained", "no-question"}), ("made-up", {"made-up"})):
+        data = tmp_path / f"{name}.jsonl"
+        data.write_text("".join(json.dumps(r) + "\n" for r in rows if r["id"] in keep))
+        args = ["-w", str(workspace), "eval", "score", str(data), "--name", f"score-{name}"]
+        result = CliRunner().invoke(cli, [*args, "--fail-under", "groundedness=0.5"])
+        assert result.exit_code == (0 if name == "copied" else 1), result.output
+        runs[name] = RunStore(App(workspace).open_store()).load(f"score-{name}")
+    items = {i.item_id: i for r in runs.values() for i in r.items}
+    assert items["copied"].metrics["groundedness"] == 1.0 and items["copied"].sentences
+    assert items["copied"].metrics["citation_precision"] == items["copied"].metrics["citation_recall"] == 1.0
+    assert items["copied"].metrics["answer_relevance"] > 0.3
+    assert items["made-up"].metrics["groundedness"] == 0.0 and items["made-up"].sentences
+    assert not any(c["cited"] for c in items["made-up"].citations) and items["made-up"].citations
+    assert items["made-up"].metrics["citation_precision"] is None  # no gold sources and nothing cited
+    assert items["abstained"].abstained and items["abstained"].metrics["groundedness"] is None
+    assert items["abstained"].metrics["abstention_rate"] == 1.0
+    assert "groundedness" not in items["no-question"].metrics  # nothing to retrieve passages for
+    assert runs["copied"].aggregates["groundedness"] == 1.0 and runs["made-up"].aggregates["groundedness"] == 0.0
+    assert runs["copied"].aggregates["abstention_rate"] == 0.5
+    assert runs["copied"].models["embedding"] and "retrieval" in runs["copied"].config
 
 
 def sqlite_half_only(module_database: str, why: str) -> None:

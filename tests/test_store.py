@@ -164,7 +164,7 @@ def test_version_3_database_gains_the_job_worker_column_and_keeps_its_jobs(url: 
         s.commit()
     engine.dispose()
     store = Store(url)
-    assert store.get_meta("schema_version") == str(SCHEMA_VERSION) == "4"
+    assert store.get_meta("schema_version") == str(SCHEMA_VERSION) == "5"
     with store.session() as s:
         assert s.execute(text("SELECT id, worker FROM ingest_jobs")).all() == [("j1", None)]
     store.close()

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -13,7 +15,11 @@ from ragapp.cli.common import emit_json, generation_flags, generation_options, j
 from ragapp.evals.formatting import format_change, format_metric
 from ragapp.evals.results import RunResult, shown_question
 
+if TYPE_CHECKING:
+    from ragapp.evals.judge import Judge
+
 _ANSWER_METRICS = ("rougeL", "rouge1", "rouge2", "bleu")
+_ITEM_METRICS = (*_ANSWER_METRICS, "groundedness", "faithfulness")  # `eval show --items`, those a run has
 
 
 def _gate_options(f: Any) -> Any:
@@ -29,6 +35,37 @@ def _gate_options(f: Any) -> Any:
         metavar="METRIC=MIN,...",
         help="Fail (exit 1) if a metric is below MIN, e.g. `rougeL=0.25,bleu=0.1`.",
     )(f)
+
+
+def _judge_options(f: Any) -> Any:
+    f = click.option(
+        "--judge-model", metavar="NAME", help="The judge's model (default: the first one the server lists)."
+    )(f)
+    return click.option(
+        "--judge-url",
+        metavar="URL",
+        help="Also score `faithfulness` with an LLM judge at this OpenAI-compatible endpoint, "
+        "e.g. http://127.0.0.1:8000/v1 (API key: $OPENAI_API_KEY, if set).",
+    )(f)
+
+
+@contextmanager
+def _judging(url: str | None, model: str | None) -> Iterator[Judge | None]:
+    """The judge, connected (its model resolved) before any question is answered: a wrong URL costs no run."""
+    from ragapp.errors import UsageError
+
+    if url is None:
+        if model is not None:
+            raise UsageError("--judge-model needs --judge-url")
+        yield None
+        return
+    from ragapp.evals.judge import Judge
+
+    judge = Judge(url, model, api_key=os.environ.get("OPENAI_API_KEY") or None)
+    try:
+        yield judge
+    finally:
+        judge.close()
 
 
 def _gate(fail_under: str | None, max_drop_vs: tuple[str, str] | None) -> Callable[[RunResult], None]:
@@ -76,6 +113,12 @@ def print_run(run: RunResult) -> None:
         click.echo(f"  ... and {len(run.problems) - 20} more bad lines", err=True)
     for item in [i for i in run.items if i.error][:20]:
         click.echo(f"  item {item.item_id} (line {item.position}) failed: {item.error}", err=True)
+    judge_failed = [i for i in run.items if i.judge and i.judge.get("error")]
+    for item in judge_failed[:20]:
+        error = item.judge["error"] if item.judge else ""
+        click.echo(f"  item {item.item_id} (line {item.position}) has no faithfulness: {error}", err=True)
+    if len(judge_failed) > 20:
+        click.echo(f"  ... and {len(judge_failed) - 20} more items the judge failed on", err=True)
 
 
 @click.group(name="eval")
@@ -100,6 +143,7 @@ def eval_group() -> None:
 )
 @click.option("--no-stem", is_flag=True, help="ROUGE without the Porter stemmer.")
 @generation_options
+@_judge_options
 @_gate_options
 @json_option
 def run(
@@ -108,22 +152,32 @@ def run(
     k: int | None,
     batch_size: int,
     no_stem: bool,
+    judge_url: str | None,
+    judge_model: str | None,
     fail_under: str | None,
     max_drop_vs: tuple[str, str] | None,
     as_json: bool,
     **sampling: Any,
 ) -> None:
-    """Answer every question in DATASET as `ask` would, score the answers and retrieval, store the run.
+    """Answer every question in DATASET as `ask` would, score the answers, their grounding and retrieval, store the run.
 
     Interrupted runs (Ctrl-C, a crash) continue where they stopped when the same command is run again.
     """
     from ragapp.evals.runner import evaluate
 
     gate = _gate(fail_under, max_drop_vs)
-    app = open_app({"generation": generation_flags(sampling)})
-    result = evaluate(
-        app, dataset, name=name, k=k, batch_size=batch_size, stem=not no_stem, progress=sys.stderr.isatty()
-    )
+    with _judging(judge_url, judge_model) as judge:
+        app = open_app({"generation": generation_flags(sampling)})
+        result = evaluate(
+            app,
+            dataset,
+            name=name,
+            k=k,
+            batch_size=batch_size,
+            stem=not no_stem,
+            progress=sys.stderr.isatty(),
+            judge=judge,
+        )
     if as_json:
         emit_json(result.to_dict())
     else:
@@ -135,23 +189,31 @@ def run(
 @click.argument("predictions", type=click.Path(path_type=Path))
 @click.option("--name", help="Name of the stored run (default: the file's name and a number).")
 @click.option("--no-stem", is_flag=True, help="ROUGE without the Porter stemmer.")
+@_judge_options
 @_gate_options
 @json_option
 def score(
     predictions: Path,
     name: str | None,
     no_stem: bool,
+    judge_url: str | None,
+    judge_model: str | None,
     fail_under: str | None,
     max_drop_vs: tuple[str, str] | None,
     as_json: bool,
 ) -> None:
     """Score answers produced elsewhere: JSONL with `prediction` and `reference` (or `answer`) per line.
 
-    `question`, `id` and `sources` are optional; a configured reward model scores only rows with a question."""
+    `question`, `id` and `sources` are optional; a configured reward model scores only rows with a question.
+    When the workspace has documents, rows with a question are attributed to the passages retrieved for it
+    and get the groundedness metrics."""
     from ragapp.evals.runner import score_predictions
 
     gate = _gate(fail_under, max_drop_vs)
-    result = score_predictions(open_app(), predictions, name=name, stem=not no_stem, progress=sys.stderr.isatty())
+    with _judging(judge_url, judge_model) as judge:
+        result = score_predictions(
+            open_app(), predictions, name=name, stem=not no_stem, progress=sys.stderr.isatty(), judge=judge
+        )
     if as_json:
         emit_json(result.to_dict())
     else:
@@ -181,7 +243,8 @@ def list_runs(as_json: bool) -> None:
         click.echo("No evaluation runs yet: `ragapp eval run DATASET` makes one.")
         return
     hit_names = sorted({n for r in runs for n in r.aggregates if n.startswith("hit@")})
-    metrics = [*_ANSWER_METRICS, *hit_names]
+    grounded = ["groundedness"] if any("groundedness" in r.aggregates for r in runs) else []
+    metrics = [*_ANSWER_METRICS, *grounded, *hit_names]
     rows = [
         [
             str(r.id),
@@ -213,7 +276,7 @@ def show(
     else:
         print_run(result)
         if show_items:
-            names = [m for m in _ANSWER_METRICS if any(m in i.metrics for i in result.items)]
+            names = [m for m in _ITEM_METRICS if any(m in i.metrics for i in result.items)]
             rows = [
                 [
                     str(i.position),

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
-from ragapp.answer import Answer, Citation
+from ragapp.answer import Answer, Citation, Sentence
 from ragapp.config import EffectiveConfig, load_config
 from ragapp.errors import DamagedDatabase, EmptyWorkspace, UsageError, WorkspaceError
 from ragapp.generators import GenerationConfig, Generator, Message, backend, load_generator
@@ -22,6 +22,7 @@ from ragapp.workspace_indexes import INDEX_FILE, WorkspaceIndexes
 
 if TYPE_CHECKING:
     from ragapp.agent import AgentResult, Step
+    from ragapp.attribution import AnswerWriter, Evidence
     from ragapp.connectors import Document
     from ragapp.embedding import Embedder
     from ragapp.ingest import Ingestor, IngestReport
@@ -43,6 +44,7 @@ class _Prepared:
     messages: list[Message]
     passages: list[Passage]
     timings: dict[str, float]
+    max_new_tokens: int
 
 
 def _vllm_device() -> str:
@@ -371,7 +373,7 @@ class App:
             )
         messages, passages = fit_prompt(generator, self.config.prompt, question, hits, budget)
         timings = {"retrieve_s": retrieve_s, "prompt_tokens": generator.count_tokens(messages)}
-        return _Prepared(question, hits, messages, passages, timings)
+        return _Prepared(question, hits, messages, passages, timings, sampling.max_new_tokens)
 
     def prompt_messages(
         self,
@@ -387,16 +389,90 @@ class App:
         store = self._require_chunks()
         return self._prepare(store, question, k, self.sampling(), mode, Filters.of(filters)).messages
 
-    def _answer(self, prepared: _Prepared, text: str) -> Answer:
-        from ragapp.prompt import cited_numbers
+    def _evidence(self, prepared: _Prepared) -> Evidence:
+        """The prompt's passages, embedded for attribution (timed as `attribute_s`)."""
+        from ragapp.attribution import Evidence, Passage
 
-        cited = cited_numbers(text)
+        mark = time.perf_counter()
+        passages = [Passage(p.n, p.hit.chunk_id, p.text) for p in prepared.passages]
+        evidence = Evidence(prepared.question, passages, self.embedder.embed_queries)
+        prepared.timings["attribute_s"] = time.perf_counter() - mark
+        return evidence
+
+    def _writer(self, prepared: _Prepared, evidence: Evidence, echoes: bool = True) -> AnswerWriter:
+        """What turns the generated text into the answer: no echoed labels, [n] marks, attributed sentences."""
+        from ragapp.attribution import AnswerWriter, heading_like
+
+        a, p = self.config.answer, self.config.prompt
+        dropped: list[str] = []
+        if echoes:
+            dropped = [prepared.question, *(x.hit.heading or "" for x in prepared.passages)]
+            dropped += [line for x in prepared.passages for line in x.text.splitlines() if heading_like(line)]
+            dropped += (p.system + "\n" + p.template).replace(". ", ".\n").splitlines()
+        return AnswerWriter(evidence, dropped, a.min_support, a.insert_citations)
+
+    def _rendered(self, prepared: _Prepared, evidence: Evidence, generated: str) -> str:
+        """`generated` as the answer would show it (echoes dropped, marks inserted)."""
+        writer = self._writer(prepared, evidence)
+        writer.push(generated)
+        writer.finish(cut=self._cut(prepared, generated))
+        return writer.text
+
+    def _cut(self, prepared: _Prepared, generated: str) -> bool:
+        """Whether generation stopped at its token limit."""
+        return self.generator.text_tokens(generated) >= prepared.max_new_tokens
+
+    def _irrelevant(self, evidence: Evidence) -> bool:
+        """Abstain before generating: no passage is about the question."""
+        a = self.config.answer
+        return a.abstain and (not evidence.passages or evidence.relevance < a.min_relevance)
+
+    def _answer(
+        self, prepared: _Prepared, generated: str | None, writer: AnswerWriter | None = None
+    ) -> tuple[Answer, str]:
+        """The Answer for `generated` (None: abstained before generating), and any text still to stream:
+        the not-found message when nothing in the draft turned out to be supported."""
+        a = self.config.answer
+        tail = ""
+        sentences: list[Sentence] = []
+        if generated is not None and writer is not None:
+            if not writer.finished:  # not streamed: the whole text at once
+                writer.push(generated)
+                tail = writer.finish(cut=self._cut(prepared, generated))
+            sentences = writer.sentences
+        text = writer.text if writer is not None else ""
+        unsupported = writer is not None and not any(s.citations for s in sentences)
+        quoting = a.abstain and a.unsupported == "quote"
+        quote = writer.evidence.quote() if unsupported and quoting and writer is not None else None
+        if quote is not None and writer is not None:  # the draft says nothing the passages do: say what they do
+            passage, start, end = quote
+            quoted = self._writer(prepared, writer.evidence, echoes=False)
+            quoted.push(passage.text[start:end])
+            quoted.finish()
+            tail = (tail + "\n\n" if text else "") + quoted.text
+            text, sentences = quoted.text, quoted.sentences
+            unsupported = False
+        abstained = generated is None or (a.abstain and unsupported)
+        if abstained:
+            tail = (tail + "\n\n" if text else "") + a.not_found
+            text, sentences = a.not_found, []
+        cited = {n for s in sentences for n in s.citations}
         citations = [Citation.of(p.n, p.hit, p.n in cited, p.text) for p in prepared.passages]
-        timings = {**prepared.timings, "completion_tokens": self.generator.text_tokens(text)}
-        model = self.generator.model_id
-        return Answer(
-            prepared.question, text.strip(), citations, model, timings, hits=prepared.hits, messages=prepared.messages
+        timings = {**prepared.timings, "completion_tokens": self.generator.text_tokens(generated or "")}
+        if writer is not None:
+            timings["attribute_s"] = timings.get("attribute_s", 0.0) + writer.seconds
+        answer = Answer(
+            prepared.question,
+            text,
+            citations,
+            self.generator.model_id,
+            timings,
+            hits=prepared.hits,
+            messages=prepared.messages,
+            sentences=sentences,
+            abstained=abstained,
         )
+        return answer, tail
 
     def ask(
         self,
@@ -431,29 +507,69 @@ class App:
 
         sampling = self.sampling(generation)
         prepared = self._prepare(store, question, k, sampling, mode, filters)
+        evidence = self._evidence(prepared)
         mark = time.perf_counter()
         candidates: list[dict[str, Any]] = []
-        if reward_model is not None:
+        writer: AnswerWriter | None = None
+        text: str | None = None
+        if self._irrelevant(evidence):
+            pass  # nothing to generate from
+        elif reward_model is not None:
             texts = [generator.generate(prepared.messages, s) for s in _samples(sampling, best_of)]
             scores = reward_model.score([question] * len(texts), texts)
-            candidates = [{"answer": t.strip(), "reward": r} for t, r in zip(texts, scores, strict=True)]
+            rendered = [self._rendered(prepared, evidence, t) for t in texts]  # as each would be answered
+            candidates = [{"answer": t, "reward": r} for t, r in zip(rendered, scores, strict=True)]
             text = texts[max(range(len(texts)), key=scores.__getitem__)]
+            writer = self._writer(prepared, evidence)
         elif on_token is None:
             text = generator.generate(prepared.messages, sampling)
+            writer = self._writer(prepared, evidence)
         else:
+            writer = self._writer(prepared, evidence)
             pieces = []
             for piece in generator.stream(prepared.messages, sampling):
                 pieces.append(piece)
-                on_token(piece)
+                shown = writer.push(piece)
+                if shown:
+                    on_token(shown)
             text = "".join(pieces)
-        prepared.timings["generate_s"] = time.perf_counter() - mark
+            shown = writer.finish(cut=self._cut(prepared, text))
+            if shown:
+                on_token(shown)
+        prepared.timings["generate_s"] = time.perf_counter() - mark - (writer.seconds if writer else 0.0)
         prepared.timings["load_s"] = load_s
-        prepared.timings["total_s"] = time.perf_counter() - started
-        answer = self._answer(prepared, text)
+        answer, tail = self._answer(prepared, text, writer)
+        if tail and on_token is not None:
+            on_token(tail)
+        answer.timings["total_s"] = time.perf_counter() - started
         if candidates:
             answer.candidates = candidates
             answer.reward = max(c["reward"] for c in candidates)
         return answer
+
+    def attribute(
+        self,
+        question: str,
+        text: str,
+        k: int | None = None,
+        mode: Mode | None = None,
+        filters: Filters | dict[str, Any] | None = None,
+    ) -> Answer:
+        """Attribute an answer written elsewhere (`text`) to the passages retrieved for `question`, as `ask`
+        attributes its own: sentences, support, quotes, `cited`. Nothing is generated; `eval score` uses it."""
+        from ragapp.attribution import Evidence, Passage
+
+        started = time.perf_counter()
+        hits = self.search(question, k, mode, filters)
+        evidence = Evidence(
+            question, [Passage(n, h.chunk_id, h.text) for n, h in enumerate(hits, 1)], self.embedder.embed_queries
+        )
+        a = self.config.answer
+        sentences = evidence.attribute(text.strip(), a.min_support)
+        cited = {n for s in sentences for n in s.citations}
+        citations = [Citation.of(n, h, n in cited) for n, h in enumerate(hits, 1)]
+        timings = {"attribute_s": time.perf_counter() - started}
+        return Answer(question, text.strip(), citations, "", timings, hits=hits, sentences=sentences)
 
     def ask_batch(
         self,
@@ -477,13 +593,20 @@ class App:
             mark = time.perf_counter()
             prepared.append(self._prepare(store, question, k, sampling, mode, filters))
             prepared[-1].timings["total_s"] = time.perf_counter() - mark
+        evidence = [self._evidence(p) for p in prepared]
+        asked = [i for i, e in enumerate(evidence) if not self._irrelevant(e)]
         mark = time.perf_counter()
-        texts = self.generator.generate_batch([p.messages for p in prepared], sampling)
-        share = (time.perf_counter() - mark) / len(prepared)
-        for p in prepared:
-            p.timings["generate_s"] = share
-            p.timings["total_s"] += share
-        return [self._answer(p, text) for p, text in zip(prepared, texts, strict=True)]
+        texts = self.generator.generate_batch([prepared[i].messages for i in asked], sampling) if asked else []
+        generated: dict[int, str] = dict(zip(asked, texts, strict=True))
+        share = (time.perf_counter() - mark) / max(len(asked), 1)
+        answers = []
+        for i, p in enumerate(prepared):
+            p.timings["generate_s"] = share if i in generated else 0.0
+            writer = self._writer(p, evidence[i]) if i in generated else None
+            answer, _ = self._answer(p, generated.get(i), writer)
+            answer.timings["total_s"] += p.timings["generate_s"] + answer.timings["attribute_s"]
+            answers.append(answer)
+        return answers
 
     def agent(
         self,

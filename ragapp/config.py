@@ -160,6 +160,21 @@ class PromptSettings(_Section):
         return self
 
 
+class AnswerSettings(_Section):
+    """What ragapp does with the generated text: attribution, `[n]` marks and abstention (docs/asking.md)."""
+
+    insert_citations: bool = True  # add [n] after each supported sentence that carries no mark of its own
+    abstain: bool = True  # answer `not_found` when nothing relevant is retrieved (or, see below, nothing supported)
+    # When no sentence of the draft is supported although the passages are relevant: "quote" answers with the
+    # passage text that best matches the question (cited); "abstain" answers `not_found`.
+    unsupported: Literal["quote", "abstain"] = "quote"
+    # Calibrated on labelled data (docs/asking.md, "Attribution and abstention"); both are 0..1 blends of the
+    # embedding cosine and word overlap (ragapp.attribution).
+    min_support: float = Field(default=0.76, ge=0, le=1)  # a sentence cites a passage from this support on
+    min_relevance: float = Field(default=0.5, ge=0, le=1)  # below it, the passages are not about the question
+    not_found: str = Field(default="I could not find this in the documents.", min_length=1)
+
+
 class RewardSettings(_Section):
     # A reward model folder written by `ragapp reward train`; "" = none. With one, `ragapp eval run` adds a
     # `reward` metric and `ragapp ask --best-of N` keeps the best-scored of N sampled answers.
@@ -202,6 +217,7 @@ class Config(_Section):
     retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
     generation: GenerationSettings = Field(default_factory=GenerationSettings)
     prompt: PromptSettings = Field(default_factory=PromptSettings)
+    answer: AnswerSettings = Field(default_factory=AnswerSettings)
     reward: RewardSettings = Field(default_factory=RewardSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
     agent: AgentSettings = Field(default_factory=AgentSettings)

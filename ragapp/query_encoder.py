@@ -47,6 +47,7 @@ WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 KEYED_LIBRARIES = ("torch", "transformers", "sentence-transformers", "tokenizers", "onnxruntime")
 GRAPH, TOKENIZER, META = "model.onnx", "tokenizer.json", "meta.json"
 MIN_SELF_CHECK_COSINE = 0.9999
+ENCODE_GROUP = 16  # texts per ONNX Runtime call, sorted by length
 # Probes of different lengths, embedded as one padded batch: a wrong pad/truncation setting shows up here.
 PROBES = (
     "query",
@@ -146,13 +147,21 @@ class OnnxQueryEncoder:
             return np.zeros((0, self.dim), dtype=np.float32)
         encodings = self._tokenizer.encode_batch(list(texts))
         columns = {
-            "input_ids": [e.ids for e in encodings],
-            "attention_mask": [e.attention_mask for e in encodings],
-            "token_type_ids": [e.type_ids for e in encodings],
+            "input_ids": np.asarray([e.ids for e in encodings], dtype=np.int64),
+            "attention_mask": np.asarray([e.attention_mask for e in encodings], dtype=np.int64),
+            "token_type_ids": np.asarray([e.type_ids for e in encodings], dtype=np.int64),
         }
-        feed = {name: np.asarray(columns[name], dtype=np.int64) for name in self._inputs}
-        (vectors,) = self._session.run(None, feed)
-        return np.ascontiguousarray(vectors, dtype=np.float32)
+        # Texts of similar length together, each group padded only to its longest: attribution embeds a
+        # few dozen passage sentences of very different lengths at once.
+        lengths = columns["attention_mask"].sum(axis=1)
+        order = np.argsort(lengths, kind="stable")
+        vectors = np.empty((len(texts), self.dim), dtype=np.float32)
+        for at in range(0, len(order), ENCODE_GROUP):
+            rows = order[at : at + ENCODE_GROUP]
+            width = int(lengths[rows].max())
+            feed = {name: columns[name][rows, :width] for name in self._inputs}
+            (vectors[rows],) = self._session.run(None, feed)
+        return vectors
 
     def _check(self, reference: SentenceTransformer) -> None:
         expected = reference.encode(

@@ -123,3 +123,28 @@ def descendants(pid: int) -> set[int]:
 def sse_events(response: httpx.Response) -> list[str]:
     """The `data:` payloads of a server-sent event stream, in order."""
     return [line[len("data: ") :] for line in response.iter_lines() if line.startswith("data: ")]
+
+
+def assert_attribution(body: dict[str, Any], answer: str) -> None:
+    """What every answer of the API keeps (`body`: a /v1/query or chat completion response, or a stream's
+    last chunk; `answer`: its text): a passage is `cited` exactly when some sentence cites it; each quote
+    is a span of the text of its sentence's best citation; an abstained answer cites nothing."""
+    citations = {c["n"]: c for c in body["citations"]}
+    sentences = body["sentences"]
+    assert isinstance(body["abstained"], bool)
+    cited = {n for s in sentences for n in s["citations"]}
+    assert cited <= set(citations), (cited, list(citations))
+    assert {n for n, c in citations.items() if c["cited"]} == cited
+    for sentence in sentences:
+        assert set(sentence) == {"text", "citations", "support", "quote"}
+        assert sentence["text"].strip() and sentence["text"] in answer, (sentence["text"], answer)
+        assert 0 <= sentence["support"] <= 1
+        quote = sentence["quote"]
+        assert (quote is None) == (not sentence["citations"]), sentence
+        if quote is not None:
+            best = citations[sentence["citations"][0]]
+            assert quote["chunk_id"] == best["chunk_id"]
+            assert 0 <= quote["start"] < quote["end"] <= len(best["text"])
+            assert best["text"][quote["start"] : quote["end"]].strip()
+    if body["abstained"]:
+        assert sentences == [] and cited == set()  # `citations` are the closest passages, none cited

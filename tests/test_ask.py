@@ -40,7 +40,7 @@ def test_ask_answers_with_numbered_citations(workspace: Path) -> None:
 
 def test_streaming_pieces_make_up_the_answer(workspace: Path) -> None:
     pieces: list[str] = []
-    app = App(workspace)
+    app = App(workspace, config={"answer": {"abstain": False}})  # the generated text itself, however unsupported
     streamed = app.ask("What file formats can be ingested?", generation={"max_new_tokens": 24}, on_token=pieces.append)
     plain = app.ask("What file formats can be ingested?", generation={"max_new_tokens": 24})
     assert len(pieces) > 1
@@ -55,7 +55,7 @@ def test_context_window_is_respected(workspace: Path) -> None:
 
 
 def test_stop_strings_and_sampling_seed(workspace: Path) -> None:
-    app = App(workspace)
+    app = App(workspace, config={"answer": {"abstain": False}})  # the generated text itself, however unsupported
     sampled = [
         app.ask("What is ragapp?", generation={"max_new_tokens": 16, "temperature": 0.9, "seed": 5}).answer
         for _ in range(2)

@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.servers import Server, docs_workspace, serving, sse_events
+from tests.servers import Server, assert_attribution, docs_workspace, serving, sse_events
 
 pytestmark = pytest.mark.slow
 
@@ -71,6 +71,25 @@ def test_query_answers_with_citations_chunks_and_timings(client: httpx.Client) -
     assert len(body["chunks"]) == 3 and body["standalone_question"] == QUESTION
     assert {"retrieve_s", "generate_s", "queue_s", "prompt_tokens", "completion_tokens"} <= set(body["timings"])
     assert len(body["conversation_id"]) == 32
+    assert_attribution(body, body["answer"])
+    assert body["abstained"] is False and body["sentences"]  # the docs answer it
+
+
+def test_a_question_the_documents_cannot_answer_is_not_found(client: httpx.Client) -> None:
+    """Nothing in ragapp's docs is about it: the answer says so (answer.not_found), in JSON and in the stream,
+    and the citations are the closest passages, none cited."""
+    question = {"role": "user", "content": "What is the boiling point of tungsten in kelvin?"}
+    plain = client.post("/v1/chat/completions", json={"messages": [question]}).json()
+    content = plain["choices"][0]["message"]["content"]
+    assert plain["abstained"] is True and content == "I could not find this in the documents."
+    assert plain["citations"] and plain["sentences"] == []
+    assert_attribution(plain, content)
+    with client.stream("POST", "/v1/chat/completions", json={"messages": [question], "stream": True}) as response:
+        chunks = [json.loads(e) for e in sse_events(response)[:-1]]
+    last = chunks[-1]
+    assert last["abstained"] is True and last["answer"] == content and last["sentences"] == []
+    assert [c["chunk_id"] for c in last["citations"]] == [c["chunk_id"] for c in plain["citations"]]
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks).endswith(content)
 
 
 def test_chat_completion_is_openai_shaped_and_same_as_stream(client: httpx.Client) -> None:
@@ -93,8 +112,15 @@ def test_chat_completion_is_openai_shaped_and_same_as_stream(client: httpx.Clien
     assert all(c["object"] == "chat.completion.chunk" and c["id"] == chunks[0]["id"] for c in chunks)
     pieces = [c["choices"][0]["delta"].get("content", "") for c in chunks]
     assert sum(1 for p in pieces if p) > 1  # really streamed, not one blob
-    assert "".join(pieces).strip() == choice["message"]["content"]  # greedy: the same answer either way
+    content = choice["message"]["content"]
+    # Greedy: the same answer either way; a draft found unsupported is streamed, then "not found".
+    streamed = "".join(pieces).strip()
+    assert streamed == content or (plain["abstained"] and streamed.endswith("\n\n" + content))
+    assert_attribution(plain, content)
     last = chunks[-1]
+    assert last["answer"] == content and last["abstained"] == plain["abstained"]
+    assert last["sentences"] == plain["sentences"]  # the same sentences, quotes and support
+    assert_attribution(last, last["answer"])
     assert last["choices"][0]["finish_reason"] == choice["finish_reason"]
     assert [c["chunk_id"] for c in last["citations"]] == [c["chunk_id"] for c in plain["citations"]]
     assert last["usage"]["completion_tokens"] == usage["completion_tokens"]
@@ -110,6 +136,7 @@ def test_official_openai_client_works(open_server: tuple[Server, Path]) -> None:
     )
     assert reply.choices[0].message.content
     assert reply.model_extra is not None and reply.model_extra["citations"]
+    assert isinstance(reply.model_extra["sentences"], list) and isinstance(reply.model_extra["abstained"], bool)
     streamed = openai.chat.completions.create(
         model="default", messages=[{"role": "user", "content": QUESTION}], max_tokens=8, stream=True
     )

@@ -8,7 +8,9 @@ in test_service_api.py.
 
 Generation is a labelled FAKE (`FakeGenerator`, control flow only): it produces one word at a time, slowly,
 counting them, so a test can see whether a generation stopped when its client went away; and it refuses a
-prompt over its context window as the real backends do.
+prompt over its context window as the real backends do. Its words support nothing, so abstention is off
+here (`[answer]`) except where a test turns it on; a test that needs supported sentences gives it a script.
+Attribution itself (sentences, quotes, [n] marks) is real.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from ragapp.generators import GenerationConfig, Message
 from ragapp.service import Service, create_app
 from ragapp.service.collections import Collections
 from ragapp.store import TurnRow
+from tests.servers import assert_attribution
 from tests.support import database_of_its_own
 
 # Every test here touches the store: each runs on SQLite, then on PostgreSQL.
@@ -58,8 +61,12 @@ max_upload_mb = 1
 
 [ingest]
 max_file_mb = 0.2
+
+[answer]
+abstain = false
 """
 QUESTION = "When is the blue pump serviced?"
+CUT = "\u2026"  # how an answer that reached max_tokens mid-sentence ends
 
 
 class FakeGenerator:
@@ -75,6 +82,7 @@ class FakeGenerator:
         self.produced = 0
         self.finished = 0  # generations that ran to their end
         self.prompts: list[list[Message]] = []
+        self.script: str | None = None  # words to say instead of w0 w1 ...
 
     def count_tokens(self, messages: Sequence[Message]) -> int:
         return sum(len(m["content"].split()) + 4 for m in messages)
@@ -87,10 +95,11 @@ class FakeGenerator:
         if tokens > self.context_window:
             raise ValueError(f"prompt has {tokens} tokens; the context window of fake-slow is {self.context_window}")
         self.prompts.append(list(messages))
-        for n in range(config.max_new_tokens):
+        words = self.script.split() if self.script is not None else [f"w{n}" for n in range(config.max_new_tokens)]
+        for word in words[: config.max_new_tokens]:
             time.sleep(self.delay)
             self.produced += 1
-            yield f" w{n}"
+            yield " " + word
         self.finished += 1
 
     def generate(self, messages: Sequence[Message], config: GenerationConfig) -> str:
@@ -136,6 +145,7 @@ def served(
 def fake(generator: FakeGenerator) -> FakeGenerator:
     """The module's fake generator, its counts cleared."""
     generator.delay, generator.produced, generator.finished, generator.prompts = 0.02, 0, 0, []
+    generator.script = None
     return generator
 
 
@@ -221,7 +231,7 @@ def test_chat_completion_is_openai_shaped_and_its_stream_is_framed_as_sse(
     plain = client.post("/v1/chat/completions", json=request).json()
     assert plain["object"] == "chat.completion" and plain["id"].startswith("chatcmpl-") and plain["model"] == "default"
     choice = plain["choices"][0]
-    assert choice["message"] == {"role": "assistant", "content": "w0 w1 w2 w3 w4"}
+    assert choice["message"] == {"role": "assistant", "content": "w0 w1 w2 w3 w4" + CUT}
     assert choice["finish_reason"] == "length"  # max_tokens reached
     usage = plain["usage"]
     assert usage["completion_tokens"] == 5 and usage["total_tokens"] == usage["prompt_tokens"] + 5
@@ -236,7 +246,7 @@ def test_chat_completion_is_openai_shaped_and_its_stream_is_framed_as_sse(
     assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
     assert all(c["object"] == "chat.completion.chunk" and c["id"] == chunks[0]["id"] for c in chunks)
     pieces = [c["choices"][0]["delta"].get("content", "") for c in chunks[1:-1]]
-    assert pieces == ["w0", " w1", " w2", " w3", " w4"]  # one event per token; the first one stripped
+    assert pieces == ["w0", " w1", " w2", " w3", " w4", CUT]  # one event per token; the first one stripped
     last = chunks[-1]
     assert last["choices"][0] == {"index": 0, "delta": {}, "finish_reason": "length"}
     assert [c["chunk_id"] for c in last["citations"]] == [c["chunk_id"] for c in plain["citations"]]
@@ -258,7 +268,7 @@ def test_an_error_during_a_stream_is_its_last_event(client: TestClient, fake: Fa
 def test_query_answers_and_conversations_are_stored_per_key(client: TestClient, fake: FakeGenerator) -> None:
     fake.delay = 0.0
     first = client.post("/v1/query", json={"question": QUESTION, "k": 2, "max_tokens": 3}).json()
-    assert first["answer"] == "w0 w1 w2" and first["model"] == "fake-slow" and first["collection"] == "default"
+    assert first["answer"] == "w0 w1 w2" + CUT and first["model"] == "fake-slow" and first["collection"] == "default"
     assert len(first["chunks"]) == 2 and first["standalone_question"] == QUESTION
     assert [c["n"] for c in first["citations"]] == list(range(1, len(first["citations"]) + 1))
     assert {"retrieve_s", "generate_s", "queue_s", "condense_s"} <= set(first["timings"])
@@ -271,11 +281,95 @@ def test_query_answers_and_conversations_are_stored_per_key(client: TestClient, 
     assert client.post("/v1/chat/completions", json=chat).json()["conversation_id"] == cid
     turns = client.get(f"/v1/conversations/{cid}").json()["turns"]
     assert [t["question"] for t in turns] == [QUESTION, "And who does it?", "Thanks."]
-    assert turns[0]["answer"] == "w0 w1 w2" and turns[0]["citations"]
+    assert turns[0]["answer"] == "w0 w1 w2" + CUT and turns[0]["citations"]
     assert turns[1]["standalone_question"] == follow.json()["standalone_question"]
     error_of(client.post("/v1/query", json={"question": "q", "conversation_id": "nope"}), 404)
     error_of(client.get("/v1/conversations/nope"), 404)
     error_of(client.get(f"/v1/conversations/{cid}", params={"collection": "nope"}), 404)
+
+
+SUPPORTED = (
+    "The blue pump in hall 7 is serviced every 90 days by the night shift. "
+    "Valve V-12 must be closed before the blue pump is opened for service."
+)
+
+
+def test_answers_carry_their_sentences_in_json_and_in_the_stream(client: TestClient, fake: FakeGenerator) -> None:
+    """The fake says what the notes say (scripted); attribution is real: each sentence cites its note and
+    quotes it, marks are added after the sentences, and JSON and stream carry the same sentences."""
+    fake.delay, fake.script = 0.0, SUPPORTED
+    query = client.post("/v1/query", json={"question": QUESTION, "k": 2}).json()
+    assert_attribution(query, query["answer"])
+    citations = {c["n"]: c for c in query["citations"]}
+    pumps = next(n for n, c in citations.items() if c["source"].endswith("pumps.md"))
+    valves = next(n for n, c in citations.items() if c["source"].endswith("valves.md"))
+    first, second = query["sentences"]
+    assert first["citations"][0] == pumps and second["citations"][0] == valves
+    quote = first["quote"]
+    assert "every 90 days" in citations[pumps]["text"][quote["start"] : quote["end"]]
+    assert f"night shift.[{pumps}]" in query["answer"] and query["answer"].endswith(f"service.[{valves}]")
+    assert query["abstained"] is False and all(c["cited"] for c in citations.values())
+
+    request = {"messages": [{"role": "user", "content": QUESTION}], "k": 2}
+    plain = client.post("/v1/chat/completions", json=request).json()
+    content = plain["choices"][0]["message"]["content"]
+    assert content == query["answer"] and plain["sentences"] == query["sentences"] and plain["abstained"] is False
+    assert_attribution(plain, content)
+    with client.stream("POST", "/v1/chat/completions", json={**request, "stream": True}) as response:
+        chunks = [json.loads(e) for e in sse_events(response)[:-1]]
+    last = chunks[-1]
+    assert last["sentences"] == plain["sentences"] and last["abstained"] is False
+    assert last["citations"] == plain["citations"] and last["answer"] == content
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == content  # marks streamed too
+    assert_attribution(last, last["answer"])
+
+
+def test_an_unsupported_draft_is_answered_with_the_best_passage(
+    served: tuple[TestClient, Service, Path], fake: FakeGenerator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With abstention on and `answer.unsupported = "quote"` (the defaults), the fake's unsupported words
+    give way to the passage text that best matches the question, cited, and streamed after the draft."""
+    client, service, _ = served
+    monkeypatch.setattr(service.app("default").config.answer, "abstain", True)
+    fake.delay = 0.0
+    query = client.post("/v1/query", json={"question": QUESTION, "max_tokens": 3}).json()
+    assert query["abstained"] is False and query["sentences"] and "w0" not in query["answer"]
+    assert_attribution(query, query["answer"])
+    best = next(c for c in query["citations"] if c["chunk_id"] == query["sentences"][0]["quote"]["chunk_id"])
+    assert best["cited"] and query["sentences"][0]["text"] in best["text"]  # the passage's own words
+    request = {"messages": [{"role": "user", "content": QUESTION}], "max_tokens": 3, "stream": True}
+    with client.stream("POST", "/v1/chat/completions", json=request) as response:
+        chunks = [json.loads(e) for e in sse_events(response)[:-1]]
+    streamed = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks)
+    assert streamed == "w0 w1 w2" + CUT + "\n\n" + query["answer"] and chunks[-1]["answer"] == query["answer"]
+
+
+def test_an_unsupported_draft_is_answered_not_found(
+    served: tuple[TestClient, Service, Path], fake: FakeGenerator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With abstention on (the default; off in this module), the fake's words support nothing: the answer
+    is the not-found message, the citations the closest passages, none cited; the stream's last chunk
+    says so and carries that final `answer` (the draft was streamed before it)."""
+    client, service, _ = served
+    settings = service.app("default").config.answer
+    monkeypatch.setattr(settings, "abstain", True)
+    monkeypatch.setattr(settings, "unsupported", "abstain")
+    fake.delay = 0.0
+    query = client.post("/v1/query", json={"question": QUESTION, "max_tokens": 3}).json()
+    assert query["abstained"] is True and query["answer"] == settings.not_found
+    assert query["sentences"] == [] and query["citations"] and not any(c["cited"] for c in query["citations"])
+    assert_attribution(query, query["answer"])
+    request = {"messages": [{"role": "user", "content": QUESTION}], "max_tokens": 3}
+    plain = client.post("/v1/chat/completions", json=request).json()
+    assert plain["abstained"] is True and plain["choices"][0]["message"]["content"] == settings.not_found
+    with client.stream("POST", "/v1/chat/completions", json={**request, "stream": True}) as response:
+        chunks = [json.loads(e) for e in sse_events(response)[:-1]]
+    last = chunks[-1]
+    assert last["abstained"] is True and last["sentences"] == [] and last["answer"] == settings.not_found
+    streamed = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks)
+    assert streamed == "w0 w1 w2" + CUT + "\n\n" + settings.not_found
+    turns = client.get(f"/v1/conversations/{query['conversation_id']}").json()["turns"]
+    assert turns[0]["answer"] == settings.not_found and not any(c["cited"] for c in turns[0]["citations"])
 
 
 @pytest.mark.parametrize(

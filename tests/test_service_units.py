@@ -25,6 +25,7 @@ from ragapp.service.keys import KeyStore
 from ragapp.service.limits import GenerationQueue, QueueFull
 from ragapp.service.routes_documents import upload_name
 from ragapp.store import ApiKeyRow, Store
+from tests.servers import assert_attribution
 
 # Tests that touch the store run on SQLite and PostgreSQL (`database`); the others once.
 ON_BOTH_STORES = pytest.mark.usefixtures("database")
@@ -263,6 +264,49 @@ def test_conversations_belong_to_their_key_and_collection(tmp_path: Path) -> Non
     conversations.drop_collection("alpha")
     with pytest.raises(NotFound):
         conversations.turns(cid, "alpha", 1)
+
+
+def test_sentences_and_abstained_fit_the_response_schemas() -> None:
+    """`sentences` and `abstained` as the response models pass them on (they drop what they do not declare),
+    from a hand-made Answer: the shapes, not attribution (that is tested end to end in test_service_api.py)."""
+    from ragapp.answer import Answer, Citation, Quote, Sentence
+    from ragapp.service import schemas as s
+    from ragapp.service.routes_chat import attribution
+
+    passage = "Debian is a free operating system. It is old."
+    citations = [
+        Citation(1, "debian.md", None, None, "About", 7, 0.9, True, passage),
+        Citation(2, "other.md", 3, None, None, 8, 0.2, False, "Unrelated."),
+    ]
+    sentences = [Sentence("Debian is free.", [1], 0.812345, Quote(7, 0, 34)), Sentence("Who knows?", [], 0.1, None)]
+    answer = Answer("What is Debian?", "Debian is free.[1] Who knows?", citations, "m", sentences=sentences)
+    expected = [
+        {
+            "text": "Debian is free.",
+            "citations": [1],
+            "support": 0.8123,
+            "quote": {"chunk_id": 7, "start": 0, "end": 34},
+        },
+        {"text": "Who knows?", "citations": [], "support": 0.1, "quote": None},
+    ]
+    choice = {"index": 0, "message": {"content": answer.answer}, "finish_reason": "stop"}
+    usage = {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}
+    chat = s.ChatResponse.model_validate(
+        {"id": "c", "created": 0, "model": "default", "choices": [choice], "usage": usage, "conversation_id": "x"}
+        | attribution(answer)
+    ).model_dump(mode="json")
+    query = s.QueryResponse.model_validate(
+        answer.to_dict() | {"standalone_question": "q", "conversation_id": "x", "collection": "default", "chunks": []}
+    ).model_dump(mode="json")
+    for body in (chat, query):
+        assert body["sentences"] == expected and body["abstained"] is False
+        assert_attribution(body, answer.answer)
+    assert passage[0:34] == "Debian is a free operating system."
+    not_found = Answer("q", "Not in the documents.", [Citation(1, "a.md", None, None, None, 7, 0.1, False, "x")], "m")
+    not_found.abstained = True
+    assert attribution(not_found) | {"citations": []} == {"citations": [], "sentences": [], "abstained": True}
+    quote = s.ChatResponse.model_json_schema()["$defs"]["Quote"]["properties"]
+    assert all(quote[k]["description"] for k in ("chunk_id", "start", "end"))
 
 
 def test_loopback_addresses() -> None:

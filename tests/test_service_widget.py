@@ -2,8 +2,9 @@
 server over ragapp's own docs with the real models: answers stream in, [n] citations and sources open
 their passages, an embed on another origin works through CORS, follow-ups continue the conversation.
 
-The last test replaces the server's answers with made-up ones (Playwright routes) to check how errors and
-hostile text are shown; everything else talks to the real server.
+A mark's quote (hover, focus, click) is shown for a real answer. The last tests replace the server's answers
+with made-up ones (Playwright routes) to check how errors, hostile text, the choice of quote per mark, a tap
+on a touch screen and an abstained answer are shown; everything else talks to the real server.
 """
 
 from __future__ import annotations
@@ -296,6 +297,81 @@ def test_widget_embeds_on_another_origin(
     assert "access-control-allow-origin" not in refused.headers
 
 
+MARK = re.compile(r"\[(\d+(?:\s*[,;]\s*\d+)*)\]")
+
+
+def first_mark(final: dict[str, Any]) -> tuple[int, int]:
+    """(n, offset in the answer) of the first [n] mark that names a citation of the final event."""
+    known = {c["n"] for c in final["citations"]}
+    for m in MARK.finditer(final["answer"]):
+        numbers = [int(x) for x in re.split(r"\s*[,;]\s*", m.group(1))]
+        if all(n in known for n in numbers):
+            return numbers[0], m.start()
+    raise AssertionError(f"no [n] mark in {final['answer']!r}")
+
+
+def quote_of(final: dict[str, Any], n: int, at: int) -> tuple[str, str]:
+    """(kind, text) the popover of mark [n] at offset `at` must show: the quote of the sentence it is in
+    (the last one starting before it) when that quote is from passage n, else the start of passage n."""
+    citation = next(c for c in final["citations"] if c["n"] == n)
+    starts, start = [], 0
+    for sentence in final["sentences"]:
+        start = final["answer"].index(sentence["text"], start)
+        starts.append(start)
+    before = [i for i, s in enumerate(starts) if s <= at]
+    quote = final["sentences"][before[-1]]["quote"] if before else None
+    if quote and quote["chunk_id"] == citation["chunk_id"]:
+        return "quote", citation["text"][quote["start"] : quote["end"]]
+    return "passage", citation["text"].strip()[:60]
+
+
+def test_a_mark_shows_its_supporting_quote(server: Server, page: Any) -> None:
+    """Hover, keyboard focus and click on the first [n] of a real answer show the quote the final event gives
+    for it, with the source's name; leaving, Escape and a second click close it."""
+    calls: list[Any] = []
+    page.on("response", lambda r: calls.append(r) if r.request.method == "POST" and "/v1/chat/" in r.url else None)
+    page.goto(f"{server.url}/widget?collection=default")
+    answer = ask(page, QUESTION)
+    events = [json.loads(line[6:]) for line in calls[0].text().splitlines() if line.startswith("data: {")]
+    final = events[-1]
+    assert final["abstained"] is False and final["sentences"], final
+    assert words(answer.get_by_test_id("ragapp-answer-text").text_content()) == words(final["answer"])  # the final text
+    n, at = first_mark(final)
+    kind, quoted = quote_of(final, n, at)
+    citation = next(c for c in final["citations"] if c["n"] == n)
+    mark = answer.get_by_test_id("ragapp-cite").first
+    assert int(mark.get_attribute("data-n")) == n
+    pop = page.get_by_test_id("ragapp-quote")
+    assert pop.is_hidden()
+
+    mark.hover()
+    pop.wait_for(state="visible")
+    assert quoted in pop.get_by_test_id("ragapp-quote-text").text_content()
+    assert pop.get_attribute("data-kind") == kind and pop.get_attribute("data-n") == str(n)
+    assert Path(citation["source"]).name in pop.get_by_test_id("ragapp-quote-source").text_content()
+    assert mark.get_attribute("aria-describedby") == pop.get_attribute("id")
+    box, spot = pop.bounding_box(), page.get_by_test_id("ragapp-panel").bounding_box()
+    assert spot["x"] <= box["x"] and box["x"] + box["width"] <= spot["x"] + spot["width"]  # inside the panel
+    page.mouse.move(1, 1)
+    pop.wait_for(state="hidden")
+
+    mark.focus()  # as Tab would
+    pop.wait_for(state="visible")
+    assert quoted in pop.text_content()
+    page.keyboard.press("Escape")
+    pop.wait_for(state="hidden")
+
+    mark.click()  # pins it, and opens the passage as before
+    pop.wait_for(state="visible")
+    assert answer.locator(f"[data-testid=ragapp-passage][data-n='{n}']").is_visible()
+    page.mouse.move(1, 1)
+    page.wait_for_timeout(400)
+    assert pop.is_visible()  # a clicked quote stays after the pointer leaves
+    mark.click()
+    pop.wait_for(state="hidden")
+    assert page.problems == []
+
+
 def test_follow_up_continues_the_conversation(server: Server, page: Any) -> None:
     sent: list[dict[str, Any]] = []
     page.on("request", lambda r: sent.append(r.post_data_json) if r.url.endswith("/v1/chat/completions") else None)
@@ -420,3 +496,119 @@ def test_errors_and_hostile_text_are_shown_as_text(server: Server, page: Any) ->
     assert seen[-1].headers["authorization"] == "Bearer secret-key"
     bodies = [r.post_data_json for r in seen]
     assert [len(b["messages"]) for b in bodies] == [1, 1, 1]  # failed questions are not kept as history
+
+
+def _final(answer: str, citations: list[dict[str, Any]], sentences: list[dict[str, Any]], abstained: bool) -> str:
+    """A made-up stream: `answer` as one delta, then the finish with the fields the server sends."""
+    return _sse(
+        {"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]},
+        {"choices": [{"index": 0, "delta": {"content": "a draft"}, "finish_reason": None}]},
+        {
+            "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+            "conversation_id": "c-2",
+            "citations": citations,
+            "sentences": sentences,
+            "abstained": abstained,
+            "answer": answer,
+        },
+        "[DONE]",
+    )
+
+
+def _citation(n: int, chunk_id: int, text: str, cited: bool) -> dict[str, Any]:
+    return {
+        "n": n,
+        "source": f"/srv/docs/doc{n}.md",
+        "page": None,
+        "anchor": None,
+        "heading": None,
+        "chunk_id": chunk_id,
+        "score": 0.5,
+        "cited": cited,
+        "text": text,
+    }
+
+
+def test_made_up_answers_quote_per_mark_and_show_not_found(server: Server, browser: Any) -> None:
+    """Made-up final events (Playwright routes), on a touch screen: a mark shows its own sentence's quote,
+    or the start of its passage when that sentence quotes another one, as text; a tap opens it and a second
+    tap closes it. An abstained answer replaces the streamed draft, looks different and lists the closest
+    passages."""
+    hostile = '<img src=x onerror="window.__pwned=1">'
+    one = "Debian is a free operating system. " + hostile + " It was first released in 1993."
+    two = "Ubuntu is based on Debian and adds a six-month release cycle."
+    citations = [_citation(1, 11, one, True), _citation(2, 12, two, False)]
+    sentences = [
+        {"text": "Debian is free.", "citations": [1], "support": 0.8, "quote": {"chunk_id": 11, "start": 0, "end": 34}},
+        {
+            "text": "It dates from 1993.",
+            "citations": [1],
+            "support": 0.7,
+            "quote": {"chunk_id": 11, "start": 35, "end": len(one)},  # the hostile text too
+        },
+    ]
+    assert one[0:34] == "Debian is a free operating system." and one[35:].startswith(hostile)
+    not_found = "I could not find this in the documents."
+    replies = [
+        _final("Debian is free.[1] It dates from 1993.[1] [2]", citations, sentences, False),
+        _final(not_found, [_citation(1, 11, one, False), _citation(2, 12, two, False)], [], True),
+    ]
+    context = browser.new_context(viewport={"width": 420, "height": 800}, has_touch=True, is_mobile=True)
+    page = context.new_page()
+    problems: list[str] = []
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    try:
+        page.route(
+            "**/v1/chat/completions",
+            lambda route: route.fulfill(status=200, content_type="text/event-stream", body=replies.pop(0)),
+        )
+        page.goto(f"{server.url}/widget")
+        box = page.get_by_test_id("ragapp-input")
+        box.fill("What is Debian?")
+        box.press("Enter")
+        answer = page.locator("[data-testid=ragapp-answer][data-state=done]").first
+        answer.wait_for()
+        assert (
+            answer.get_by_test_id("ragapp-answer-text").text_content()
+            == "Debian is free.[1] It dates from 1993.[1] [2]"
+        )
+        marks = answer.get_by_test_id("ragapp-cite")
+        assert marks.count() == 3 and answer.get_attribute("data-abstained") is None
+        pop = page.get_by_test_id("ragapp-quote")
+        expected = [("quote", one[0:34]), ("quote", one[35:]), ("passage", two)]
+        for i, (kind, text) in enumerate(expected):
+            marks.nth(i).tap()
+            pop.wait_for(state="visible")
+            assert pop.get_attribute("data-kind") == kind
+            assert pop.get_by_test_id("ragapp-quote-text").text_content() == text
+            assert (
+                f"doc{marks.nth(i).get_attribute('data-n')}.md"
+                in pop.get_by_test_id("ragapp-quote-source").text_content()
+            )
+            marks.nth(i).tap()  # a second tap closes it
+            pop.wait_for(state="hidden")
+        marks.nth(1).tap()
+        pop.wait_for(state="visible")
+        page.keyboard.press("Escape")
+        pop.wait_for(state="hidden")
+
+        box.fill("What is Plan 9?")
+        box.press("Enter")
+        missing = page.locator("[data-testid=ragapp-answer][data-state=done]").nth(1)
+        missing.wait_for()
+        assert missing.get_attribute("data-abstained") == ""
+        assert missing.get_by_test_id("ragapp-answer-text").text_content() == not_found  # not the draft
+        assert missing.get_by_test_id("ragapp-not-found").is_visible()
+        assert missing.get_by_test_id("ragapp-cite").count() == 0
+        style = "a => [getComputedStyle(a).backgroundColor, getComputedStyle(a).borderTopStyle]"
+        assert missing.evaluate(style) != answer.evaluate(style)  # visibly not an ordinary answer
+        sources = missing.get_by_test_id("ragapp-sources")
+        assert "Closest passages" in sources.text_content()
+        assert [s.get_attribute("data-cited") for s in missing.get_by_test_id("ragapp-source").all()] == ["false"] * 2
+        missing.get_by_test_id("ragapp-source-toggle").first.tap()
+        assert missing.get_by_test_id("ragapp-passage").first.text_content() == one
+        root = "document.querySelector('[data-testid=ragapp-widget]').shadowRoot"
+        assert page.evaluate(f"() => {root}.querySelectorAll('img').length + (window.__pwned || 0)") == 0
+        assert problems == []
+    finally:
+        context.close()

@@ -60,9 +60,9 @@ def shown_path(source: str) -> str:
     return source if rel.startswith("..") else rel
 
 
-def echo_citations(citations: list[Citation]) -> None:
+def echo_citations(citations: list[Citation], title: str = "Sources:") -> None:
     """The numbered sources after an answer; * marks those the answer cites."""
-    click.echo("Sources:")
+    click.echo(title)
     for c in citations:
         where = shown_path(c.source) + (f"#{c.anchor}" if c.anchor else "")
         where += f" (page {c.page})" if c.page is not None else ""
@@ -78,6 +78,17 @@ _GENERATION_OPTIONS = (
     click.option("--seed", type=int, help="Seed for sampling; same seed, same answer."),
     click.option("--stop", multiple=True, metavar="TEXT", help="End the answer at TEXT (repeatable)."),
     click.option(
+        "--repetition-penalty",
+        type=click.FloatRange(0, 2, min_open=True),
+        help="Above 1 makes tokens already in the prompt or answer less likely (1 = off).",
+    ),
+    click.option(
+        "--no-repeat-ngram-size",
+        type=click.IntRange(0, 64),
+        metavar="N",
+        help="Never repeat a run of N answer tokens (0 = off; transformers backend only).",
+    ),
+    click.option(
         "--backend",
         type=click.Choice(BACKENDS),
         help="transformers (in-process, default), vllm (in-process vLLM) or openai (a server, see --base-url).",
@@ -85,7 +96,19 @@ _GENERATION_OPTIONS = (
     click.option("--model", help="A .gguf file or model folder; with --backend openai, the served model's name."),
     click.option("--base-url", metavar="URL", help="The OpenAI-compatible server for --backend openai."),
 )
-GENERATION_KEYS = ("max_new_tokens", "temperature", "top_k", "top_p", "seed", "stop", "backend", "model", "base_url")
+GENERATION_KEYS = (
+    "max_new_tokens",
+    "temperature",
+    "top_k",
+    "top_p",
+    "seed",
+    "stop",
+    "repetition_penalty",
+    "no_repeat_ngram_size",
+    "backend",
+    "model",
+    "base_url",
+)
 
 
 def generation_options(f: F) -> F:

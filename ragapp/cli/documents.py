@@ -230,7 +230,7 @@ def ask(
 
 
 def print_sources(answer: Answer) -> None:
-    echo_citations(answer.citations)
+    echo_citations(answer.citations, "Closest passages (none supports an answer):" if answer.abstained else "Sources:")
     t = answer.timings
     click.echo(
         f"({answer.model}; retrieval {t['retrieve_s'] * 1000:.0f} ms, generation {t['generate_s']:.1f} s"

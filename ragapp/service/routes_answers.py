@@ -34,7 +34,8 @@ def search(body: s.SearchRequest, key: Key, service: ServiceDep) -> dict[str, An
 
 @router.post("/v1/query", response_model=s.QueryResponse, responses=error_responses(502))
 async def query(body: s.QueryRequest, key: Key, request: Request, service: ServiceDep) -> dict[str, Any]:
-    """Answer a question with numbered citations; pass `conversation_id` back to ask a follow-up."""
+    """Answer a question with numbered citations and, per sentence, the passages and quote that support it
+    (`abstained` when the documents do not have the answer); pass `conversation_id` back for a follow-up."""
     app = service.readable(key, body.collection)
     history = service.history(key, body.collection, body.conversation_id)
     queued = time.perf_counter()

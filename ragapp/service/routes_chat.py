@@ -37,6 +37,15 @@ def usage(answer: Answer) -> dict[str, int]:
     return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
 
 
+def attribution(answer: Answer) -> dict[str, Any]:
+    """ragapp's extra fields of a reply, the same in JSON and in the stream's last chunk."""
+    return {
+        "citations": [vars(c) for c in answer.citations],
+        "sentences": [sentence.to_dict() for sentence in answer.sentences],
+        "abstained": answer.abstained,
+    }
+
+
 @router.post(
     "/v1/chat/completions",
     response_model=s.ChatResponse,
@@ -49,7 +58,8 @@ async def chat(body: s.ChatRequest, key: Key, request: Request, service: Service
     """OpenAI-compatible chat: the last user message is answered from collection `model` with RAG.
 
     Earlier user/assistant messages (or the stored turns of `conversation_id`) are the history used to
-    rewrite a follow-up. Citations come in the extra field `citations` (in the last chunk when streaming).
+    rewrite a follow-up. Citations, the answer's sentences with their quotes and `abstained` come as extra
+    fields (in the last chunk when streaming).
     """
     collection = body.model
     app = service.readable(key, collection)
@@ -92,7 +102,7 @@ async def chat(body: s.ChatRequest, key: Key, request: Request, service: Service
             }
         ],
         "usage": usage(answer),
-        "citations": [vars(c) for c in answer.citations],
+        **attribution(answer),
         "conversation_id": conversation_id,
     }
 
@@ -109,8 +119,15 @@ def stream(
     completion_id: str,
     created: int,
 ) -> AsyncIterator[str]:
-    """The answer as SSE chunks: the role, the tokens as they come, then the finish with usage, citations
-    and the conversation id, then `[DONE]`. Queued now, so that a full queue is a 503 before any byte."""
+    """The answer as SSE chunks: the role, the tokens as they come, then the finish with usage, citations,
+    sentences, `abstained`, the final `answer` and the conversation id, then `[DONE]`. Queued now, so that a
+    full queue is a 503 before any byte.
+
+    The final answer can differ from the text streamed: a draft found unsupported was streamed before the
+    "not found" message that replaces it, so the finish's `answer` is always the final text. When the
+    final text only extends what was streamed, the rest is sent as one more content delta first (what
+    OpenAI clients concatenate).
+    """
     collection = body.model
     loop = asyncio.get_running_loop()
     events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
@@ -152,6 +169,7 @@ def stream(
         try:
             yield chunk({"role": "assistant", "content": ""})
             started = False
+            streamed = ""
             while True:
                 kind, value = await events.get()
                 if kind == "token":
@@ -159,17 +177,21 @@ def stream(
                         value = value.lstrip()
                         started = bool(value)
                     if value:
+                        streamed += value
                         yield chunk({"content": value})
                 elif kind == "done":
                     answer, standalone = value
                     conversation_id = service.record(
                         collection, key, body.conversation_id, question, standalone, answer
                     )
+                    if answer.answer != streamed and answer.answer.startswith(streamed):
+                        yield chunk({"content": answer.answer[len(streamed) :]})
                     yield chunk(
                         {},
                         finish_reason(app, generation, answer),
                         usage=usage(answer),
-                        citations=[vars(c) for c in answer.citations],
+                        **attribution(answer),
+                        answer=answer.answer,
                         conversation_id=conversation_id,
                     )
                     break

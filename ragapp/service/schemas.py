@@ -33,10 +33,18 @@ class Sampling(_Strict):
     temperature: float | None = Field(None, ge=0, le=2, description="0 = greedy.")
     top_p: float | None = Field(None, gt=0, le=1)
     seed: int | None = Field(None, ge=0, le=2**31 - 1)
+    repetition_penalty: float | None = Field(
+        None, gt=0, le=2, description="Above 1 makes tokens already in the prompt or answer less likely; 1 = off."
+    )
+    no_repeat_ngram_size: int | None = Field(
+        None, ge=0, le=64, description="Never repeat a run of this many answer tokens; 0 = off (transformers only)."
+    )
 
     def generation(self) -> dict[str, Any]:
         values = {"max_new_tokens": self.max_tokens, "temperature": self.temperature, "top_p": self.top_p}
         values["seed"] = self.seed
+        values["repetition_penalty"] = self.repetition_penalty
+        values["no_repeat_ngram_size"] = self.no_repeat_ngram_size
         return {k: v for k, v in values.items() if v is not None}
 
 
@@ -58,6 +66,29 @@ class QueryRequest(Retrieval, Sampling):
     conversation_id: str | None = Field(None, max_length=64, description="Continue this conversation.")
 
 
+class Quote(BaseModel):
+    """Where a sentence's support is, as offsets into a passage the response already carries (no copy)."""
+
+    chunk_id: int = Field(description="The passage: the `chunk_id` of one of `citations`.")
+    start: int = Field(description="First character of the supporting span in that citation's `text`.")
+    end: int = Field(description="One past its last character: the quote is `text[start:end]`.")
+
+
+class Sentence(BaseModel):
+    """One sentence of the answer and the passages that support it, so a client can show each claim's source."""
+
+    text: str = Field(description="The sentence, as in the answer.")
+    citations: list[int] = Field(description="Numbers `n` of the citations that support it, best first; [] = none.")
+    support: float = Field(description="How well its best passage supports it, 0..1.")
+    quote: Quote | None = Field(description="The supporting span of its best passage; null when unsupported.")
+
+
+ABSTAINED = (
+    "True when nothing relevant was found or nothing in the draft was supported: `answer` then says it is not "
+    "in the documents, and `citations` are the closest passages (none cited)."
+)
+
+
 class QueryResponse(BaseModel):
     answer: str
     question: str
@@ -69,6 +100,8 @@ class QueryResponse(BaseModel):
     chunks: list[SearchHit] = Field(
         description="Every retrieved passage, best first (citations are those in the prompt)."
     )
+    sentences: list[Sentence] = Field(description="The answer sentence by sentence, with what supports each.")
+    abstained: bool = Field(description=ABSTAINED)
     timings: dict[str, float]
 
 
@@ -140,6 +173,8 @@ class ChatResponse(BaseModel):
     choices: list[ChatChoice]
     usage: Usage
     citations: list[Citation] = Field(description="ragapp: the numbered passages the answer's [n] refer to.")
+    sentences: list[Sentence] = Field(description="ragapp: the answer sentence by sentence, with what supports each.")
+    abstained: bool = Field(description="ragapp: " + ABSTAINED)
     conversation_id: str = Field(description="ragapp: send it back to continue the conversation.")
 
 

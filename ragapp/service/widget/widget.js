@@ -66,6 +66,15 @@
     " font-size:12.5px;white-space:pre-wrap;max-height:220px;overflow-y:auto}",
     ".passage[hidden]{display:none}",
     ".note{display:block;margin-top:4px;color:#6b7280;font-size:12px;font-style:italic}",
+    ".bot.abstained{background:#fffbeb;border:1px dashed #f59e0b;color:#78350f}",
+    ".flag{display:block;margin-bottom:4px;font-size:11px;font-weight:600;text-transform:uppercase;letter-spacing:.05em;color:#b45309}",
+    ".abstained .sources{border-top-color:#fcd34d}",
+    ".pop{position:fixed;z-index:2147483001;width:max-content;max-width:320px;padding:8px 10px;border-radius:8px;",
+    " background:#111827;color:#f9fafb;font-size:12.5px;line-height:1.4;white-space:normal;box-shadow:0 6px 20px rgba(0,0,0,.3)}",
+    ".pop[hidden]{display:none}",
+    ".pop .where{display:block;font-weight:600;color:#93c5fd;margin-bottom:4px;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}",
+    ".pop .quote{display:block;white-space:pre-wrap;max-height:180px;overflow-y:auto;border-left:3px solid #60a5fa;padding-left:8px}",
+    ".pop .kind{display:block;margin-top:4px;color:#9ca3af;font-size:11px}",
     ".error{align-self:stretch;background:#fef2f2;border:1px solid #fecaca;color:#991b1b;padding:9px 13px;",
     " border-radius:10px;white-space:pre-wrap}",
     ".form{display:flex;gap:8px;padding:10px;border-top:1px solid #e5e7eb;background:#fff}",
@@ -95,10 +104,14 @@
     return clean.split(/[\\/]/).pop() || String(path || "");
   }
 
-  // Text with `code` spans and [n] / [1, 2] markers: the markers that name a citation become buttons.
-  function renderText(node, text, known, onCite) {
+  // Text with `code` spans and [n] / [1, 2] markers: the markers that name a citation become buttons,
+  // each handed to onMark(button, n, offset of its marker in `text`).
+  function renderText(node, text, known, onMark) {
     node.textContent = "";
+    var offset = 0;
     String(text).split(/(`[^`\n]+`)/).forEach(function (part) {
+      var at = offset;
+      offset += part.length;
       if (/^`[^`\n]+`$/.test(part)) { node.appendChild(el("code", { text: part.slice(1, -1) })); return; }
       var last = 0, re = /\[(\d+(?:\s*[,;]\s*\d+)*)\]/g, m;
       while ((m = re.exec(part))) {
@@ -107,14 +120,45 @@
         node.appendChild(document.createTextNode(part.slice(last, m.index)));
         nums.forEach(function (n) {
           var b = el("button", { type: "button", class: "cite", "data-testid": "ragapp-cite", "data-n": n,
-            title: known[n].label, "aria-label": "source " + n + ": " + known[n].label, text: "[" + n + "]" });
-          b.addEventListener("click", function () { onCite(n, true); });
+            "aria-label": "source " + n + ": " + known[n].label, text: "[" + n + "]" });
+          onMark(b, n, at + m.index);
           node.appendChild(b);
         });
         last = re.lastIndex;
       }
       node.appendChild(document.createTextNode(part.slice(last)));
     });
+  }
+
+  var MARKS = /\[\d+(?:\s*[,;]\s*\d+)*\]/;
+
+  // Where each of `sentences` starts in `text` (-1 where it cannot be found), searching in order. A sentence's
+  // text is tried whole, without a leading mark, up to its first mark, then by its first words.
+  function sentenceStarts(text, sentences) {
+    var from = 0;
+    return sentences.map(function (s) {
+      var whole = String(s && s.text || "").replace(/^(?:\s*\[[\d,;\s]+\])+\s*/, "").trim();
+      var head = whole.split(MARKS)[0].trim();
+      var probes = [whole, head, head.slice(0, 24)];
+      for (var i = 0; i < probes.length; i++) {
+        var at = probes[i] ? text.indexOf(probes[i], from) : -1;
+        if (at >= 0) { from = at + probes[i].length; return at; }
+      }
+      return -1;
+    });
+  }
+
+  // Characters [start, end) of `text` as the server counts them (code points, not UTF-16 units).
+  function span(text, start, end) {
+    var chars = Array.from(text);
+    return start >= 0 && end > start && end <= chars.length ? chars.slice(start, end).join("") : null;
+  }
+
+  function opening(text, limit) {
+    text = String(text || "").trim();
+    if (text.length <= limit) return text;
+    var cut = text.slice(0, limit), space = cut.lastIndexOf(" ");
+    return (space > limit / 2 ? cut.slice(0, space) : cut) + "\u2026";
   }
 
   // Server-sent events from a fetch body: calls onData(payload) for each event's data.
@@ -147,7 +191,7 @@
     var self = this, panelId = "ragapp-panel";
     this.log = el("div", { class: "log", role: "log", "aria-live": "polite", "data-testid": "ragapp-log" }, [
       el("p", { class: "hint", text: "Ask a question about \u201c" + options.collection +
-        "\u201d. Answers cite their sources as [n]: click one to read the passage." }),
+        "\u201d. Answers cite their sources as [n]: point at one to see its quote, click it to read the passage." }),
     ]);
     this.input = el("textarea", { rows: 1, placeholder: "Ask a question\u2026", "aria-label": "Your question",
       "data-testid": "ragapp-input", maxlength: 4000 });
@@ -178,6 +222,17 @@
       root.appendChild(this.launcher);
     }
     root.appendChild(this.panel);
+    // The quote of the [n] mark pointed at, focused or tapped: one popover for the whole widget.
+    this.pop = el("div", { class: "pop", id: "ragapp-quote", role: "tooltip", "data-testid": "ragapp-quote", hidden: true });
+    this.pop.addEventListener("mouseenter", function () { clearTimeout(self.hiding); });
+    this.pop.addEventListener("mouseleave", function () { self.hideQuoteSoon(); });
+    this.panel.appendChild(this.pop);
+    this.log.addEventListener("scroll", function () { if (self.mark) self.place(self.mark); });
+    document.addEventListener("keydown", function (e) { if (e.key === "Escape" && self.mark) self.hideQuote(); });
+    document.addEventListener("pointerdown", function (e) {  // a tap elsewhere closes a tapped quote
+      var path = e.composedPath();
+      if (self.mark && path.indexOf(self.mark) < 0 && path.indexOf(self.pop) < 0) self.hideQuote();
+    });
     form.addEventListener("submit", function (e) { e.preventDefault(); self.ask(); });
     this.input.addEventListener("keydown", function (e) {
       if (e.key === "Enter" && !e.shiftKey && !e.isComposing) { e.preventDefault(); self.ask(); }
@@ -203,6 +258,51 @@
   Widget.prototype.follow = function () {
     var log = this.log;
     if (log.scrollHeight - log.scrollTop - log.clientHeight < 120) log.scrollTop = log.scrollHeight;
+  };
+
+  // Shows `mark`'s quote (mark.quote: {where, text, kind}); pinned (tapped, clicked) it stays until closed.
+  Widget.prototype.showQuote = function (mark, pinned) {
+    clearTimeout(this.hiding);
+    var q = mark.quote, pop = this.pop;
+    if (this.mark && this.mark !== mark) this.mark.removeAttribute("aria-describedby");
+    this.mark = mark;
+    this.pinned = pinned || this.pinned === mark ? mark : null;
+    pop.textContent = "";
+    pop.setAttribute("data-n", mark.getAttribute("data-n"));
+    pop.setAttribute("data-kind", q.kind);
+    pop.appendChild(el("span", { class: "where", "data-testid": "ragapp-quote-source", text: q.where }));
+    pop.appendChild(el("span", { class: "quote", "data-testid": "ragapp-quote-text", text: q.text }));
+    pop.appendChild(el("span", { class: "kind", text: q.kind === "quote" ? "What supports this sentence"
+      : "Start of the passage (no quote for this sentence)" }));
+    mark.setAttribute("aria-describedby", pop.id);
+    this.place(mark);
+  };
+
+  Widget.prototype.hideQuote = function () {
+    clearTimeout(this.hiding);
+    if (this.mark) this.mark.removeAttribute("aria-describedby");
+    this.mark = this.pinned = null;
+    this.pop.hidden = true;
+  };
+
+  // After the pointer leaves a mark: hidden shortly, unless it moves onto the popover or the mark was tapped.
+  Widget.prototype.hideQuoteSoon = function () {
+    var self = this;
+    clearTimeout(this.hiding);
+    if (!this.pinned) this.hiding = setTimeout(function () { self.hideQuote(); }, 200);
+  };
+
+  // Next to the mark (below it, or above when there is no room), inside the panel.
+  Widget.prototype.place = function (mark) {
+    var pop = this.pop, r = mark.getBoundingClientRect(), box = this.panel.getBoundingClientRect();
+    pop.hidden = false;
+    pop.style.maxWidth = Math.max(160, Math.min(320, box.width - 16)) + "px";
+    var w = pop.offsetWidth, h = pop.offsetHeight;
+    var left = Math.max(box.left + 8, Math.min(r.left + r.width / 2 - w / 2, box.right - w - 8));
+    var top = r.bottom + 6;
+    if (top + h > box.bottom - 8 && r.top - h - 6 >= box.top + 8) top = r.top - h - 6;
+    pop.style.left = left + "px";
+    pop.style.top = top + "px";
   };
 
   Widget.prototype.state = function (state) {
@@ -246,6 +346,7 @@
       failure = "Could not reach the server at " + this.o.api + " (" + (e && e.message || e) + ").";
     }
     if (final) {
+      if (typeof final.answer === "string") answer = final.answer;  // with the marks ragapp added, or "not found"
       this.messages.push({ role: "user", content: question }, { role: "assistant", content: answer });
       if (final.conversation_id) {
         this.conversationId = final.conversation_id;
@@ -273,12 +374,38 @@
     return "Error " + response.status + ": " + message;
   }
 
-  // After the stream: [n] markers become buttons, and the passages are listed under the answer.
+  // After the stream: [n] markers become buttons that show their quote and open their passage, and the
+  // passages are listed under the answer. A mark in sentence i shows sentence i's quote when it is from
+  // passage n, else the start of passage n. An abstained answer is shown as "not found".
   Widget.prototype.finish = function (bubble, text, answer, final) {
-    var citations = final.citations || [], known = {}, items = {};
+    var citations = final.citations || [], known = {}, items = {}, self = this;
+    var shown = answer.replace(/\s+$/, ""), sentences = final.sentences || [];
+    var starts = sentenceStarts(shown, sentences);
     citations.forEach(function (c) {
-      known[c.n] = { label: basename(c.source) + (c.heading ? " \u2014 " + c.heading : "") };
+      known[c.n] = c;
+      c.label = basename(c.source) + (c.heading ? " \u2014 " + c.heading : "");
     });
+    function quoteOf(n, at) {
+      var c = known[n], i = -1;
+      starts.forEach(function (start, j) { if (start >= 0 && start <= at) i = j; });
+      var q = i >= 0 && sentences[i] && sentences[i].quote, where = "[" + n + "] " + c.label +
+        (c.page != null ? " (p. " + c.page + ")" : "");
+      var quoted = q && q.chunk_id === c.chunk_id ? span(String(c.text || ""), q.start, q.end) : null;
+      return quoted ? { where: where, text: quoted, kind: "quote" }
+        : { where: where, text: opening(c.text, 280), kind: "passage" };
+    }
+    function mark(b, n, at) {
+      b.quote = quoteOf(n, at);
+      b.addEventListener("mouseenter", function () { self.showQuote(b); });
+      b.addEventListener("mouseleave", function () { self.hideQuoteSoon(); });
+      b.addEventListener("focus", function () { self.showQuote(b); });
+      b.addEventListener("blur", function () { if (self.pinned !== b) self.hideQuoteSoon(); });
+      b.addEventListener("click", function () {
+        if (self.pinned === b) self.hideQuote();  // tapped again
+        else self.showQuote(b, true);
+        open(n, true);
+      });
+    }
     function open(n, force) {
       Object.keys(items).forEach(function (k) {
         var item = items[k], on = Number(k) === n && (force || !item.classList.contains("active"));
@@ -291,15 +418,22 @@
         b.classList.toggle("active", Number(b.getAttribute("data-n")) === n && items[n].classList.contains("active"));
       });
     }
-    renderText(text, answer.replace(/\s+$/, ""), known, open);
+    renderText(text, shown, known, mark);
     bubble.setAttribute("data-state", "done");
+    if (final.abstained) {
+      bubble.classList.add("abstained");
+      bubble.setAttribute("data-abstained", "");
+      bubble.insertBefore(el("span", { class: "flag", "data-testid": "ragapp-not-found",
+        text: "Not found in the documents" }), text);
+    }
     if (final.choices[0].finish_reason === "length") {
       bubble.setAttribute("data-truncated", "");
       bubble.appendChild(el("span", { class: "note", text: "(cut short at the answer length limit)" }));
     }
     if (!citations.length) return;
-    var list = el("ol", { class: "sources", "data-testid": "ragapp-sources", "aria-label": "Sources" },
-      [el("li", { class: "label", "aria-hidden": "true", text: "Sources" })]);
+    var heading = final.abstained ? "Closest passages" : "Sources";
+    var list = el("ol", { class: "sources", "data-testid": "ragapp-sources", "aria-label": heading },
+      [el("li", { class: "label", "aria-hidden": "true", text: heading })]);
     citations.forEach(function (c) {
       var where = c.page != null ? " (p. " + c.page + ")" : "";
       var passage = el("div", { class: "passage", "data-testid": "ragapp-passage", "data-n": c.n, hidden: true,

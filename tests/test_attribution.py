@@ -1,0 +1,210 @@
+"""Sentence attribution (ragapp.attribution): the splitter, the streaming writer, and answers from the real
+models over ragapp's docs: every sentence attributed, [n] marks tied to real quotes, abstention."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from ragapp import App
+from ragapp.attribution import AnswerWriter, Evidence, Passage, is_echo, split_sentences
+from ragapp.cli import cli
+from ragapp.generators.base import repeats
+from tests.support import DocsWorkspaces
+
+
+def fake_encode(texts: list[str]) -> np.ndarray:
+    """A FAKE encoder (control-flow tests only): one random unit vector per distinct text."""
+    rows = [np.random.default_rng(sum(map(ord, t))).normal(size=16) for t in texts]
+    vectors = np.stack(rows) if rows else np.zeros((0, 16))
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+PASSAGES = [
+    Passage(1, 10, "3.1. Which Debian distribution is better for me?\nIt depends on what you intend to do. "
+                   "Stable is the safest choice for servers."),
+    Passage(2, 11, "Debian GNU/Linux is a free operating system. It was founded by Ian Murdock in 1993."),
+]  # fmt: skip
+QUESTION = "Which Debian distribution is better for me?"
+ECHOES = [QUESTION, "3.1. Which Debian distribution is better for me?"]
+
+
+def spans(text: str) -> list[str]:
+    return [text[a:b] for a, b in split_sentences(text)]
+
+
+def test_sentences_split_at_ends_and_lines_not_abbreviations_or_marks() -> None:
+    assert spans("Use e.g. the flat index. It is exact [1]. Then stop here.\nA new line here") == [
+        "Use e.g. the flat index.",
+        "It is exact [1].",
+        "Then stop here.",
+        "A new line here",
+    ]
+    # A section number or a one-word piece joins the sentence after it; a short tail stands alone.
+    assert spans("3.1.1. You asked me to install stable. Yes. Debian has three releases. Ok") == [
+        "3.1.1. You asked me to install stable.",
+        "Yes. Debian has three releases.",
+        "Ok",
+    ]
+
+
+def test_echoes_are_labels_headings_or_the_question() -> None:
+    assert is_echo("[2] 3.1. Which Debian distribution is better for me?\n", ECHOES)
+    assert is_echo("3.1.", ECHOES) and is_echo("[1]", ECHOES)
+    assert is_echo("Which Debian distribution is better", ECHOES)  # most of it, cut short
+    assert not is_echo("Stable is better for most people.", ECHOES)
+    assert not is_echo("Which", ECHOES)  # too little of it to call it an echo
+
+
+@pytest.mark.parametrize(
+    "generated",
+    [
+        (
+            "3.1. Which Debian distribution is better for me?\nStable is the safest choice for servers. "
+            "It was founded by Ian Murdock in 1993. Bananas grow in Ecuador."
+        ),
+        "[1] Which Debian distribution is better for me? It depends on what you intend to do [1]. Cats purr loudly.",
+        "Stable.\n\nIt depends on what you intend to do. e.g. servers. Yes. No",
+        "  \n[2]\n",
+        "Debian was founded in 1993 [2].\nThe end of it all.\n",
+        "It depends on what you intend to do.\n\n3.1.2.",  # a section number left by a cut repeat goes
+        "It depends on what you intend to do.\n\n3.1.2. Stable is the safest choice.",
+    ],
+)
+def test_streamed_answer_is_the_one_shot_answer(generated: str) -> None:
+    """Fed in random pieces, the writer returns pieces that join to exactly what the whole text gives."""
+    evidence = Evidence(QUESTION, PASSAGES, fake_encode)
+    whole = AnswerWriter(evidence, ECHOES, 0.3)
+    expected = whole.push(generated) + whole.finish()
+    assert expected == whole.text and not expected.startswith(("3.1", "[", "Which"))
+    for seed in range(200):
+        rng = random.Random(seed)
+        writer, out, at = AnswerWriter(evidence, ECHOES, 0.3), [], 0
+        while at < len(generated):
+            step = rng.randint(1, 8)
+            out.append(writer.push(generated[at : at + step]))
+            at += step
+        out.append(writer.finish())
+        assert "".join(out) == expected, (seed, out)
+        assert [s.text for s in writer.sentences] == [s.text for s in whole.sentences]
+
+
+def test_a_cut_answer_ends_in_an_ellipsis_and_marks_follow_sentences() -> None:
+    evidence = Evidence(QUESTION, PASSAGES, fake_encode)
+    writer = AnswerWriter(evidence, ECHOES, 0.0)  # every sentence supported: marks everywhere
+    writer.push("It depends on what you intend to do. Stable is the safest choice for")
+    writer.finish(cut=True)
+    text = writer.text
+    assert text.endswith("choice for…" + "".join(f"[{n}]" for n in writer.sentences[-1].citations))
+    first = writer.sentences[0]
+    assert text.startswith(first.text + "".join(f"[{n}]" for n in first.citations))
+    assert all(s.quote is not None and s.quote.chunk_id in (10, 11) for s in writer.sentences)
+
+
+def test_the_quote_for_an_unsupported_draft_is_what_follows_the_question_heading() -> None:
+    quote = Evidence(QUESTION, PASSAGES, fake_encode).quote()
+    assert quote is not None
+    passage, start, end = quote
+    assert passage.n == 1
+    assert passage.text[start:end] == "It depends on what you intend to do. Stable is the safest choice for servers."
+
+
+# -- the real models ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def workspace(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest, docs_workspaces: DocsWorkspaces
+) -> Path:
+    ws = tmp_path_factory.mktemp("attribution") / "ws"
+    docs_workspaces.copy(ws, request)
+    return ws
+
+
+def check_consistent(data: dict) -> None:
+    """`cited` exactly when a sentence cites the passage; quotes lie inside their passage's text."""
+    by_n = {c["n"]: c for c in data["citations"]}
+    cited_by_sentences = {n for s in data["sentences"] for n in s["citations"]}
+    assert {n for n, c in by_n.items() if c["cited"]} == cited_by_sentences
+    for s in data["sentences"]:
+        assert s["text"] in data["answer"]
+        assert 0 <= s["support"] <= 1
+        if s["citations"]:
+            quote = s["quote"]
+            passage = next(c for c in data["citations"] if c["chunk_id"] == quote["chunk_id"])
+            assert 0 <= quote["start"] < quote["end"] <= len(passage["text"])
+            assert passage["n"] == s["citations"][0]
+            for n in s["citations"]:
+                assert f"[{n}]" in data["answer"]
+        else:
+            assert s["quote"] is None
+
+
+@pytest.mark.slow
+def test_answers_are_attributed_with_marks_and_quotes(workspace: Path) -> None:
+    app = App(workspace)
+    pieces: list[str] = []
+    question = "How do I remove documents whose files were deleted?"
+    streamed = app.ask(question, on_token=pieces.append)
+    data = streamed.to_dict()
+    assert not data["abstained"] and data["sentences"]
+    check_consistent(data)
+    assert not repeats(streamed.answer)  # `make demo`'s question: it looped before the repeat guard
+    assert any(c["cited"] for c in data["citations"])  # the shipped model writes no [n]; ragapp inserted them
+    assert "".join(pieces) == streamed.answer == app.ask(question).answer  # streamed == not streamed
+    assert streamed.timings["attribute_s"] < 0.5 * streamed.timings["generate_s"]
+
+
+@pytest.mark.slow
+def test_unrelated_questions_abstain_with_the_closest_passages(workspace: Path) -> None:
+    app = App(workspace, config={"answer": {"not_found": "Not in these documents."}})
+    pieces: list[str] = []
+    answer = app.ask("What is the boiling point of tungsten in kelvin?", on_token=pieces.append)
+    assert answer.abstained and answer.answer == "Not in these documents." and answer.sentences == []
+    assert answer.citations and not any(c.cited for c in answer.citations)
+    assert "".join(pieces).endswith("Not in these documents.")
+    off = App(workspace, config={"answer": {"abstain": False}}).ask("What is the boiling point of tungsten?")
+    assert not off.abstained and off.answer != "Not in these documents."
+
+
+@pytest.mark.slow
+def test_cli_ask_json_and_text_show_attribution(workspace: Path) -> None:
+    question = "Which command shows the effective configuration?"
+    result = CliRunner().invoke(cli, ["-w", str(workspace), "ask", question, "--json"])
+    assert result.exit_code == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert {"sentences", "abstained"} <= data.keys()
+    check_consistent(data)
+    text = CliRunner().invoke(cli, ["-w", str(workspace), "ask", question, "--no-stream"])
+    assert text.exit_code == 0, text.stderr
+    assert text.stdout.startswith(data["answer"])  # greedy: the same answer, marks included
+
+
+LABELS = Path(__file__).parent / "data" / "attribution_labels.jsonl"
+
+
+def test_groundedness_agrees_with_hand_labels() -> None:
+    """The classifier (support >= answer.min_support) against 76 hand-labelled sentences from real answers
+    over ragapp's docs and the Debian FAQ; prints the confusion matrix (pytest -s)."""
+    from ragapp.config import AnswerSettings
+    from ragapp.embedding import load_embedder
+
+    cases = [json.loads(line) for line in LABELS.read_text(encoding="utf-8").splitlines()]
+    assert len(cases) >= 60 and {c["origin"] for c in cases} == {"debian-faq", "ragapp-docs"}
+    encode = load_embedder().embed_queries
+    threshold = AnswerSettings().min_support
+    matrix = {(truth, said): 0 for truth in (True, False) for said in (True, False)}
+    for case in cases:
+        passages = [Passage(p["n"], i, p["text"]) for i, p in enumerate(case["passages"])]
+        [support] = Evidence(case["question"], passages, encode).support([case["sentence"]])
+        matrix[(case["supported"], support.score >= threshold)] += 1
+    agree = (matrix[(True, True)] + matrix[(False, False)]) / len(cases)
+    print(f"\nlabels {len(cases)}: agreement {agree:.3f}; supported: {matrix[(True, True)]} found, "
+          f"{matrix[(True, False)]} missed; unsupported: {matrix[(False, False)]} rejected, "
+          f"{matrix[(False, True)]} accepted")  # fmt: skip
+    assert agree >= 0.8, matrix

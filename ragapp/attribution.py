@@ -401,7 +401,7 @@ def is_echo(unit: str, echoes: Sequence[str]) -> bool:
     """Whether `unit` (the answer's first line or sentence) only repeats a label, a heading or the question:
     all of one of `echoes`, or most of its start, with nothing of its own."""
     mine = _norm(unit)
-    if not mine:  # only a label "[2]" or a section number
+    if not mine or strip_marks(unit).rstrip().endswith("?"):  # a label, a section number; a question answers nothing
         return True
     for echo in echoes:
         theirs = _norm(echo)

@@ -516,8 +516,8 @@ class App:
             pass  # nothing to generate from
         elif reward_model is not None:
             texts = [generator.generate(prepared.messages, s) for s in _samples(sampling, best_of)]
-            scores = reward_model.score([question] * len(texts), texts)
-            rendered = [self._rendered(prepared, evidence, t) for t in texts]  # as each would be answered
+            rendered = [self._rendered(prepared, evidence, t) for t in texts]  # each as it would be answered
+            scores = reward_model.score([question] * len(texts), rendered)
             candidates = [{"answer": t, "reward": r} for t, r in zip(rendered, scores, strict=True)]
             text = texts[max(range(len(texts)), key=scores.__getitem__)]
             writer = self._writer(prepared, evidence)

@@ -436,9 +436,9 @@ class App:
         tail = ""
         sentences: list[Sentence] = []
         if generated is not None and writer is not None:
-            if not writer.finished:  # not streamed: the whole text at once
+            if not writer.finished:  # not streamed: the whole text at once, nothing to stream
                 writer.push(generated)
-                tail = writer.finish(cut=self._cut(prepared, generated))
+                writer.finish(cut=self._cut(prepared, generated))
             sentences = writer.sentences
         text = writer.text if writer is not None else ""
         unsupported = writer is not None and not any(s.citations for s in sentences)

@@ -344,8 +344,8 @@ class Evidence:
         inside = [(a, b) for a, b in spans if a >= support.quote[0] and b <= support.quote[1]]
         while inside and heading_like(passage.text[inside[0][0] : inside[0][1]]):
             inside.pop(0)  # the question's own heading: the answer is what follows it
-        if not inside:
-            inside = [(a, b) for a, b in spans if a >= support.quote[1]][:1]
+        if not inside:  # the first sentence after it that is no heading (a question answers nothing)
+            inside = [(a, b) for a, b in spans if a >= support.quote[1] and not heading_like(passage.text[a:b])][:1]
         if not inside:
             return None
         start, end = inside[0][0], inside[-1][1]

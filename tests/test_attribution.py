@@ -112,6 +112,10 @@ def test_the_quote_for_an_unsupported_draft_is_what_follows_the_question_heading
     passage, start, end = quote
     assert passage.n == 1
     assert passage.text[start:end] == "It depends on what you intend to do. Stable is the safest choice for servers."
+    # A heading followed by another heading: the quote skips to the first sentence that answers.
+    nested = Passage(3, 12, "3.1. Which Debian distribution is better for me?\n3.1.1. Is stable old?\nIt is tested.")
+    passage, start, end = Evidence(QUESTION, [nested], fake_encode).quote() or (nested, 0, 0)
+    assert passage.text[start:end] == "It is tested."
 
 
 # -- the real models ------------------------------------------------------------------------------------------

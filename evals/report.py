@@ -33,7 +33,7 @@ from ragapp.evals.metrics import source_matches
 from ragapp.evals.results import ItemResult, Metrics, RunResult, shown_question
 from ragapp.evals.summary import LOWER_IS_BETTER, metric_names
 
-from ragapp.attribution import written_marks
+from ragapp.prompt import cited_numbers
 
 # --- metric names: grouping, ordering, formatting -------------------------------------------------
 
@@ -711,7 +711,7 @@ def _marked_answer(item: ItemResult) -> str:
         end = start + len(piece)
         kind, title, cites = _sentence(sentence)
         out.append(f'{_e(text[at:start])}<span class="sentence {kind}" title="{_e(title)}">{_e(piece)}</span>')
-        if cites and not written_marks(piece) and not text[end:].lstrip().startswith("["):
+        if cites and not cited_numbers(piece) and not text[end:].lstrip().startswith("["):
             out.append(f'<sup class="marks">{_e("".join(f"[{n}]" for n in cites))}</sup>')
         at = end
     return "".join(out) + _e(text[at:])

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ragapp.answer import Quote, Sentence
+from ragapp.prompt import cited_numbers
 
 Encode = Callable[[list[str]], np.ndarray]  # texts -> unit-length vectors (Embedder.embed_queries)
 
@@ -32,7 +33,6 @@ CITE_MAX = 2
 QUOTE_CHARS = 400  # the longest quote answering for an unsupported draft
 
 _MARKS = re.compile(r"\s*\[\d+(?:\s*,\s*\d+)*\]")
-_MARK_NUMBERS = re.compile(r"\[(\d+(?:\s*,\s*\d+)*)\]")
 # A sentence ends at . ! ? (then closing quotes/brackets and the model's own [n] marks) before whitespace
 # that is followed by something other than a mark; or at a line break.
 _END = re.compile(r"""[.!?]["')\]]*(?:\s*\[\d+(?:\s*,\s*\d+)*\])*(?=\s+[^\s\[])|\n""")
@@ -226,11 +226,6 @@ def content_words(text: str) -> set[str]:
     return {w[:-1] if len(w) > 3 and w.endswith("s") and not w.endswith("ss") else w for w in words} - _STOPWORDS
 
 
-def written_marks(text: str) -> set[int]:
-    """The passage numbers the text itself cites as [n] or [n, m]."""
-    return {int(n) for group in _MARK_NUMBERS.findall(text) for n in group.split(",")}
-
-
 def strip_marks(text: str) -> str:
     return _MARKS.sub("", text).strip()
 
@@ -373,7 +368,7 @@ class Evidence:
 
 def _marks(sentence: Sentence, text: str) -> str:
     """The marks to insert after `text` (one sentence): its citations, unless it has marks of its own."""
-    return "" if not sentence.citations or written_marks(text) else "".join(f"[{n}]" for n in sentence.citations)
+    return "" if not sentence.citations or cited_numbers(text) else "".join(f"[{n}]" for n in sentence.citations)
 
 
 # -- echoes: the answer must not start by repeating a passage label, a heading or the question ---------------

@@ -31,9 +31,11 @@ from ragapp.evals.metrics import rouge, source_matches
 from benchmarks.machine import cpu_name
 from ragapp import App
 from ragapp.attribution import Evidence, Passage, heading_like, is_echo, split_sentences
+from ragapp.generators.base import repeats
 
 DEBIAN = Path("/usr/share/doc/debian/FAQ")
 DJANGO = Path("/usr/share/doc/python-django-doc/html")
+SETTINGS = ["debian-in", "debian-excluded", "django-in", "unanswerable"]
 DJANGO_EXCLUDE = ["_modules/**", "releases/**", "genindex.html", "py-modindex.html", "search.html"]
 
 
@@ -66,18 +68,9 @@ def ask_all(app: App, questions: list[dict[str, Any]], setting: str, out: Any) -
         print(f"{setting} {i}/{len(questions)} {record['seconds']:.1f}s {answer.answer[:70]!r}", file=sys.stderr)
 
 
-def _norm(sentence: str) -> str:
-    return " ".join("".join(c for c in sentence.lower() if c.isalnum() or c.isspace()).split())
-
-
 def repeated(text: str) -> bool:
-    seen: set[str] = set()
-    for a, b in split_sentences(text):
-        key = _norm(text[a:b])
-        if len(key.split()) >= 3 and key in seen:
-            return True
-        seen.add(key)
-    return False
+    """Whether the answer holds a sentence twice, compared as the generators' repeat guard compares them."""
+    return repeats(text + "\n")  # the newline closes the last sentence
 
 
 def echo_start(record: dict[str, Any]) -> bool:
@@ -153,6 +146,7 @@ def main() -> None:
     parser.add_argument("--workspaces", type=Path, default=Path("/tmp/ragapp-bench-answers"))
     parser.add_argument("--out", type=Path, default=Path("answers.jsonl"))
     parser.add_argument("--score", type=Path, nargs="*", help="score saved answers instead of asking")
+    parser.add_argument("--settings", nargs="*", choices=SETTINGS, default=SETTINGS, help="which to run")
     args = parser.parse_args()
     if args.score:
         records = [json.loads(line) for path in args.score for line in path.read_text().splitlines() if line]
@@ -167,12 +161,16 @@ def main() -> None:
         rows(args.data / "faq_debian.jsonl", args.limit),
         rows(args.data / "faq_django.jsonl", args.limit),
     )
+    runs = {
+        "debian-in": [(debian, faq_debian)],
+        "debian-excluded": [(debian, faq_debian)],
+        "django-in": [(django, faq_django)],
+        "unanswerable": [(debian, faq_django), (django, faq_debian)],
+    }
     with args.out.open("w", encoding="utf-8") as out:
-        ask_all(debian, faq_debian, "debian-in", out)
-        ask_all(debian, faq_debian, "debian-excluded", out)
-        ask_all(django, faq_django, "django-in", out)
-        ask_all(debian, faq_django, "unanswerable", out)
-        ask_all(django, faq_debian, "unanswerable", out)
+        for setting in args.settings:
+            for app, questions in runs[setting]:
+                ask_all(app, questions, setting, out)
     records = [json.loads(line) for line in args.out.read_text().splitlines() if line]
     show(score(debian, records))
 

@@ -443,7 +443,7 @@ class App:
         text = writer.text if writer is not None else ""
         unsupported = writer is not None and not any(s.citations for s in sentences)
         quoting = a.abstain and a.unsupported == "quote"
-        quote = writer.evidence.quote() if unsupported and quoting and writer is not None else None
+        quote = writer.evidence.quote(a.min_relevance) if unsupported and quoting and writer is not None else None
         if quote is not None and writer is not None:  # the draft says nothing the passages do: say what they do
             passage, start, end = quote
             quoted = self._writer(prepared, writer.evidence, echoes=False)

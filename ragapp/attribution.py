@@ -31,6 +31,7 @@ MAX_SPAN_CHARS = 400  # passage spans longer than this are cut at word boundarie
 CITE_MARGIN = 0.08  # a sentence cites every passage within this much of its best support (at most CITE_MAX)
 CITE_MAX = 2
 QUOTE_CHARS = 400  # the longest quote answering for an unsupported draft
+QUOTE_SKIP = 2  # subheadings skipped after a question's heading to reach its answer (more: a contents list)
 
 _MARKS = re.compile(r"\s*\[\d+(?:\s*,\s*\d+)*\]")
 # A sentence ends at . ! ? (then closing quotes/brackets and the model's own [n] marks) before whitespace
@@ -40,6 +41,7 @@ _ABBREVIATIONS = frozenset(
     ["e.g", "i.e", "etc", "vs", "cf", "no", "fig", "approx", "incl", "resp", "mr", "mrs", "ms", "dr", "st"]
 )
 _WORD = re.compile(r"[a-z0-9]+")
+_INITIALS = re.compile(r"(?:[A-Za-z]\.)*[A-Za-z]")  # "J.H.M. Dassen", "Ian R. Murdock"
 _LETTER_WORD = re.compile(r"[^\W\d_][\w'’-]*")  # words, not numbers: "3.1.1." has none
 _STOPWORDS = frozenset(
     [
@@ -209,7 +211,9 @@ def _abbreviation(text: str, dot: int) -> bool:
     if text[dot] != ".":
         return False
     word = re.search(r"([A-Za-z.]+)$", text[:dot])
-    return word is not None and (word.group(1).lower() in _ABBREVIATIONS or len(word.group(1)) == 1)
+    return word is not None and (
+        word.group(1).lower() in _ABBREVIATIONS or _INITIALS.fullmatch(word.group(1)) is not None
+    )
 
 
 def _trim(text: str, a: int, b: int) -> tuple[int, int]:
@@ -311,12 +315,15 @@ class Evidence:
         vectors = self.encode(texts)
         return [self._score(v, frozenset(content_words(t))) for v, t in zip(vectors, texts, strict=True)]
 
+    def _span_scores(self, vector: np.ndarray, words: frozenset[str]) -> np.ndarray:
+        cosines = np.clip(self.vectors @ vector, 0.0, 1.0)
+        recall = np.array([len(words & s.words) / len(words) if words else 0.0 for s in self.spans])
+        return COSINE_WEIGHT * cosines + (1 - COSINE_WEIGHT) * recall
+
     def _score(self, vector: np.ndarray, words: frozenset[str]) -> Support:
         if not self.spans:
             return Support([], 0, (0, 0))
-        cosines = np.clip(self.vectors @ vector, 0.0, 1.0)
-        recall = np.array([len(words & s.words) / len(words) if words else 0.0 for s in self.spans])
-        scores = COSINE_WEIGHT * cosines + (1 - COSINE_WEIGHT) * recall
+        scores = self._span_scores(vector, words)
         per_passage = [-1.0] * len(self.passages)
         best_span = [0] * len(self.passages)
         for k, span in enumerate(self.spans):
@@ -327,29 +334,44 @@ class Evidence:
         span = self.spans[best_span[best]]
         return Support(per_passage, best, (span.start, span.end))
 
-    def quote(self) -> tuple[Passage, int, int] | None:
-        """The passage text that best answers the question, for when the model's draft is unsupported:
-        the span most like the question, or, when that span is the question itself as a heading ("3.1.
-        Which ...?"), the sentences after it, up to QUOTE_CHARS or the next heading."""
+    def quote(self, min_score: float = 0.0) -> tuple[Passage, int, int] | None:
+        """The passage text that best answers the question, for when the model's draft is unsupported.
+
+        Spans are tried from the most like the question down to `min_score`. A span that is the question
+        itself as a heading ("3.1. Which ...?") stands for the statement after it. The quote is
+        statements only (no heading, question or title: a table of contents answers nothing), and goes on
+        to the next heading or QUOTE_CHARS."""
         if not self.spans:
             return None
-        support = self._score(*self._question)
-        passage = self.passages[support.best]
-        spans = _passage_spans(passage.text)
-        inside = [(a, b) for a, b in spans if a >= support.quote[0] and b <= support.quote[1]]
-        while inside and heading_like(passage.text[inside[0][0] : inside[0][1]]):
-            inside.pop(0)  # the question's own heading: the answer is what follows it
-        if not inside:  # the first sentence after it that is no heading (a question answers nothing)
-            inside = [(a, b) for a, b in spans if a >= support.quote[1] and not heading_like(passage.text[a:b])][:1]
-        if not inside:
-            return None
-        start, end = inside[0][0], inside[-1][1]
-        for a, b in spans:
-            if a >= end and not heading_like(passage.text[a:b]) and b - start <= QUOTE_CHARS:
-                end = b  # go on to complete the answer, up to the next heading
-            elif a >= end:
+        scores = self._span_scores(*self._question)
+        sentences: dict[int, list[tuple[int, int]]] = {}
+        for k in np.argsort(-scores, kind="stable"):
+            if scores[k] < min_score:
                 break
-        return passage, start, end
+            span = self.spans[int(k)]
+            passage = self.passages[span.passage]
+            spans = sentences.setdefault(span.passage, _passage_spans(passage.text))
+            inside = [(a, b) for a, b in spans if a >= span.start and b <= span.end]
+            while inside and not statement(passage.text[inside[0][0] : inside[0][1]]):
+                inside.pop(0)
+            if not inside:  # a heading: the answer is the statement after it and its subheadings, if any
+                after = [(a, b) for a, b in spans if a >= span.end][: QUOTE_SKIP + 1]
+                inside = [(a, b) for a, b in after if statement(passage.text[a:b])][:1]
+            if not inside:
+                continue
+            start, end = inside[0][0], inside[-1][1]
+            listing = passage.text[start:end].endswith(":")
+            for a, b in spans:
+                if a < end:
+                    continue
+                text = passage.text[a:b]
+                listed = listing and not heading_like(text)  # an item of the list a statement opened
+                if b - start > QUOTE_CHARS or not (statement(text) or listed):
+                    break
+                end = b  # go on to complete the answer, up to the next heading
+                listing = listed or text.endswith(":")
+            return passage, start, end
+        return None
 
     def sentence(self, text: str, support: Support, min_support: float) -> Sentence:
         """`text` with the passages (numbers) that support it at least `min_support`, and its quote."""
@@ -389,14 +411,32 @@ def heading_like(line: str) -> bool:
     """A passage line that is a heading or a question (numbered "3.1. ...", or ending in "?"): the first
     thing a small model copies instead of answering."""
     line = line.strip()
-    return 0 < len(line) <= 160 and (line.endswith("?") or _SECTION.match(line) is not None)
+    return 0 < len(line) <= 160 and (question(line) or _SECTION.match(line) is not None)
+
+
+_QUESTION_END = re.compile(r"""\?[?!"')\]\s]*$""")
+_STATEMENT_END = re.compile(r"""[.!:;…]["')\]]*$""")
+TITLE_WORDS = 12  # a line this short without a full stop is a title ("2. Getting and installing Debian")
+
+
+def question(text: str) -> bool:
+    """Whether `text` ends as a question ("...?", "...?!", "...?)"), citation marks aside."""
+    return _QUESTION_END.search(strip_marks(text)) is not None
+
+
+def statement(text: str) -> bool:
+    """Whether a passage sentence says something: no heading, question or title (what a quote is made of)."""
+    text = strip_marks(text)
+    if heading_like(text) or len(_LETTER_WORD.findall(text)) < MIN_WORDS:
+        return False
+    return _STATEMENT_END.search(text) is not None or len(text.split()) > TITLE_WORDS
 
 
 def is_echo(unit: str, echoes: Sequence[str]) -> bool:
     """Whether `unit` (the answer's first line or sentence) only repeats a label, a heading or the question:
     all of one of `echoes`, or most of its start, with nothing of its own."""
     mine = _norm(unit)
-    if not mine or strip_marks(unit).rstrip().endswith("?"):  # a label, a section number; a question answers nothing
+    if not mine or question(unit):  # a label, a section number; a question answers nothing
         return True
     for echo in echoes:
         theirs = _norm(echo)

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from ragapp import App
-from ragapp.attribution import AnswerWriter, Evidence, Passage, is_echo, split_sentences
+from ragapp.attribution import AnswerWriter, Evidence, Passage, is_echo, question, split_sentences, statement
 from ragapp.cli import cli
 from ragapp.generators.base import repeats
 from tests.support import DocsWorkspaces
@@ -44,6 +44,10 @@ def test_sentences_split_at_ends_and_lines_not_abbreviations_or_marks() -> None:
         "It is exact [1].",
         "Then stop here.",
         "A new line here",
+    ]
+    assert spans("The first edition was made by J.H.M. Dassen (Ray). Then Ian R. Murdock.") == [
+        "The first edition was made by J.H.M. Dassen (Ray).",
+        "Then Ian R. Murdock.",
     ]
     # A section number or a one-word piece joins the sentence after it; a short tail stands alone.
     assert spans("3.1.1. You asked me to install stable. Yes. Debian has three releases. Ok") == [
@@ -116,6 +120,59 @@ def test_the_quote_for_an_unsupported_draft_is_what_follows_the_question_heading
     nested = Passage(3, 12, "3.1. Which Debian distribution is better for me?\n3.1.1. Is stable old?\nIt is tested.")
     passage, start, end = Evidence(QUESTION, [nested], fake_encode).quote() or (nested, 0, 0)
     assert passage.text[start:end] == "It is tested."
+
+
+def test_a_contents_list_gives_no_quote() -> None:
+    """Headings, questions ("...?!") and titles answer nothing: no quote rather than a heading as the answer."""
+    contents = Passage(
+        1,
+        13,
+        "1.1. What is this FAQ?\n1.2. Which Debian distribution is better for me?\n1.3. Is stable old?\n"
+        "1.4. OK, now I know what Debian is... what is Linux?!\n2. Getting and installing Debian\n2.1. Where?",
+    )
+    assert Evidence(QUESTION, [contents], fake_encode).quote() is None
+    answer = Passage(2, 14, "Stable is the safest choice for servers.")
+    passage, start, end = Evidence(QUESTION, [contents, answer], fake_encode).quote() or (contents, 0, 0)
+    assert passage.text[start:end] == "Stable is the safest choice for servers."
+    assert Evidence(QUESTION, [contents, answer], fake_encode).quote(min_score=1.01) is None
+    listing = Passage(
+        3,
+        15,
+        "Which Debian distribution is better for me? Debian GNU/Linux provides:\nthe stable distribution\n"
+        "the testing distribution\n3.2. Other releases",
+    )
+    passage, start, end = Evidence(QUESTION, [listing], fake_encode).quote() or (listing, 0, 0)
+    assert passage.text[start:end] == "Debian GNU/Linux provides:\nthe stable distribution\nthe testing distribution"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("what is Linux?!", True),
+        ('Is it "stable?"', True),
+        ("Is it stable? [2]", True),
+        ("It is stable.", False),
+        ("Why? Because it is tested.", False),
+    ],
+)
+def test_question(text: str, expected: bool) -> None:
+    assert question(text) is expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Stable is the safest choice for servers.", True),
+        ("Run it as root:", True),
+        ("2. Getting and installing Debian GNU/Linux", False),
+        ("3.1. Which Debian distribution is better for me?", False),
+        ("what is Linux?!", False),
+        ("Yes.", False),
+        ("the installer detects the hardware and lists every package that it can install without a network", True),
+    ],
+)
+def test_statement(text: str, expected: bool) -> None:
+    assert statement(text) is expected
 
 
 # -- the real models ------------------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ from ragapp.answer import Citation
 from ragapp.config import DEFAULT_STOP, AgentSettings
 from ragapp.errors import UsageError
 from ragapp.generators import Generator
-from ragapp.generators.base import GenerationConfig
+from ragapp.generators.base import GenerationConfig, cut_at_repeat
 from ragapp.prompt import cited_numbers
 from ragapp.tools import AGENT_TOOLS
 from ragapp.tools.search_documents import PassageLedger
@@ -103,8 +103,8 @@ def _steps(message: Any) -> list[Step]:
     if isinstance(message, AIMessage) and message.tool_calls:
         thought = str(message.content).strip()
         return [Step("tool_call", thought, tool=c["name"], args=dict(c["args"])) for c in message.tool_calls]
-    if isinstance(message, AIMessage):
-        return [Step("answer", str(message.content).strip())]
+    if isinstance(message, AIMessage):  # a looping answer ends at its first repeat, on every backend
+        return [Step("answer", cut_at_repeat(str(message.content)).strip())]
     return []
 
 

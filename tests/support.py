@@ -21,6 +21,8 @@ import numpy as np
 import pytest
 from sqlalchemy import create_engine, make_url, text
 
+from ragapp.config import DEFAULT_SYSTEM
+from ragapp.generators.base import GenerationConfig
 from ragapp.store import database_url
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -245,3 +247,16 @@ class DocsWorkspaces:
             run_sql(server, f"CREATE DATABASE {name} TEMPLATE {ingested.database};")
         shutil.copytree(ingested.folder, dest)
         return replace(ingested, folder=dest, database=name)
+
+
+# A RAG prompt on which SmolLM2-135M, greedy and without penalties, writes one sentence again and again.
+LOOP = [
+    {"role": "system", "content": DEFAULT_SYSTEM},
+    {
+        "role": "user",
+        "content": "Passages:\n[1] ragapp ingests folders of .md .txt .html .pdf .docx .csv .json .jsonl files.\n\n"
+        "[2] Each file is parsed in a sandboxed worker process.\n\n"
+        "Question: Which file formats can be ingested?\nAnswer briefly, citing passages like [1].",
+    },
+]
+LOOPING = GenerationConfig(max_new_tokens=48, stop=[])

@@ -333,7 +333,7 @@ def test_native_tool_calls_go_over_the_openai_api(tmp_path: Any) -> None:
     }
     replies = [
         {"role": "assistant", "content": None, "tool_calls": [tool_call]},
-        {"role": "assistant", "content": "42."},
+        {"role": "assistant", "content": "It is 42 in all. It is 42 in all. It is 42 in all."},  # a loop
     ]
     server = FakeServer()  # FAKE OpenAI-compatible server: real HTTP, scripted replies
     chat: list[dict[str, Any]] = []
@@ -346,7 +346,7 @@ def test_native_tool_calls_go_over_the_openai_api(tmp_path: Any) -> None:
 
     server.routes["POST /v1/chat/completions"] = complete
     try:
-        config = {"generation": {"backend": "openai", "base_url": server.url}}
+        config = {"generation": {"backend": "openai", "base_url": server.url, "repetition_penalty": 1.1}}
         result = App(tmp_path / "ws", config=config).agent("What is 6*7?", tools=["calculator"])
     finally:
         server.close()
@@ -354,11 +354,12 @@ def test_native_tool_calls_go_over_the_openai_api(tmp_path: Any) -> None:
     first, second = chat
     assert [t["function"]["name"] for t in first["tools"]] == ["calculator"]
     assert first["model"] == "fake" and first["temperature"] == 0.0
+    assert first["presence_penalty"] == 1.0  # the penalty `ask` sends this server reaches the agent's calls too
     assert second["messages"][-1] == {"role": "tool", "content": "42", "tool_call_id": "call_1"}
     assert [(s.kind, s.tool, s.content) for s in result.steps] == [
         ("tool_call", "calculator", ""),
         ("observation", "calculator", "42"),
-        ("answer", None, "42."),
+        ("answer", None, "It is 42 in all."),  # cut at its first repeat, as `ask` cuts it
     ]
 
 

@@ -254,6 +254,9 @@ def test_vllm_servers_get_the_repetition_penalty_itself(fake: FakeServer) -> Non
     g.generate(MESSAGES, sampled)
     body = fake.requests[-1][1]
     assert body["repetition_penalty"] == 1.3 and body["top_k"] == 20 and "presence_penalty" not in body
+    assert g.chat_model(sampled, 2048).invoke("Hello").content == "Hi!"  # the agent's model sends the same
+    agent_body = fake.requests[-1][1]
+    assert agent_body["repetition_penalty"] == 1.3 and agent_body["top_k"] == 20 and agent_body["top_p"] == 1.0
 
 
 def test_no_repeat_ngram_size_is_ignored_with_one_warning(fake: FakeServer, caplog: pytest.LogCaptureFixture) -> None:

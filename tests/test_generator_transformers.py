@@ -36,12 +36,12 @@ from typing import Any
 
 import pytest
 
-from ragapp.config import DEFAULT_SYSTEM
 from ragapp.generators import gguf
 from ragapp.generators.base import GenerationConfig, Generator, StopFilter, cut_at_stop
 from ragapp.generators.gguf import MARKER, ModelNotFound, convert_gguf, is_converted, resolve_model
 from ragapp.generators.transformers_local import TransformersGenerator
 from tests.lora import shipped_generator
+from tests.support import LOOP, LOOPING
 
 FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
 PROMPTS = [
@@ -184,19 +184,6 @@ def test_batch_equals_individual_greedy(gen: TransformersGenerator) -> None:
 def test_batch_applies_stop_strings(gen: TransformersGenerator) -> None:
     config = GREEDY.model_copy(update={"stop": ["Paris", "\n"]})
     assert gen.generate_batch(PROMPTS[:2], config) == [gen.generate(p, config) for p in PROMPTS[:2]]
-
-
-# A RAG prompt on which SmolLM2-135M, greedy and without penalties, writes one sentence again and again.
-LOOP = [
-    {"role": "system", "content": DEFAULT_SYSTEM},
-    {
-        "role": "user",
-        "content": "Passages:\n[1] ragapp ingests folders of .md .txt .html .pdf .docx .csv .json .jsonl files.\n\n"
-        "[2] Each file is parsed in a sandboxed worker process.\n\n"
-        "Question: Which file formats can be ingested?\nAnswer briefly, citing passages like [1].",
-    },
-]
-LOOPING = GenerationConfig(max_new_tokens=48, stop=[])
 
 
 def repeated_sentences(text: str) -> list[str]:

@@ -23,7 +23,7 @@ from ragapp.generators.gguf import resolve_model
 from ragapp.generators.transformers_local import TransformersGenerator
 from ragapp.generators.vllm_local import engine_in_process, engine_in_this_process
 from tests.lora import make_adapter, shipped_generator
-from tests.support import IngestedDocs
+from tests.support import LOOP, LOOPING, IngestedDocs
 
 pytestmark = [
     pytest.mark.slow,
@@ -208,18 +208,7 @@ def test_app_batch_answers_with_vllm_backend(vllm_gen, ingested_docs: IngestedDo
 def test_repetition_penalty_and_the_repeat_guard(vllm_gen, hf: TransformersGenerator, caplog) -> None:
     """The RAG prompt SmolLM2 loops on (test_generator_transformers.py): vLLM's answer is cut where the
     transformers backend's is, and the penalty reaches the engine with the meaning transformers gives it."""
-    from ragapp.config import DEFAULT_SYSTEM
-
-    loop = [
-        {"role": "system", "content": DEFAULT_SYSTEM},
-        {
-            "role": "user",
-            "content": "Passages:\n[1] ragapp ingests folders of .md .txt .html .pdf .docx .csv .json .jsonl files."
-            "\n\n[2] Each file is parsed in a sandboxed worker process.\n\n"
-            "Question: Which file formats can be ingested?\nAnswer briefly, citing passages like [1].",
-        },
-    ]
-    looping = GenerationConfig(max_new_tokens=48, stop=[])
+    loop, looping = LOOP, LOOPING
     expected = hf.generate(loop, looping)
     assert expected == "[3] Each file is parsed in a sandboxed worker process."  # cut at its first repeat
     assert vllm_gen.generate(loop, looping) == expected

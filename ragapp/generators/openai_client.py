@@ -141,6 +141,7 @@ class OpenAIGenerator:
         from langchain_openai import ChatOpenAI
         from pydantic import SecretStr
 
+        fields, extra = self._sampling(sampling)
         return ChatOpenAI(
             model=self.model_id,
             base_url=self.base_url,
@@ -149,7 +150,8 @@ class OpenAIGenerator:
             max_retries=self.max_retries,
             temperature=sampling.temperature,
             max_completion_tokens=sampling.max_new_tokens,
-            seed=sampling.seed,
+            extra_body=extra or None,
+            **fields,  # top_p, seed, presence_penalty: ChatOpenAI's own fields
         )
 
     def close(self) -> None:
@@ -233,18 +235,28 @@ class OpenAIGenerator:
         stops = [s for s in config.stop if s]
         if stops:
             body["stop"] = stops
-        extra: dict[str, Any] = {}  # not part of OpenAI's API; vLLM and most compatible servers accept them
+        fields, extra = self._sampling(config)
+        body.update(fields)
+        if extra:
+            body["extra_body"] = extra
+        return body
+
+    def _sampling(self, config: GenerationConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Request fields for top-p, seed and penalties beyond temperature: OpenAI's own, and the extra ones
+        (not part of OpenAI's API; vLLM and most compatible servers accept them)."""
+        fields: dict[str, Any] = {}
+        extra: dict[str, Any] = {}
         if not config.greedy:
-            body.update(top_p=config.top_p)
+            fields["top_p"] = config.top_p
             if config.seed is not None:
-                body["seed"] = config.seed
+                fields["seed"] = config.seed
             if config.top_k > 0:
                 extra["top_k"] = config.top_k
         if config.repetition_penalty != 1.0:
             if self.vllm_server:
                 extra["repetition_penalty"] = config.repetition_penalty
             else:
-                body["presence_penalty"] = presence_penalty(config.repetition_penalty)
+                fields["presence_penalty"] = presence_penalty(config.repetition_penalty)
         if config.no_repeat_ngram_size and not self._warned_ngram:
             self._warned_ngram = True
             log.warning(
@@ -253,9 +265,7 @@ class OpenAIGenerator:
                 config.no_repeat_ngram_size,
                 self.base_url,
             )
-        if extra:
-            body["extra_body"] = extra
-        return body
+        return fields, extra
 
     def generate(self, messages: Sequence[Message], config: GenerationConfig) -> str:
         with self._errors("generating"):

@@ -56,7 +56,7 @@ if TYPE_CHECKING:
     from ragapp.chunking import Chunk
     from ragapp.connectors import Document
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 # Row ids: 64-bit on PostgreSQL (ids are never reused, so they only grow); SQLite's INTEGER is 64-bit already
 # and must stay INTEGER to be the rowid that AUTOINCREMENT works on.
 RowId = BigInteger().with_variant(Integer, "sqlite")
@@ -234,6 +234,9 @@ class TurnRow(Base):
     standalone: Mapped[str] = mapped_column(SafeText)
     answer: Mapped[str] = mapped_column(SafeText)
     citations: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    # Version 6: the answer's attributed sentences and whether it abstained (NULL before).
+    sentences: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
+    abstained: Mapped[bool | None] = mapped_column(Boolean)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
@@ -303,6 +306,10 @@ MIGRATIONS: dict[int, Migration] = {
         _add_column("eval_items", "sentences", "JSON"),
         _add_column("eval_items", "abstained", "BOOLEAN"),
         _add_column("eval_items", "judge", "JSON"),
+    ),
+    6: _steps(
+        _add_column("conversation_turns", "sentences", "JSON"),
+        _add_column("conversation_turns", "abstained", "BOOLEAN"),
     ),
 }
 

@@ -157,6 +157,7 @@ def test_follow_ups_are_rewritten_and_stored(client: httpx.Client) -> None:
     assert [t["question"] for t in turns] == ["What does ragapp ingest --sync do?", "And how do I see what it removed?"]
     assert turns[1]["standalone_question"] == body["standalone_question"]
     assert turns[1]["answer"] == body["answer"] and turns[1]["citations"]
+    assert turns[1]["sentences"] == body["sentences"] and turns[1]["abstained"] == body["abstained"]
     # chat completions: the same conversation continues through `conversation_id`
     chat = client.post(
         "/v1/chat/completions",

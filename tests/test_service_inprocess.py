@@ -282,6 +282,7 @@ def test_query_answers_and_conversations_are_stored_per_key(client: TestClient, 
     turns = client.get(f"/v1/conversations/{cid}").json()["turns"]
     assert [t["question"] for t in turns] == [QUESTION, "And who does it?", "Thanks."]
     assert turns[0]["answer"] == "w0 w1 w2" + CUT and turns[0]["citations"]
+    assert (turns[0]["sentences"], turns[0]["abstained"]) == (first["sentences"], first["abstained"])
     assert turns[1]["standalone_question"] == follow.json()["standalone_question"]
     error_of(client.post("/v1/query", json={"question": "q", "conversation_id": "nope"}), 404)
     error_of(client.get("/v1/conversations/nope"), 404)

@@ -15,6 +15,7 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import select
 
+from ragapp.answer import Answer, Quote, Sentence
 from ragapp.cli import cli
 from ragapp.cli.serve import is_loopback
 from ragapp.errors import Conflict, NotFound, UsageError
@@ -253,11 +254,22 @@ def test_history_from_openai_messages() -> None:
 def test_conversations_belong_to_their_key_and_collection(tmp_path: Path) -> None:
     conversations = Conversations(Store(f"sqlite:///{tmp_path / 'db'}"))
     cid = conversations.start("alpha", key_id=1)
-    conversations.add(cid, "q1", "q1", "a1", [])
-    conversations.add(cid, "q2", "standalone q2", "a2", [{"n": 1}])
-    assert conversations.history(cid, "alpha", 1, last=1) == [Turn("q2", "a2")]
+    conversations.add(cid, "q1", "q1", Answer("q1", "a1", [], "m", {}))
+    sentence = Sentence("a2 is it.", [1], 0.9, Quote(7, 0, 9))
+    conversations.add(cid, "q2", "standalone q2", Answer("q2", "a2 is it.", [], "m", {}, sentences=[sentence]))
+    conversations.add(cid, "q3", "q3", Answer("q3", "Not found.", [], "m", {}, abstained=True))
+    assert conversations.history(cid, "alpha", 1, last=1) == [Turn("q3", "Not found.")]
     assert conversations.history(cid, "alpha", 1, last=0) == []
-    assert [t["standalone_question"] for t in conversations.turns(cid, "alpha", 1)] == ["q1", "standalone q2"]
+    turns = conversations.turns(cid, "alpha", 1)
+    assert [t["standalone_question"] for t in turns] == ["q1", "standalone q2", "q3"]
+    assert [(t["sentences"], t["abstained"]) for t in turns] == [
+        ([], False),
+        (
+            [{"text": "a2 is it.", "citations": [1], "support": 0.9, "quote": {"chunk_id": 7, "start": 0, "end": 9}}],
+            False,
+        ),
+        ([], True),
+    ]
     for collection, key_id in (("beta", 1), ("alpha", 2), ("alpha", None)):
         with pytest.raises(NotFound):
             conversations.history(cid, collection, key_id, last=4)

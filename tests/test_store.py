@@ -150,6 +150,37 @@ def test_migration_of_many_processes_at_once_runs_each_step_once(url: str) -> No
         s.close()
 
 
+def test_version_5_conversations_gain_sentences_and_keep_their_turns(url: str) -> None:
+    from ragapp.service.conversations import Conversations
+
+    engine = create_engine(database_url(url))
+    with Session(engine) as s:  # conversation turns as schema 5 left them: no `sentences`, no `abstained`
+        migrate(s, {v: MIGRATIONS[v] for v in (1, 2, 3, 4, 5)})
+        s.execute(text("ALTER TABLE conversation_turns DROP COLUMN sentences"))
+        s.execute(text("ALTER TABLE conversation_turns DROP COLUMN abstained"))
+        s.execute(
+            text("INSERT INTO conversations (id, collection, created_at) VALUES ('c1', 'default', CURRENT_TIMESTAMP)")
+        )
+        s.execute(
+            text(
+                "INSERT INTO conversation_turns (conversation_id, question, standalone, answer, citations, created_at) "
+                "VALUES ('c1', 'q', 'q', 'a [1].', '[{\"n\": 1}]', CURRENT_TIMESTAMP)"
+            )
+        )
+        s.commit()
+    engine.dispose()
+    store = Store(url)
+    assert store.get_meta("schema_version") == str(SCHEMA_VERSION)
+    [turn] = Conversations(store).turns("c1", "default", None)
+    assert (turn["answer"], turn["citations"], turn["sentences"], turn["abstained"]) == (
+        "a [1].",
+        [{"n": 1}],
+        [],
+        False,
+    )
+    store.close()
+
+
 def test_version_3_database_gains_the_job_worker_column_and_keeps_its_jobs(url: str) -> None:
     engine = create_engine(database_url(url))
     with Session(engine) as s:  # a database as schema 3 left it: ingest_jobs without `worker`, one job queued
@@ -164,7 +195,7 @@ def test_version_3_database_gains_the_job_worker_column_and_keeps_its_jobs(url: 
         s.commit()
     engine.dispose()
     store = Store(url)
-    assert store.get_meta("schema_version") == str(SCHEMA_VERSION) == "5"
+    assert store.get_meta("schema_version") == str(SCHEMA_VERSION) == "6"
     with store.session() as s:
         assert s.execute(text("SELECT id, worker FROM ingest_jobs")).all() == [("j1", None)]
     store.close()

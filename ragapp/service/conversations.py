@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy import delete, select
 
+from ragapp.answer import Answer
 from ragapp.errors import NotFound
 from ragapp.generators import GenerationConfig, Generator, Message
 from ragapp.store import ConversationRow, Store, TurnRow
@@ -144,22 +145,24 @@ class Conversations:
                     "standalone_question": t.standalone,
                     "answer": t.answer,
                     "citations": t.citations,
+                    "sentences": t.sentences or [],
+                    "abstained": bool(t.abstained),
                     "created_at": t.created_at.isoformat(timespec="seconds"),
                 }
                 for t in row.turns
             ]
 
-    def add(
-        self, conversation_id: str, question: str, standalone: str, answer: str, citations: list[dict[str, Any]]
-    ) -> None:
+    def add(self, conversation_id: str, question: str, standalone: str, answer: Answer) -> None:
         with self.store.session() as s:
             s.add(
                 TurnRow(
                     conversation_id=conversation_id,
                     question=question,
                     standalone=standalone,
-                    answer=answer,
-                    citations=citations,
+                    answer=answer.answer,
+                    citations=[vars(c) for c in answer.citations],
+                    sentences=[x.to_dict() for x in answer.sentences],
+                    abstained=answer.abstained,
                 )
             )
             s.commit()

@@ -269,6 +269,10 @@ class ConversationTurn(BaseModel):
     standalone_question: str
     answer: str
     citations: list[dict[str, Any]]
+    sentences: list[Sentence] = Field(
+        description="The answer's sentences as `/v1/query` gave them ([] for turns stored before attribution)."
+    )
+    abstained: bool = Field(description=ABSTAINED)
     created_at: str
 
 

@@ -154,8 +154,7 @@ class Service:
         answer: Answer,
     ) -> str:
         conversation_id = conversation_id or self.conversations.start(collection, key_id(key))
-        citations = [vars(c) for c in answer.citations]
-        self.conversations.add(conversation_id, question, standalone, answer.answer, citations)
+        self.conversations.add(conversation_id, question, standalone, answer)
         tokens = self.telemetry.tokens
         tokens.labels("prompt").inc(answer.timings.get("prompt_tokens", 0))
         tokens.labels("completion").inc(answer.timings.get("completion_tokens", 0))

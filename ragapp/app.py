@@ -353,13 +353,16 @@ class App:
         mode: Mode | None,
         filters: Filters,
     ) -> _Prepared:
-        """Retrieve and build the prompt: everything `ask` does before generation."""
+        """Retrieve and build the prompt: everything `ask` does before generation. Twice `k` passages are
+        retrieved so that contents lists can give way to passages that hold answers."""
+        from ragapp.attribution import prompt_hits
         from ragapp.prompt import fit_prompt
 
         if not question.strip():
             raise UsageError("the question is empty")
         mark = time.perf_counter()
-        hits = self._search(store, question, k, mode, filters)
+        k = k or self.config.retrieval.k
+        hits = prompt_hits(self._search(store, question, 2 * k, mode, filters), k)
         if filters and not hits:
             raise UsageError("no passage matches the filters; `ragapp search` with the same filters shows what does")
         retrieve_s = time.perf_counter() - mark

@@ -21,6 +21,7 @@ import numpy as np
 
 from ragapp.answer import Quote, Sentence
 from ragapp.prompt import cited_numbers
+from ragapp.search import SearchHit
 
 Encode = Callable[[list[str]], np.ndarray]  # texts -> unit-length vectors (Embedder.embed_queries)
 
@@ -412,6 +413,24 @@ def heading_like(line: str) -> bool:
     thing a small model copies instead of answering."""
     line = line.strip()
     return 0 < len(line) <= 160 and (question(line) or _SECTION.match(line) is not None)
+
+
+NAVIGATION_SHARE = 0.8  # a passage whose lines are this much headings is a contents list
+
+
+def navigation(text: str) -> bool:
+    """Whether a passage is a list of headings (a table of contents, an index): it names the section that
+    answers, but holds none of the answer, and a small model copies its numbers instead of answering."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    return len(lines) >= 4 and sum(map(heading_like, lines)) >= NAVIGATION_SHARE * len(lines)
+
+
+def prompt_hits(hits: Sequence[SearchHit], k: int) -> list[SearchHit]:
+    """The `k` hits a prompt gets: passages that say something before contents lists, in rank order."""
+    content = [h for h in hits if not navigation(h.text)][:k]
+    lists = [h for h in hits if navigation(h.text)][: k - len(content)]
+    chosen = {id(h) for h in content + lists}
+    return [h for h in hits if id(h) in chosen]
 
 
 _QUESTION_END = re.compile(r"""\?[?!"')\]\s]*$""")

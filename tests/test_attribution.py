@@ -12,9 +12,20 @@ import pytest
 from click.testing import CliRunner
 
 from ragapp import App
-from ragapp.attribution import AnswerWriter, Evidence, Passage, is_echo, question, split_sentences, statement
+from ragapp.attribution import (
+    AnswerWriter,
+    Evidence,
+    Passage,
+    is_echo,
+    navigation,
+    prompt_hits,
+    question,
+    split_sentences,
+    statement,
+)
 from ragapp.cli import cli
 from ragapp.generators.base import repeats
+from ragapp.search import SearchHit
 from tests.support import DocsWorkspaces
 
 
@@ -143,6 +154,20 @@ def test_a_contents_list_gives_no_quote() -> None:
     )
     passage, start, end = Evidence(QUESTION, [listing], fake_encode).quote() or (listing, 0, 0)
     assert passage.text[start:end] == "Debian GNU/Linux provides:\nthe stable distribution\nthe testing distribution"
+
+
+def test_contents_lists_give_way_to_passages_that_say_something() -> None:
+    contents = "Table of Contents\n\n1.1. What is this FAQ?\n\n1.2. What is Debian?\n\n1.2.1. Why?\n\n1.3. Who?"
+    hits = [hit(1, contents), hit(2, "Debian is a free operating system."), hit(3, "1.1. What is this FAQ?\nIt lists"
+            " questions.\n1.2. Who wrote it?\nMany people.\n2.1. Where is it?\nOnline."), hit(4, "Stable is tested.")]  # fmt: skip
+    assert navigation(contents) and not navigation(hits[2].text) and not navigation("1.1. A\n1.2. B")
+    assert [h.chunk_id for h in prompt_hits(hits, 2)] == [2, 3]  # rank order kept
+    assert [h.chunk_id for h in prompt_hits(hits, 4)] == [1, 2, 3, 4]  # a list still fills a free place
+    assert [h.chunk_id for h in prompt_hits(hits[:1], 2)] == [1]
+
+
+def hit(chunk_id: int, text: str) -> SearchHit:
+    return SearchHit(chunk_id, 1.0 / chunk_id, text, f"/docs/{chunk_id}.html", None, None, None, None, 0, len(text))
 
 
 @pytest.mark.parametrize(

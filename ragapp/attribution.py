@@ -375,8 +375,10 @@ class Evidence:
         return None
 
     def sentence(self, text: str, support: Support, min_support: float) -> Sentence:
-        """`text` with the passages (numbers) that support it at least `min_support`, and its quote."""
-        if not support.scores or support.score < min_support:
+        """`text` with the passages (numbers) that support it at least `min_support`, and its quote. A
+        question makes no claim, so it cites nothing however much of it a passage holds (a small model
+        copies the passages' question headings)."""
+        if not support.scores or support.score < min_support or question(text):
             return Sentence(text, [], support.score, None)
         near = [i for i, s in enumerate(support.scores) if s >= min_support and s >= support.score - CITE_MARGIN]
         near.sort(key=lambda i: -support.scores[i])

@@ -156,6 +156,16 @@ def test_a_contents_list_gives_no_quote() -> None:
     assert passage.text[start:end] == "Debian GNU/Linux provides:\nthe stable distribution\nthe testing distribution"
 
 
+def test_a_question_in_the_answer_cites_nothing() -> None:
+    """A heading the model copied ("3.1. Which ...?") is in a passage word for word, but claims nothing."""
+    evidence = Evidence(QUESTION, PASSAGES, fake_encode)
+    copied, stated = evidence.attribute(
+        "3.1. Which Debian distribution is better for me? It depends on what you intend to do.", 0.5
+    )
+    assert copied.citations == [] and copied.quote is None and copied.support >= 0.5
+    assert stated.citations == [1]
+
+
 def test_contents_lists_give_way_to_passages_that_say_something() -> None:
     contents = "Table of Contents\n\n1.1. What is this FAQ?\n\n1.2. What is Debian?\n\n1.2.1. Why?\n\n1.3. Who?"
     hits = [hit(1, contents), hit(2, "Debian is a free operating system."), hit(3, "1.1. What is this FAQ?\nIt lists"

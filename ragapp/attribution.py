@@ -420,11 +420,26 @@ def heading_like(line: str) -> bool:
 NAVIGATION_SHARE = 0.8  # a passage whose lines are this much headings is a contents list
 
 
+_NOT_TITLE = re.compile(r"[(){}\[\]=<>_/\\$`#|@+]")  # code, paths, versions ("Firefox 3.6+"): not a title
+
+
+def _title_line(line: str) -> bool:
+    """A line that reads like an unnumbered title ("Writing your first Django app, part 1")."""
+    line = line.strip()
+    words = len(line.split())
+    return 2 <= words <= TITLE_WORDS and line[0].isupper() and line[-1] not in ".,;:" and not _NOT_TITLE.search(line)
+
+
 def navigation(text: str) -> bool:
     """Whether a passage is a list of headings (a table of contents, an index): it names the section that
-    answers, but holds none of the answer, and a small model copies its numbers instead of answering."""
+    answers, but holds none of the answer, and a small model copies its titles instead of answering.
+    Four numbered headings or questions make a list; unnumbered titles take six (a short list of items
+    may be an answer)."""
     lines = [line for line in text.splitlines() if line.strip()]
-    return len(lines) >= 4 and sum(map(heading_like, lines)) >= NAVIGATION_SHARE * len(lines)
+    share = NAVIGATION_SHARE * len(lines)
+    numbered = sum(map(heading_like, lines))
+    titled = sum(heading_like(line) or _title_line(line) for line in lines)
+    return (len(lines) >= 4 and numbered >= share) or (len(lines) >= 6 and titled >= share)
 
 
 def prompt_hits(hits: Sequence[SearchHit], k: int) -> list[SearchHit]:

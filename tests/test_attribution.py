@@ -174,6 +174,14 @@ def test_contents_lists_give_way_to_passages_that_say_something() -> None:
     assert [h.chunk_id for h in prompt_hits(hits, 2)] == [2, 3]  # rank order kept
     assert [h.chunk_id for h in prompt_hits(hits, 4)] == [1, 2, 3, 4]  # a list still fills a free place
     assert [h.chunk_id for h in prompt_hits(hits[:1], 2)] == [1]
+    sphinx = "Getting started\nDjango at a glance\nDesign your model\nInstall it\nEnjoy the free API\nThat’s it!"
+    assert navigation(sphinx)  # unnumbered titles: a contents page too
+    browsers = (
+        "Browsers that support X-Frame-Options\nInternet Explorer 8+\nEdge\nFirefox 3.6.9+\nOpera 10.5+\nSafari 4+"
+    )
+    formats = "Formats it reads:\nMarkdown\nPDF\nHTML\nWord documents\nSpreadsheets"
+    code = "import os\nimport sys\nfrom pathlib import Path\nprint(sys.argv)\nos.exit(0)\nPath.cwd()"
+    assert not any(map(navigation, [browsers, formats, code]))  # lists and code that answer questions
 
 
 def hit(chunk_id: int, text: str) -> SearchHit:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
@@ -87,6 +88,20 @@ class Generator(Protocol):
     def close(self) -> None:
         """Free the model (and stop its engine processes); the generator cannot be used afterwards."""
         ...
+
+
+def warn_ngram_ignored(log: logging.Logger, config: GenerationConfig, backend: str, warned: bool) -> bool:
+    """Warn (once: `warned` says whether it already did) that `backend` has no `no_repeat_ngram_size`;
+    returns whether it has warned now."""
+    if config.no_repeat_ngram_size and not warned:
+        log.warning(
+            "no_repeat_ngram_size=%d is ignored: %s has no such setting (repetition_penalty works, and repeated "
+            "sentences are still cut)",
+            config.no_repeat_ngram_size,
+            backend,
+        )
+        return True
+    return warned
 
 
 def cut_at_stop(text: str, stops: Sequence[str]) -> str:

@@ -19,7 +19,14 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any
 
 from ragapp.errors import GenerationError, ScoringUnsupported
-from ragapp.generators.base import AnswerFilter, GenerationConfig, Message, cut_answer, scoring_layout
+from ragapp.generators.base import (
+    AnswerFilter,
+    GenerationConfig,
+    Message,
+    cut_answer,
+    scoring_layout,
+    warn_ngram_ignored,
+)
 
 if TYPE_CHECKING:
     from langchain_core.language_models import BaseChatModel
@@ -257,14 +264,7 @@ class OpenAIGenerator:
                 extra["repetition_penalty"] = config.repetition_penalty
             else:
                 fields["presence_penalty"] = presence_penalty(config.repetition_penalty)
-        if config.no_repeat_ngram_size and not self._warned_ngram:
-            self._warned_ngram = True
-            log.warning(
-                "no_repeat_ngram_size=%d is ignored: the server at %s has no such setting (repetition_penalty "
-                "works, and repeated sentences are still cut)",
-                config.no_repeat_ngram_size,
-                self.base_url,
-            )
+        self._warned_ngram = warn_ngram_ignored(log, config, f"the server at {self.base_url}", self._warned_ngram)
         return fields, extra
 
     def generate(self, messages: Sequence[Message], config: GenerationConfig) -> str:

@@ -23,7 +23,14 @@ from typing import TYPE_CHECKING, Any
 
 from ragapp.errors import GenerationError
 from ragapp.generators.adapters import read_adapter
-from ragapp.generators.base import AnswerFilter, GenerationConfig, Message, cut_answer, scoring_layout
+from ragapp.generators.base import (
+    AnswerFilter,
+    GenerationConfig,
+    Message,
+    cut_answer,
+    scoring_layout,
+    warn_ngram_ignored,
+)
 from ragapp.generators.gguf import cache_dir, model_name, resolve_model
 
 if TYPE_CHECKING:
@@ -249,13 +256,7 @@ class VllmGenerator:
                 "seed": config.seed,
             }
         sampling["repetition_penalty"] = config.repetition_penalty  # the meaning transformers gives it
-        if config.no_repeat_ngram_size and not self._warned_ngram:
-            self._warned_ngram = True
-            log.warning(
-                "no_repeat_ngram_size=%d is ignored: vLLM has no such setting (repetition_penalty works, and "
-                "repeated sentences are still cut)",
-                config.no_repeat_ngram_size,
-            )
+        self._warned_ngram = warn_ngram_ignored(log, config, "vLLM", self._warned_ngram)
         return SamplingParams(
             max_tokens=min(config.max_new_tokens, room),
             stop=[s for s in config.stop if s] or None,

@@ -284,10 +284,11 @@ class Evidence:
     def __init__(self, question: str, passages: Sequence[Passage], encode: Encode):
         self.passages = list(passages)
         self.encode = encode
+        self.sentences = [_passage_spans(p.text) for p in self.passages]  # per passage, in order
         singles = [
             _Span(i, a, b, frozenset(content_words(p.text[a:b])))
             for i, p in enumerate(self.passages)
-            for a, b in _passage_spans(p.text)
+            for a, b in self.sentences[i]
         ]
         vectors = encode([strip_marks(question)] + [self.passages[s.passage].text[s.start : s.end] for s in singles])
         self._question = vectors[0], frozenset(content_words(question))
@@ -345,13 +346,12 @@ class Evidence:
         if not self.spans:
             return None
         scores = self._span_scores(*self._question)
-        sentences: dict[int, list[tuple[int, int]]] = {}
         for k in np.argsort(-scores, kind="stable"):
             if scores[k] < min_score:
                 break
             span = self.spans[int(k)]
             passage = self.passages[span.passage]
-            spans = sentences.setdefault(span.passage, _passage_spans(passage.text))
+            spans = self.sentences[span.passage]
             inside = [(a, b) for a, b in spans if a >= span.start and b <= span.end]
             while inside and not statement(passage.text[inside[0][0] : inside[0][1]]):
                 inside.pop(0)
@@ -437,17 +437,17 @@ def navigation(text: str) -> bool:
     may be an answer)."""
     lines = [line for line in text.splitlines() if line.strip()]
     share = NAVIGATION_SHARE * len(lines)
-    numbered = sum(map(heading_like, lines))
-    titled = sum(heading_like(line) or _title_line(line) for line in lines)
-    return (len(lines) >= 4 and numbered >= share) or (len(lines) >= 6 and titled >= share)
+    headings = [heading_like(line) for line in lines]
+    titled = sum(h or _title_line(line) for h, line in zip(headings, lines, strict=True))
+    return (len(lines) >= 4 and sum(headings) >= share) or (len(lines) >= 6 and titled >= share)
 
 
 def prompt_hits(hits: Sequence[SearchHit], k: int) -> list[SearchHit]:
     """The `k` hits a prompt gets: passages that say something before contents lists, in rank order."""
-    content = [h for h in hits if not navigation(h.text)][:k]
-    lists = [h for h in hits if navigation(h.text)][: k - len(content)]
-    chosen = {id(h) for h in content + lists}
-    return [h for h in hits if id(h) in chosen]
+    lists = [navigation(h.text) for h in hits]
+    content = [i for i, listed in enumerate(lists) if not listed][:k]
+    kept = set(content + [i for i, listed in enumerate(lists) if listed][: k - len(content)])
+    return [h for i, h in enumerate(hits) if i in kept]
 
 
 _QUESTION_END = re.compile(r"""\?[?!"')\]\s]*$""")

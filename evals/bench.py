@@ -61,12 +61,14 @@ def bench_retrieval(
     modes: Sequence[str] = MODES,
     keep: Path | None = None,
     config: dict[str, dict[str, Any]] | None = None,
+    reranked: bool = False,
     runs_dir: Path | None = None,
     metrics: Sequence[str] = DEFAULT_METRICS,
     progress: bool = False,
 ) -> BenchResult:
     """Ingest `folder`'s corpus into a temporary workspace (or `keep`, reused by later runs: only
-    changed documents are embedded again), then search each judged query of `split` in each mode."""
+    changed documents are embedded again), then search each judged query of `split` in each mode;
+    with `reranked`, each mode a second time through the configured reranker (`MODE+rerank`)."""
     for mode in modes:
         if mode not in MODES:
             raise UsageError(f"unknown search mode {mode!r} (use {', '.join(MODES)})")
@@ -115,25 +117,26 @@ def bench_retrieval(
         )
         chunks_per_doc = status["chunks"] / max(status["documents"], 1)
         first_depth = min(status["chunks"], math.ceil(depth_docs * chunks_per_doc * 1.5) + 10)
-        for mode in searched:
-            app.search(todo[0][1], 1, mode=mode)  # load models and indexes before the clock starts
+        for mode, rerank in [(m, r) for m in searched for r in ((False, True) if reranked else (False,))]:
+            name = f"{mode}+rerank" if rerank else mode
+            app.search(todo[0][1], 1, mode=mode, rerank=rerank)  # load models and indexes before the clock starts
             run: dict[str, dict[str, float]] = {}
             started = time.perf_counter()
-            for qid, text in tqdm(todo, desc=mode, unit="q", disable=not progress, dynamic_ncols=True):
-                run[qid] = _documents(app, text, mode, depth_docs, first_depth, status["chunks"])
+            for qid, text in tqdm(todo, desc=name, unit="q", disable=not progress, dynamic_ncols=True):
+                run[qid] = _documents(app, text, mode, rerank, depth_docs, first_depth, status["chunks"])
             seconds = time.perf_counter() - started
             if runs_dir is not None:
                 runs_dir.mkdir(parents=True, exist_ok=True)
-                write_trec_run(runs_dir / f"{mode}.trec", run, f"ragapp-{mode}")
+                write_trec_run(runs_dir / f"{name}.trec", run, f"ragapp-{name}")
             scored = {qid: judged[qid] for qid, _ in todo}
-            result.modes.append(ModeResult(mode, evaluate(run, scored, metrics), len(todo) / seconds, seconds))
+            result.modes.append(ModeResult(name, evaluate(run, scored, metrics), len(todo) / seconds, seconds))
         return result
 
 
-def _documents(app: App, query: str, mode: Mode, wanted: int, depth: int, total: int) -> dict[str, float]:
+def _documents(app: App, query: str, mode: Mode, rerank: bool, wanted: int, depth: int, total: int) -> dict[str, float]:
     """The best `wanted` documents (score of their best chunk), searching deeper while chunks crowd them out."""
     while True:
-        hits = app.search(query, depth, mode=mode)
+        hits = app.search(query, depth, mode=mode, rerank=rerank)
         docs: dict[str, float] = {}
         for hit in hits:
             if hit.source not in docs:

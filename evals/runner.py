@@ -152,6 +152,8 @@ def evaluate(
     models = {"embedding": app.embedder.fingerprint, "generator": app.generator.model_id}
     if app.reward_model is not None:
         models["reward"] = app.reward_model.model_id
+    if app.reranker is not None:
+        models["reranker"] = app.reranker.fingerprint
     _add_judge(judge, config, models)
     runs = RunStore(store)
     run_id = _open_run(runs, app.workspace, "pipeline", dataset, name, config, models)

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from ragapp.embedding import Embedder
     from ragapp.ingest import Ingestor, IngestReport
     from ragapp.prompt import Passage
+    from ragapp.reranker import Reranker
     from ragapp.reward import RewardModel
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,7 @@ class App:
         self._embedder: Embedder | None = None
         self._generator = generator
         self._reward_model: RewardModel | None = None
+        self._reranker: Reranker | None = None
         self.indexes = WorkspaceIndexes(self.workspace, self.config.index, lambda: self.embedder, self.ingest_lock)
 
     # -- lazily opened parts ----------------------------------------------------------------------
@@ -166,6 +168,16 @@ class App:
         if self._generator is None:
             self._generator = load_generator(self.config.generation)
         return self._generator
+
+    @property
+    def reranker(self) -> Reranker | None:
+        """The configured reranker (`retrieval.reranker`), loaded on first use; None when none is configured."""
+        if self._reranker is None and self.config.retrieval.reranker:
+            from ragapp.reranker import load_reranker
+
+            e = self.config.embedding
+            self._reranker = load_reranker(self.config.retrieval.reranker, e.device, e.dtype)
+        return self._reranker
 
     @property
     def reward_model(self) -> RewardModel | None:
@@ -315,18 +327,24 @@ class App:
         k: int | None = None,
         mode: Mode | None = None,
         filters: Filters | dict[str, Any] | None = None,
+        rerank: bool | None = None,
     ) -> list[SearchHit]:
         """The `k` passages most relevant to `query`, best first.
 
         `mode` is dense, bm25 or hybrid (default: retrieval.mode); `filters` restricts the documents,
-        e.g. `{"kind": "pdf", "source": "reports/**", "meta.team": "infra"}` (see `Filters`).
+        e.g. `{"kind": "pdf", "source": "reports/**", "meta.team": "infra"}` (see `Filters`); `rerank`
+        turns the reranker on or off (default: on when retrieval.reranker is set).
         """
         if not query.strip():
             raise UsageError("the query is empty")
-        return self._search(self._require_chunks(), query, k, mode, Filters.of(filters))
+        return self._search(self._require_chunks(), query, k, mode, Filters.of(filters), rerank)
 
-    def _search(self, store: Store, query: str, k: int | None, mode: Mode | None, filters: Filters) -> list[SearchHit]:
+    def _search(
+        self, store: Store, query: str, k: int | None, mode: Mode | None, filters: Filters, rerank: bool | None = None
+    ) -> list[SearchHit]:
         from ragapp.search import SearchParts, search
+
+        reranker = self.reranker
 
         parts = SearchParts(
             store=store,
@@ -335,8 +353,9 @@ class App:
             vectors=lambda: self.indexes.searchable_vectors(store),
             keywords=lambda: self.indexes.reader_keywords(store),
             generator=lambda: self.generator,
+            reranker=None if reranker is None else lambda: reranker,
         )
-        return search(parts, query, k or self.config.retrieval.k, mode, filters)
+        return search(parts, query, k or self.config.retrieval.k, mode, filters, rerank)
 
     def sampling(self, generation: dict[str, Any] | GenerationConfig | None = None) -> GenerationConfig:
         """The configured generation settings with `generation`'s overrides applied."""
@@ -352,6 +371,7 @@ class App:
         sampling: GenerationConfig,
         mode: Mode | None,
         filters: Filters,
+        rerank: bool | None = None,
     ) -> _Prepared:
         """Retrieve and build the prompt: everything `ask` does before generation. Twice `k` passages are
         retrieved so that contents lists can give way to passages that hold answers."""
@@ -362,7 +382,7 @@ class App:
             raise UsageError("the question is empty")
         mark = time.perf_counter()
         k = k or self.config.retrieval.k
-        hits = prompt_hits(self._search(store, question, 2 * k, mode, filters), k)
+        hits = prompt_hits(self._search(store, question, 2 * k, mode, filters, rerank), k)
         if filters and not hits:
             raise UsageError("no passage matches the filters; `ragapp search` with the same filters shows what does")
         retrieve_s = time.perf_counter() - mark
@@ -384,13 +404,14 @@ class App:
         k: int | None = None,
         mode: Mode | None = None,
         filters: Filters | dict[str, Any] | None = None,
+        rerank: bool | None = None,
     ) -> list[Message]:
         """The chat `ask` would send the generator for `question` (retrieved passages included).
 
         Fine-tuning on question/answer pairs trains on exactly these prompts.
         """
         store = self._require_chunks()
-        return self._prepare(store, question, k, self.sampling(), mode, Filters.of(filters)).messages
+        return self._prepare(store, question, k, self.sampling(), mode, Filters.of(filters), rerank).messages
 
     def _evidence(self, prepared: _Prepared) -> Evidence:
         """The prompt's passages, embedded for attribution (timed as `attribute_s`)."""
@@ -486,10 +507,11 @@ class App:
         mode: Mode | None = None,
         filters: Filters | dict[str, Any] | None = None,
         best_of: int = 1,
+        rerank: bool | None = None,
     ) -> Answer:
         """Retrieve, expand the prompt with numbered passages, generate; `on_token` receives streamed text.
 
-        `mode` and `filters` choose and restrict the passages as in `search`. `best_of` > 1 samples that
+        `mode`, `filters` and `rerank` choose the passages as in `search`. `best_of` > 1 samples that
         many answers (at temperature 0.7 if the settings are greedy) and returns the one the reward model
         (`reward.model`) scores highest; nothing is streamed then.
         """
@@ -509,7 +531,7 @@ class App:
         load_s = time.perf_counter() - started
 
         sampling = self.sampling(generation)
-        prepared = self._prepare(store, question, k, sampling, mode, filters)
+        prepared = self._prepare(store, question, k, sampling, mode, filters, rerank)
         evidence = self._evidence(prepared)
         mark = time.perf_counter()
         candidates: list[dict[str, Any]] = []
@@ -557,13 +579,14 @@ class App:
         k: int | None = None,
         mode: Mode | None = None,
         filters: Filters | dict[str, Any] | None = None,
+        rerank: bool | None = None,
     ) -> Answer:
         """Attribute an answer written elsewhere (`text`) to the passages retrieved for `question`, as `ask`
         attributes its own: sentences, support, quotes, `cited`. Nothing is generated; `eval score` uses it."""
         from ragapp.attribution import Evidence, Passage
 
         started = time.perf_counter()
-        hits = self.search(question, k, mode, filters)
+        hits = self.search(question, k, mode, filters, rerank)
         evidence = Evidence(
             question, [Passage(n, h.chunk_id, h.text) for n, h in enumerate(hits, 1)], self.embedder.embed_queries
         )
@@ -581,6 +604,7 @@ class App:
         generation: dict[str, Any] | GenerationConfig | None = None,
         mode: Mode | None = None,
         filters: Filters | dict[str, Any] | None = None,
+        rerank: bool | None = None,
     ) -> list[Answer]:
         """`ask` for several questions with one batched generation call (faster per question on most backends).
 
@@ -594,7 +618,7 @@ class App:
         prepared = []
         for question in questions:
             mark = time.perf_counter()
-            prepared.append(self._prepare(store, question, k, sampling, mode, filters))
+            prepared.append(self._prepare(store, question, k, sampling, mode, filters, rerank))
             prepared[-1].timings["total_s"] = time.perf_counter() - mark
         evidence = [self._evidence(p) for p in prepared]
         asked = [i for i, e in enumerate(evidence) if not self._irrelevant(e)]
@@ -657,6 +681,7 @@ class App:
             "embedding": {"model": c.embedding.model or "all-MiniLM-L6-v2 (shipped)", "device": c.embedding.device},
             "generation": self.generation_info(),
             "reward": {"model": c.reward.model or None},
+            "reranker": {"model": c.retrieval.reranker or None, "candidates": c.retrieval.rerank_candidates},
         }
         index_path = self.workspace / INDEX_FILE
         out["index"] = {

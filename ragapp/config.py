@@ -107,6 +107,8 @@ class RetrievalSettings(_Section):
     mmr_lambda: float = Field(default=0.5, ge=0, le=1)  # 1 = relevance only, 0 = diversity only
     multi_query: int = Field(default=0, ge=0, le=8)  # extra phrasings written by the generator, each searched and fused
     hyde: bool = False  # also search with a hypothetical answer passage written by the generator
+    reranker: str = ""  # a cross-encoder folder (`ragapp reranker train`) that reorders the fused candidates
+    rerank_candidates: int = Field(default=50, ge=1, le=1000)  # how many of the fused candidates it reads
 
 
 # The default template asks "Question: ..."; small models, once they have answered, tend to go on

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import update
+from sqlalchemy.exc import OperationalError
 from tqdm import tqdm
 
 from ragapp.chunking import Chunk, Chunker
@@ -27,6 +29,8 @@ from ragapp.embedding import Embedder
 from ragapp.keyword_index import WorkspaceKeywords
 from ragapp.store import IngestProblem, IngestRun, Store, utcnow
 from ragapp.vector_index import VectorIndex
+
+log = logging.getLogger(__name__)
 
 # Chunks embedded per step. The model sorts each step's texts by length before batching them, so a wide
 # step pads less; 1024 is about 10 s of work, so progress still moves.
@@ -182,7 +186,17 @@ class Ingestor:
             self._finish_run(report, "completed")
         except BaseException as exc:
             report.seconds = time.monotonic() - started
-            self._finish_run(report, "interrupted" if _interrupted(exc) else "failed")
+            status = "interrupted" if _interrupted(exc) else "failed"
+            try:
+                self._finish_run(report, status)
+            except OperationalError as unrecorded:  # never in place of the error that ended the run
+                log.warning(
+                    "ingest run %s ended (%s) but could not be recorded: %s; it shows as interrupted, and the "
+                    "next ingest marks it so",
+                    report.run_id,
+                    status,
+                    unrecorded.orig or unrecorded,
+                )
             raise
         return report
 
@@ -302,7 +316,11 @@ class Ingestor:
             return run.id
 
     def _finish_run(self, report: IngestReport, status: str) -> None:
-        with self.store.session() as s:
+        """Record how the run ended. A run that did not complete waits at most 2 s for the database's write
+        lock (not the usual 30): Ctrl-C must end the command promptly, and a run left `running` without the
+        ingest lock is reported as interrupted anyway (`App.status`, `ragapp doctor`)."""
+        wait = None if status == "completed" else 2.0
+        with self.store.session(lock_wait=wait) as s:
             run = s.get(IngestRun, report.run_id)
             if run is None:
                 return

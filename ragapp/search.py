@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from ragapp.config import RetrievalSettings
     from ragapp.embedding import Embedder
     from ragapp.indexes.bm25_index import Bm25Index
+    from ragapp.reranker import Reranker
     from ragapp.store import DocumentRow, Store
     from ragapp.vector_index import Restriction, VectorIndex
 
@@ -147,15 +148,26 @@ class SearchParts:
     vectors: Callable[[], VectorIndex]
     keywords: Callable[[], Bm25Index]
     generator: Callable[[], Generator]
+    reranker: Callable[[], Reranker] | None = None  # None: no reranker configured
 
 
 def search(
-    parts: SearchParts, query: str, k: int, mode: Mode | None = None, filters: Filters | None = None
+    parts: SearchParts,
+    query: str,
+    k: int,
+    mode: Mode | None = None,
+    filters: Filters | None = None,
+    rerank: bool | None = None,
 ) -> list[SearchHit]:
+    """`rerank`: reorder the fused candidates with the reranker (None: whenever one is configured)."""
     settings = parts.settings
     mode = mode or settings.mode
     if mode not in MODES:
         raise UsageError(f"unknown search mode {mode!r} (use {', '.join(MODES)})")
+    if rerank is None:
+        rerank = parts.reranker is not None
+    elif rerank and parts.reranker is None:
+        raise UsageError("reranking needs a reranker: set retrieval.reranker (train one with `ragapp reranker train`)")
     restrict = None
     if filters:
         from ragapp.vector_index import Restriction
@@ -171,6 +183,8 @@ def search(
     # Fusion needs depth: a chunk ranked 30th by both retrievers can beat one ranked 1st by only one.
     fusing = mode == "hybrid" or len(queries) > 1
     depth = max(k, settings.candidates) if fusing or settings.mmr else k + 8
+    if rerank:
+        depth = max(depth, settings.rerank_candidates)
 
     rankings: list[list[tuple[int, float]]] = []
     weights: list[float] = []
@@ -195,6 +209,8 @@ def search(
     rows = parts.store.chunks_with_documents([chunk_id for chunk_id, _ in ranked[: depth + 8]])
     # Ids deleted by a concurrent ingest (index file not yet replaced) are skipped, not returned.
     ranked = [(chunk_id, score) for chunk_id, score in ranked if chunk_id in rows]
+    if rerank and parts.reranker is not None and ranked:
+        ranked = _reranked(parts.reranker(), query, ranked, settings.rerank_candidates, rows)
     if settings.mmr and len(ranked) > 1:
         ranked = _diversify(parts, query, ranked[:depth], rows, k)
     return [_hit(chunk_id, score, *rows[chunk_id]) for chunk_id, score in ranked[:k]]
@@ -216,6 +232,21 @@ def _dense(
         vector = vector.mean(axis=0, keepdims=True)
         vector /= np.linalg.norm(vector)
     return index.search(vector, depth, restrict)
+
+
+def _reranked(
+    reranker: Reranker, query: str, ranked: list[tuple[int, float]], candidates: int, rows: dict[int, Any]
+) -> list[tuple[int, float]]:
+    """The first `candidates` in the reranker's order, then the rest in their first-stage order, scored below
+    them. Each passage is read as it was embedded (with its title and heading), which situates a short chunk
+    for the cross-encoder as for the embedder."""
+    from ragapp.store import embedding_text
+
+    pool, rest = ranked[:candidates], ranked[candidates:]
+    texts = [embedding_text(rows[i][1].title, rows[i][0].heading, rows[i][0].text) for i, _ in pool]
+    reordered = reranker.rerank(query, pool, texts)
+    floor = min(score for _, score in reordered) - 1.0
+    return reordered + [(chunk_id, floor - n / len(rest)) for n, (chunk_id, _) in enumerate(rest)]
 
 
 def _diversify(

@@ -314,12 +314,15 @@ MIGRATIONS: dict[int, Migration] = {
 }
 
 
+BUSY_TIMEOUT_MS = 30_000  # how long a SQLite statement waits for another connection's write lock
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     cursor.close()
 
 
@@ -473,9 +476,13 @@ class Store:
         return engine.execution_options(schema_translate_map={None: self.pg_schema})
 
     @contextmanager
-    def session(self) -> Iterator[Session]:
+    def session(self, lock_wait: float | None = None) -> Iterator[Session]:
+        """`lock_wait`: on SQLite, seconds to wait for another writer's lock in this session (default 30)."""
         session = self._sessions()
+        waiting = lock_wait is not None and self.dialect == "sqlite"
         try:
+            if waiting:
+                session.connection().exec_driver_sql(f"PRAGMA busy_timeout={int((lock_wait or 0) * 1000)}")
             yield session
         except BaseException:
             # A Ctrl-C that cancelled PostgreSQL's query can leave a connection whose rollback fails too: the
@@ -484,6 +491,9 @@ class Store:
                 session.rollback()
             raise
         finally:
+            if waiting:
+                with suppress(Exception):  # the pooled connection goes back with the usual wait
+                    session.connection().exec_driver_sql(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             session.close()
 
     def close(self) -> None:

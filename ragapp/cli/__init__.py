@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 import ragapp
-from ragapp.cli import agent, bench, common, documents, evals, model, reward, serve, training, workspace
+from ragapp.cli import agent, bench, common, documents, evals, model, retriever, reward, serve, training, workspace
 from ragapp.errors import RagappError
 
 
@@ -71,6 +71,7 @@ for command in (
     *model.COMMANDS,
     *training.COMMANDS,
     *reward.COMMANDS,
+    *retriever.COMMANDS,
     *serve.COMMANDS,
     *workspace.COMMANDS,
 ):

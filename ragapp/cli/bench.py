@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from ragapp.cli.common import emit_json, json_option, root_flags, table
+from ragapp.config import merge_layers
 from ragapp.search import MODES
 
 _COLUMNS = ("ndcg@10", "recall@10", "recall@100", "mrr@10")
@@ -33,6 +34,12 @@ def bench_group() -> None:
     type=click.Path(path_type=Path, file_okay=False),
     help="Ingest into DIR and keep it; later runs reuse it and embed only what changed.",
 )
+@click.option(
+    "--rerank",
+    "reranker",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Also measure each mode reranked by this cross-encoder folder (rows MODE+rerank).",
+)
 @click.option("--runs", type=click.Path(path_type=Path, file_okay=False), help="Write DIR/<mode>.trec run files.")
 @click.option("--fail-under", metavar="METRIC=MIN,...", help="Exit 1 if any mode scores below MIN, e.g. ndcg@10=0.3.")
 @json_option
@@ -41,6 +48,7 @@ def retrieval(
     split: str,
     modes: tuple[str, ...],
     keep: Path | None,
+    reranker: Path | None,
     runs: Path | None,
     fail_under: str | None,
     as_json: bool,
@@ -58,6 +66,7 @@ def retrieval(
       ragapp bench retrieval ~/beir/scifact
       ragapp bench retrieval ~/beir/scifact --split train --mode hybrid --keep ~/bench/scifact
       ragapp bench retrieval ~/beir/cranfield --fail-under ndcg@10=0.3   # a CI smoke benchmark
+      ragapp bench retrieval ~/beir/scifact --mode hybrid --rerank ~/models/reranker
     """
     from ragapp.errors import UsageError
     from ragapp.evals.bench import bench_retrieval
@@ -72,7 +81,8 @@ def retrieval(
         split,
         modes or MODES,
         keep=keep,
-        config=root_flags(),
+        config=merge_layers(root_flags(), {"retrieval": {"reranker": str(reranker.resolve())}} if reranker else {}),
+        reranked=reranker is not None,
         runs_dir=runs,
         metrics=_COLUMNS,
         progress=sys.stderr.isatty(),

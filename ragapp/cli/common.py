@@ -126,7 +126,12 @@ def generation_flags(kwargs: dict[str, Any]) -> dict[str, Any]:
 
 
 def retrieval_options(f: F) -> F:
-    """`--mode` and `--filter`, shared by the commands that retrieve passages."""
+    """`--mode`, `--filter` and `--rerank/--no-rerank`, shared by the commands that retrieve passages."""
+    f = click.option(
+        "--rerank/--no-rerank",
+        default=None,
+        help="Reorder the candidates with the reranker (retrieval.reranker). Default: on when one is set.",
+    )(f)
     f = click.option(
         "--filter",
         "filters",

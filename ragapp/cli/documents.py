@@ -157,15 +157,18 @@ def print_report(report: IngestReport, as_json: bool, unit: str = "files") -> No
 @click.option("-k", type=click.IntRange(1, 100), help="How many passages (default: retrieval.k).")
 @retrieval_options
 @json_option
-def search(query: str, k: int | None, mode: Mode | None, filters: tuple[str, ...], as_json: bool) -> None:
+def search(
+    query: str, k: int | None, mode: Mode | None, filters: tuple[str, ...], rerank: bool | None, as_json: bool
+) -> None:
     """Show the passages most relevant to QUERY, best first.
 
     \b
     Examples:
       ragapp search "key rotation" --mode bm25          # exact words matter (names, error codes)
       ragapp search "key rotation" --filter kind=pdf --filter source='policies/**'
+      ragapp search "key rotation" --no-rerank          # the fused ranking, before the reranker
     """
-    hits = open_app().search(query, k, mode=mode, filters=Filters.parse(filters))
+    hits = open_app().search(query, k, mode=mode, filters=Filters.parse(filters), rerank=rerank)
     if as_json:
         emit_json({"query": query, "hits": [h.to_dict() for h in hits]})
         return
@@ -197,6 +200,7 @@ def ask(
     k: int | None,
     mode: Mode | None,
     filters: tuple[str, ...],
+    rerank: bool | None,
     no_stream: bool,
     best_of: int,
     as_json: bool,
@@ -214,7 +218,13 @@ def ask(
         click.echo(piece, nl=False)
 
     answer = app.ask(
-        question, k, on_token=show if streaming else None, mode=mode, filters=Filters.parse(filters), best_of=best_of
+        question,
+        k,
+        on_token=show if streaming else None,
+        mode=mode,
+        filters=Filters.parse(filters),
+        best_of=best_of,
+        rerank=rerank,
     )
     if as_json:
         emit_json(answer.to_dict())

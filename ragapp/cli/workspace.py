@@ -40,6 +40,8 @@ def status(as_json: bool) -> None:
     where = g["base_url"] if g["backend"] == "openai" else f"{g['device']}, {g['dtype']}"
     adapter = f" + adapter {g['adapter']}" if g.get("adapter") else ""
     click.echo(f"Generation: {g['backend']}: {g['model']}{adapter} ({where})")
+    if info["reranker"]["model"]:
+        click.echo(f"Reranker:   {info['reranker']['model']} (top {info['reranker']['candidates']} candidates)")
     if info["reward"]["model"]:
         click.echo(f"Reward:     {info['reward']['model']}")
     run = info["last_ingest"]

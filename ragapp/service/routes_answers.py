@@ -22,7 +22,7 @@ def search(body: s.SearchRequest, key: Key, service: ServiceDep) -> dict[str, An
     """The passages most relevant to `query`, best first; no generation."""
     app = service.readable(key, body.collection)
     mark = time.perf_counter()
-    hits = app.search(body.query, body.k, mode=body.mode, filters=body.filters)
+    hits = app.search(body.query, body.k, mode=body.mode, filters=body.filters, rerank=body.rerank)
     took = time.perf_counter() - mark
     return {
         "query": body.query,

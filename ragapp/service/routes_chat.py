@@ -75,7 +75,7 @@ async def chat(body: s.ChatRequest, key: Key, request: Request, service: Service
     generation = body.generation()
     completion_id = "chatcmpl-" + uuid.uuid4().hex
     created = int(time.time())
-    retrieval = s.Retrieval(k=body.k, mode=body.mode, filters=body.filters)
+    retrieval = s.Retrieval(k=body.k, mode=body.mode, filters=body.filters, rerank=body.rerank)
 
     if body.stream:
         return StreamingResponse(

@@ -26,6 +26,9 @@ class Retrieval(_Strict):
         description="Only passages from matching documents: source (glob), kind, document (id) or meta.NAME, e.g. "
         '{"kind": "pdf", "meta.team": ["infra", "ops"]}.',
     )
+    rerank: bool | None = Field(
+        None, description="Reorder the candidates with the reranker (default: on when retrieval.reranker is set)."
+    )
 
 
 class Sampling(_Strict):
@@ -135,6 +138,7 @@ class ChatRequest(BaseModel):
     k: int | None = Field(None, ge=1, le=100, description="ragapp: how many passages.")
     mode: Mode | None = Field(None, description="ragapp: retrieval mode.")
     filters: dict[str, FilterValue] | None = Field(None, description="ragapp: retrieval filters (see /v1/search).")
+    rerank: bool | None = Field(None, description="ragapp: rerank the candidates (see /v1/search).")
 
     def generation(self) -> dict[str, Any]:
         values: dict[str, Any] = {

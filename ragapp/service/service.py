@@ -140,6 +140,7 @@ class Service:
             on_token=on_token,
             mode=retrieval.mode,
             filters=Filters.of(retrieval.filters),
+            rerank=retrieval.rerank,
         )
         answer.timings["condense_s"] = condense_s
         return answer, standalone

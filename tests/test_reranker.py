@@ -1,0 +1,274 @@
+"""Reranking and the retriever's training: `ragapp reranker train`, `ragapp embedder train`, and a trained
+reranker in search, ask, the CLI and HTTP. Real models (the shipped MiniLM, SmolLM2 for synthetic
+questions), a real workspace of ragapp's docs; the store is incidental here (SQLite)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from fastapi.testclient import TestClient
+
+from ragapp import App
+from ragapp.cli import cli
+from ragapp.errors import ConfigError, UsageError
+from ragapp.reranker import META_FILE, Reranker, blend
+from ragapp.retriever_data import Wanted, mine, read_examples, synthetic_wanted
+from ragapp.retriever_training import BLENDS, REPORT_FILE, mrr_at_10, train_embedder, train_reranker
+from ragapp.training_data import TrainingDataError
+from tests.support import DOCS, IngestedDocs
+
+pytestmark = pytest.mark.slow
+
+HEADING = re.compile(r"^## (.+)$", re.MULTILINE)
+
+
+def heading_questions(docs: Path, per_file: int = 3) -> list[dict[str, Any]]:
+    """{question, sources} lines: a section's heading asks for that file (real titles written for people)."""
+    rows = []
+    for path in sorted(docs.glob("*.md")):
+        for heading in HEADING.findall(path.read_text(encoding="utf-8"))[:per_file]:
+            rows.append({"question": heading.strip(), "sources": path.name})
+    return rows
+
+
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def run(workspace: Path, *args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    result = CliRunner().invoke(cli, ["-w", str(workspace), *args], env=env)
+    if result.exception and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result.exit_code, result.stdout, result.stderr
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, docs_workspaces: Any) -> tuple[Path, Path, Any]:
+    """(workspace, reranker folder, report): a reranker trained once on heading questions about docs/."""
+    root = tmp_path_factory.mktemp("reranker")
+    template = docs_workspaces.template(None)
+    workspace = root / "ws"
+    import shutil
+
+    shutil.copytree(template.folder, workspace)
+    with App(workspace) as app:
+        questions = heading_questions(DOCS, per_file=1)[:12]
+        examples, stats = mine(app, read_examples(write_jsonl(root / "q.jsonl", questions)), negatives=2)
+        assert stats["answer_not_found"] == 0
+        # Small and short (a test's budget): memorising 10 questions shows that it learns.
+        report = train_reranker(
+            examples, root / "reranker", epochs=4, batch_size=4, learning_rate=1e-4, max_length=48, validation=0.2
+        )
+    return workspace, root / "reranker", report
+
+
+# -- control flow (no model) --------------------------------------------------------------------------
+
+
+def test_blend_weight_one_is_the_reranker_and_zero_the_first_stage() -> None:
+    logits = np.array([0.1, 3.0, -1.0, 2.0], dtype=np.float32)
+    assert np.array_equal(blend(logits, 1.0), logits)
+    first_stage = blend(logits, 0.0)
+    assert list(np.argsort(-first_stage)) == [0, 1, 2, 3]  # rank order kept
+    halfway = blend(logits, 0.5)
+    assert int(np.argmax(halfway)) == 1  # a far better logit beats one rank of difference
+    assert blend(np.array([1.0], dtype=np.float32), 0.3).tolist() == [1.0]
+
+
+def test_mrr_counts_the_first_relevant_passage_in_the_top_ten() -> None:
+    scores = [np.array([3.0, 2.0, 1.0]), np.arange(12, 0, -1, dtype=float)]
+    relevant = [np.array([False, True, False]), np.array([False] * 11 + [True])]
+    assert mrr_at_10(scores, relevant) == pytest.approx((0.5 + 0.0) / 2)
+
+
+def test_pairs_file_errors_name_the_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "q", "sources": "a.md"}\n{"query": "q2"}\n', encoding="utf-8")
+    with pytest.raises(TrainingDataError, match=r"bad\.jsonl:2: needs `positive`"):
+        read_examples(bad)
+    bad.write_text('{"query": "q", "positive": "p", "negatives": ["", "x"]}\n', encoding="utf-8")
+    with pytest.raises(TrainingDataError, match=r"bad\.jsonl:1: `negatives` must be a list of non-empty"):
+        read_examples(bad)
+    bad.write_text('{"question": "q", "sources": []}\n', encoding="utf-8")
+    with pytest.raises(TrainingDataError, match=r":1: `sources` must be"):
+        read_examples(bad)
+    bad.write_bytes(b"\x00\x01binary")
+    with pytest.raises(TrainingDataError, match="binary"):
+        read_examples(bad)
+
+
+# -- a trained reranker --------------------------------------------------------------------------------
+
+
+def test_training_writes_a_loadable_reranker_with_its_blend_and_report(trained: tuple[Path, Path, Any]) -> None:
+    _, folder, report = trained
+    meta = json.loads((folder / META_FILE).read_text())
+    assert meta["blend"] in BLENDS and meta["blend"] == report.validation["blend"]
+    saved = json.loads((folder / REPORT_FILE).read_text())
+    assert saved["examples"] == report.examples and report.examples["validation"] > 0
+    assert (folder / "data" / "train.jsonl").read_text().count("\n") == report.examples["train"]
+    assert report.steps > 0 and report.model_mb > 10
+    # Held out: the blend chosen is at least as good as the first stage alone and as the reranker alone.
+    v = report.validation
+    assert v["blended_mrr@10"] >= max(v["first_stage_mrr@10"], v["reranked_mrr@10"]) - 1e-9
+    assert not list(folder.parent.glob(f".{folder.name}.partial-*"))  # staged folder renamed into place
+
+
+def test_training_teaches_the_reranker_the_answers(trained: tuple[Path, Path, Any]) -> None:
+    """On the questions it trained on, the answer outranks the hard negatives far more often than before."""
+    _, folder, _ = trained
+    rows = [json.loads(line) for line in (folder / "data" / "train.jsonl").read_text().splitlines()]
+    trained_reranker = Reranker(str(folder))
+    from ragapp.embedding import shipped_model_path
+
+    untrained = Reranker(str(shipped_model_path()))  # the same encoder with a fresh head
+
+    def wins(reranker: Reranker) -> int:
+        return sum(
+            int(scores[0] > scores[1:].max())
+            for scores in (reranker.score(r["query"], [r["positive"], *r["negatives"]]) for r in rows)
+        )
+
+    assert wins(trained_reranker) >= 0.8 * len(rows)
+    assert wins(trained_reranker) > wins(untrained) + 0.2 * len(rows)
+
+
+def alone(folder: Path, dest: Path) -> Path:
+    """A copy of the reranker whose order is its own (blend 1): the trained one may have chosen to keep the
+    first stage's order (on heading questions, which that order already answers perfectly)."""
+    import shutil
+
+    if not dest.exists():
+        shutil.copytree(folder, dest)
+        meta = json.loads((dest / META_FILE).read_text())
+        (dest / META_FILE).write_text(json.dumps({**meta, "blend": 1.0}))
+    return dest
+
+
+def test_search_reranks_only_the_candidates_and_says_so(trained: tuple[Path, Path, Any]) -> None:
+    workspace, trained_folder, report = trained
+    query = "How does the keyword index stay consistent?"
+    with App(workspace, config={"retrieval": {"reranker": str(trained_folder)}}) as app:
+        if report.validation["blend"] == 0.0:  # the blend it chose is applied: 0 keeps the first stage's order
+            assert [h.chunk_id for h in app.search(query, 10)] == [
+                h.chunk_id for h in app.search(query, 10, rerank=False)
+            ]
+    folder = alone(trained_folder, workspace.parent / "alone")
+    with App(workspace, config={"retrieval": {"reranker": str(folder), "rerank_candidates": 10}}) as app:
+        plain = app.search(query, 10, rerank=False)
+        reranked = app.search(query, 10)  # on by default once configured
+        deeper = app.search(query, 14)
+        assert {h.chunk_id for h in reranked} == {h.chunk_id for h in plain}  # reordered, nothing new
+        assert [h.chunk_id for h in reranked] != [h.chunk_id for h in plain]
+        assert [h.score for h in deeper] == sorted((h.score for h in deeper), reverse=True)
+        assert [h.chunk_id for h in deeper[:10]] == [h.chunk_id for h in reranked]
+        assert app.status()["reranker"] == {"model": str(folder), "candidates": 10}
+        answer = app.ask(query, generation={"max_new_tokens": 8})
+        assert [c.chunk_id for c in answer.citations] == [h.chunk_id for h in answer.hits][: len(answer.citations)]
+    with App(workspace) as app, pytest.raises(UsageError, match="reranking needs a reranker: set retrieval"):
+        app.search(query, rerank=True)
+
+
+def test_cli_and_http_turn_reranking_on_and_off(trained: tuple[Path, Path, Any]) -> None:
+    workspace, trained_folder, _ = trained
+    folder = alone(trained_folder, workspace.parent / "alone")
+    env = {"RAGAPP_RETRIEVAL_RERANKER": str(folder)}
+    query = "How does the keyword index stay consistent?"
+    code, on, _ = run(workspace, "search", query, "-k", "5", "--json", env=env)
+    code2, off, _ = run(workspace, "search", query, "-k", "5", "--no-rerank", "--json", env=env)
+    assert code == code2 == 0
+    assert json.loads(on)["hits"] != json.loads(off)["hits"]
+    code, _, err = run(workspace, "search", query, "--rerank")
+    assert code == 2 and "reranking needs a reranker" in err
+
+    from ragapp.service import Service, create_app
+
+    config = {"retrieval": {"reranker": str(folder)}}
+    with App(workspace, config=config) as app:
+        expected = [h.chunk_id for h in app.search(query, 5)]
+    with TestClient(create_app(Service(workspace, config=config)), raise_server_exceptions=False) as http:
+        on_http = http.post("/v1/search", json={"query": query, "k": 5}).json()
+        off_http = http.post("/v1/search", json={"query": query, "k": 5, "rerank": False}).json()
+        bad = http.post("/v1/search", json={"query": query, "rerank": "sometimes"})
+    assert [h["chunk_id"] for h in on_http["hits"]] == expected
+    assert [h["chunk_id"] for h in off_http["hits"]] != expected
+    assert bad.status_code in (400, 422) and "rerank" in bad.text
+    with TestClient(create_app(Service(workspace)), raise_server_exceptions=False) as http:
+        refused = http.post("/v1/search", json={"query": query, "rerank": True})
+    assert refused.status_code == 400 and "reranking needs a reranker" in refused.text
+
+
+def test_a_folder_that_is_not_a_reranker_is_a_config_error(tmp_path: Path, ingested_docs: IngestedDocs) -> None:
+    config = {"retrieval": {"reranker": str(tmp_path / "nothing")}}
+    with App(ingested_docs.folder, config=config) as app, pytest.raises(ConfigError, match="not a local cross-encoder"):
+        app.search("anything")
+
+
+# -- the training commands ------------------------------------------------------------------------------
+
+
+def test_cli_training_refuses_bad_input_and_keeps_out_unchanged(tmp_path: Path, ingested_docs: IngestedDocs) -> None:
+    ws = ingested_docs.folder
+    out = tmp_path / "out"
+    code, _, err = run(ws, "reranker", "train", "--out", str(out))
+    assert code == 2 and "--beir DIR, --pairs FILE or --synthetic N" in err
+    lost = write_jsonl(tmp_path / "lost.jsonl", [{"question": f"q{n}", "sources": "nowhere.md"} for n in range(6)])
+    code, _, err = run(ws, "reranker", "train", "--pairs", str(lost), "--out", str(out))
+    assert code == 2 and "only 0 usable training example(s)" in err and "6 answer not found" in err
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "fine", "sources": "asking.md"}\nnot json\n', encoding="utf-8")
+    code, _, err = run(ws, "embedder", "train", "--pairs", str(bad), "--out", str(out))
+    assert code == 2 and "bad.jsonl:2: not valid JSON" in err
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    good = write_jsonl(tmp_path / "good.jsonl", heading_questions(DOCS)[:8])
+    code, _, err = run(ws, "reranker", "train", "--pairs", str(good), "--out", str(out))
+    assert code == 2 and "already exists and is not empty" in err
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    code, _, err = run(tmp_path / "empty", "reranker", "train", "--synthetic", "4", "--out", str(tmp_path / "o2"))
+    assert code != 0 and "ingest" in err
+
+
+def test_synthetic_questions_are_found_again(ingested_docs: IngestedDocs) -> None:
+    """SmolLM2 writes a question per sampled chunk; only questions whose chunk retrieval finds again are kept."""
+    with App(ingested_docs.folder, config={"generation": {"max_new_tokens": 48}}) as app:
+        kept, stats = synthetic_wanted(app, 4, seed=1, keep_top=5)
+        assert stats["chunks"] == 4
+        assert stats["questions"] + stats["unusable"] == 4
+        assert len(kept) == stats["questions"] - stats["not_found_again"]
+        for item in kept:
+            assert item.query.endswith("?") and item.chunk_id is not None
+            assert item.chunk_id in [h.chunk_id for h in app.search(item.query, 5, mode="hybrid", rerank=False)]
+        examples, mined = mine(app, kept, negatives=2)
+        assert len(examples) == len(kept) and mined["answer_not_found"] == 0
+        for example in examples:
+            assert example.positive not in example.negatives and len(example.negatives) == 2
+            assert sum(relevant for _, relevant in example.ranking) == 1
+
+
+def test_embedder_training_changes_the_vectors_and_a_workspace_can_use_it(tmp_path: Path) -> None:
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for name in ("retrieval.md", "asking.md"):
+        (docs / name).write_text((DOCS / name).read_text(encoding="utf-8"), encoding="utf-8")
+    rows = [r for r in heading_questions(DOCS, per_file=8) if r["sources"] in ("retrieval.md", "asking.md")]
+    with App(tmp_path / "ws") as app:
+        app.ingest([docs])
+        examples, _ = mine(app, [Wanted(r["question"], "t", sources=(r["sources"],)) for r in rows], negatives=2)
+        report = train_embedder(examples, tmp_path / "embedder", batch_size=8, max_length=128, validation=0.2)
+        base = app.embedder.embed(["How are passages fused?"])
+    assert report.kind == "embedder" and "trained_mrr@10" in report.validation
+    with App(tmp_path / "ws", config={"embedding": {"model": str(tmp_path / "embedder")}}) as app:
+        tuned = app.embedder.embed(["How are passages fused?"])
+        assert tuned.shape == base.shape and float(tuned[0] @ base[0]) < 0.9999
+        result = app.ingest([docs])
+        assert any("embedding model changed" in note for note in result.notes)
+        assert result.chunks_embedded == app.status()["chunks"]
+        assert app.search("How does hybrid fusion work?", 3)

@@ -6,11 +6,11 @@ the latency it adds per query.
         --keep /tmp/bench/scifact
     # FAQ questions against their documentation (gold: the answer's page), hit@1, MRR@10, nDCG@10, for
     # dense, BM25 and hybrid, and hybrid reranked when --reranker is given:
-    .venv/bin/python benchmarks/reranking.py faq ../shared/data/faq_debian.jsonl /usr/share/doc/debian-faq \\
+    .venv/bin/python benchmarks/reranking.py faq ../shared/data/faq_debian.jsonl /usr/share/doc/debian/FAQ \\
         --reranker models/debian-rr --keep /tmp/bench/debian
     # Latency of reranking N candidates (p50/p99 over the queries, after a warm-up), float32 vs the auto dtype:
-    .venv/bin/python benchmarks/reranking.py latency ../shared/data/beir/scifact --reranker models/scifact-rr \\
-        --keep /tmp/bench/scifact
+    .venv/bin/python benchmarks/reranking.py latency /tmp/bench/debian ../shared/data/faq_debian.jsonl \\
+        --reranker models/debian-rr
 
 Train the reranker first (`ragapp reranker train`, commands in docs/retrieval.md). Quality is deterministic;
 latency is printed with the CPU it ran on.
@@ -46,11 +46,13 @@ def main() -> None:
     faq.add_argument("docs", type=Path, help="the documentation folder the questions are about")
     faq.add_argument("--exclude", action="store_true", help="leave the gold pages out of the corpus")
     latency = sub.add_parser("latency")
-    latency.add_argument("collection", type=Path)
+    latency.add_argument("workspace", type=Path, help="an ingested workspace")
+    latency.add_argument("questions", type=Path, help="JSONL with a question (or query) per line")
     latency.add_argument("--queries", type=int, default=50)
     latency.add_argument("--candidates", type=int, default=50)
     for p in (beir, faq, latency):
         p.add_argument("--reranker", type=Path, required=p is not faq, help="a trained reranker folder")
+    for p in (beir, faq):
         p.add_argument("--keep", type=Path, help="workspace to ingest into and reuse")
     args = parser.parse_args()
     print(f"CPU: {cpu_name()}")
@@ -113,16 +115,12 @@ def _faq_scores(app: App, question: str, gold: list[str], mode: str, rerank: boo
 
 
 def run_latency(args: argparse.Namespace) -> None:
-    from ragapp.connectors.beir import BeirCollection
-
     from ragapp.reranker import Reranker
     from ragapp.store import embedding_text
 
-    queries = list(BeirCollection.open(args.collection).queries().values())[: args.queries]
-    workspace = args.keep or Path("/tmp/ragapp-bench-latency")
-    with App(workspace) as app:
-        if not app.has_store() or not app.open_store().has_chunks():
-            app.ingest_documents(BeirCollection.open(args.collection).documents(), progress=True)
+    rows = [json.loads(line) for line in args.questions.read_text(encoding="utf-8").splitlines() if line.strip()]
+    queries = [r.get("question") or r["query"] for r in rows][: args.queries]
+    with App(args.workspace) as app:
         candidates = [
             [embedding_text(h.title, h.heading, h.text) for h in app.search(q, args.candidates, rerank=False)]
             for q in queries
@@ -138,8 +136,8 @@ def run_latency(args: argparse.Namespace) -> None:
         seconds.sort()
         p99 = seconds[min(len(seconds) - 1, math.ceil(0.99 * len(seconds)) - 1)]
         print(
-            f"  {dtype:8} ({reranker.dtype}): {args.candidates} candidates, p50 {statistics.median(seconds) * 1000:.0f} ms,"
-            f" p99 {p99 * 1000:.0f} ms over {len(seconds)} queries"
+            f"  {dtype:8} ({reranker.dtype}): {args.candidates} candidates, "
+            f"p50 {statistics.median(seconds) * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms over {len(seconds)} queries"
         )
 
 

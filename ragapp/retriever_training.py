@@ -29,7 +29,7 @@ from ragapp.training_data import split, write_jsonl
 
 BLENDS = tuple(round(0.1 * n, 1) for n in range(11))
 HEAD_LR_FACTOR = 10  # the reranker's one-logit head starts from random weights: it learns this much faster
-HEAD_PARAMETERS = r"^\d+\.linear\.|classifier\."  # the new one-logit layer, or a classification head
+HEAD_PARAMETERS = r"(^|\.)\d+\.linear\.|classifier\."  # the new one-logit layer, or a classification head
 IN_BATCH_NEGATIVES = 2  # other questions' passages scored per question, besides its own hard negatives
 REPORT_FILE = "ragapp-training.json"
 

@@ -55,6 +55,27 @@ class BenchResult:
         return out
 
 
+def judged_queries(
+    folder: str | Path, split: str
+) -> tuple[BeirCollection, dict[str, dict[str, int]], list[tuple[str, str]]]:
+    """The collection, the judgements of `split`'s queries that have a relevant document, and those queries'
+    (id, text); a query without text is a problem of the collection, a folder that is not one an error."""
+    try:
+        collection = BeirCollection.open(folder)
+        qrels = read_qrels(collection.qrels_path(split))
+    except (CollectionError, ValueError, UnicodeDecodeError) as exc:
+        raise UsageError(str(exc)) from None
+    queries = collection.queries()
+    judged = {q: j for q, j in qrels.items() if any(rel >= 1 for rel in j.values())}
+    missing = sorted(set(judged) - set(queries))
+    if missing:
+        collection.problems.append(f"{len(missing)} judged queries have no text in queries.jsonl (e.g. {missing[0]})")
+    todo = [(qid, queries[qid]) for qid in judged if qid in queries]
+    if not todo:
+        raise UsageError(f"{collection.folder}: no judged query of split {split!r} has text in queries.jsonl")
+    return collection, judged, todo
+
+
 def bench_retrieval(
     folder: str | Path,
     split: str = "test",
@@ -77,19 +98,7 @@ def bench_retrieval(
         parsed = [parse_metric(m) for m in metrics]
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    try:
-        collection = BeirCollection.open(folder)
-        qrels = read_qrels(collection.qrels_path(split))
-    except (CollectionError, ValueError, UnicodeDecodeError) as exc:
-        raise UsageError(str(exc)) from None
-    queries = collection.queries()
-    judged = {q: j for q, j in qrels.items() if any(rel >= 1 for rel in j.values())}
-    missing = sorted(set(judged) - set(queries))
-    if missing:
-        collection.problems.append(f"{len(missing)} judged queries have no text in queries.jsonl (e.g. {missing[0]})")
-    todo = [(qid, queries[qid]) for qid in judged if qid in queries]
-    if not todo:
-        raise UsageError(f"{collection.folder}: no judged query of split {split!r} has text in queries.jsonl")
+    collection, judged, todo = judged_queries(folder, split)
 
     with ExitStack() as stack:
         workspace = keep or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ragapp-bench-")))

@@ -93,24 +93,14 @@ def read_examples(path: str | Path) -> list[Wanted]:
 def beir_wanted(app: App, folder: str | Path, split: str, progress: bool = False) -> list[Wanted]:
     """The judged queries of a BEIR split; the corpus is ingested into `app`'s workspace first (only changed
     documents are embedded again, so a workspace kept for `ragapp bench retrieval` is reused)."""
-    from ragapp.connectors.beir import BeirCollection, CollectionError
-    from ragapp.evals.trec import read_qrels
+    from ragapp.evals.bench import judged_queries
 
-    try:
-        collection = BeirCollection.open(folder)
-        qrels = read_qrels(collection.qrels_path(split))
-    except (CollectionError, ValueError, UnicodeDecodeError) as exc:
-        raise UsageError(str(exc)) from None
-    queries = collection.queries()
+    collection, judged, todo = judged_queries(folder, split)
     app.ingest_documents(collection.documents(), progress=progress)
-    out = []
-    for qid, judged in qrels.items():
-        relevant = tuple(sorted(doc for doc, grade in judged.items() if grade >= 1))
-        if relevant and qid in queries:
-            out.append(Wanted(queries[qid], f"qrels:{qid}", sources=relevant))
-    if not out:
-        raise UsageError(f"{folder}: no judged query of split {split!r} has text in queries.jsonl")
-    return out
+    return [
+        Wanted(text, f"qrels:{qid}", sources=tuple(sorted(d for d, grade in judged[qid].items() if grade >= 1)))
+        for qid, text in todo
+    ]
 
 
 # -- synthetic questions (doc2query) -----------------------------------------------------------------

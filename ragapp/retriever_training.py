@@ -94,14 +94,46 @@ def _size_mb(folder: Path) -> float:
     return round(sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 1e6, 1)
 
 
-def _write(folder: Path, report: RetrieverReport, parts: Any) -> None:
-    data = folder / "data"
-    data.mkdir(exist_ok=True)
-    for name in ("train", "validation"):
-        rows = [{"query": e.query, "positive": e.positive, "negatives": e.negatives} for e in getattr(parts, name)]
-        write_jsonl(data / f"{name}.jsonl", rows)
-    report.model_mb = _size_mb(folder)
-    (folder / REPORT_FILE).write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
+def _save(
+    kind: str,
+    model: Any,
+    target: Path,
+    base: Path,
+    parts: Any,
+    sources: dict[str, Any] | None,
+    run: tuple[Any, Any, float],
+    summary: dict[str, float],
+    meta: dict[str, Any] | None,
+) -> RetrieverReport:
+    """The report of a finished training `run` (trainer, its result, when it started), and the model with it,
+    its examples (`data/`) and any reranker `meta`, staged and renamed into `target`."""
+    trainer, result, started = run
+    times = training_times(trainer, result)
+    report = RetrieverReport(
+        kind,
+        str(target.resolve()),
+        str(base),
+        parts.sizes(),
+        sources or {},
+        round(float(trainer.args.num_train_epochs)),
+        times.steps,
+        round(time.monotonic() - started, 1),
+        round(times.seconds_per_step, 3),
+        0.0,
+        {k: round(float(v), 4) for k, v in summary.items()},
+    )
+    with staged(target) as folder:
+        model.save_pretrained(str(folder))
+        if meta is not None:
+            (folder / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        data = folder / "data"
+        data.mkdir(exist_ok=True)
+        for name in ("train", "validation"):
+            rows = [{"query": e.query, "positive": e.positive, "negatives": e.negatives} for e in getattr(parts, name)]
+            write_jsonl(data / f"{name}.jsonl", rows)
+        report.model_mb = _size_mb(folder)
+        (folder / REPORT_FILE).write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
+    return report
 
 
 def _trainer_args(scratch: str, epochs: int, batch_size: int, lr: float, seed: int) -> dict[str, Any]:
@@ -158,7 +190,6 @@ def train_reranker(
         trainer = CrossEncoderTrainer(model=model, args=args, train_dataset=train_set, loss=loss)
         use_progress(trainer, progress, "training reranker")
         result = trainer.train()
-    times = training_times(trainer, result)
     measured = _reranker_validation(model, held_out) if held_out else {}
     chosen = max(BLENDS, key=lambda w: (measured.get(f"mrr@10 blend {w}", 0.0), w)) if measured else 1.0
     summary = {"questions": float(len(held_out))}
@@ -169,25 +200,8 @@ def train_reranker(
         summary["reranked_mrr@10"] = measured["mrr@10 blend 1.0"]
         summary["blended_mrr@10"] = measured[f"mrr@10 blend {chosen}"]
         summary["blend"] = chosen
-    report = RetrieverReport(
-        "reranker",
-        str(target),
-        str(base_folder),
-        parts.sizes(),
-        sources or {},
-        epochs,
-        times.steps,
-        round(time.monotonic() - started, 1),
-        round(times.seconds_per_step, 3),
-        0.0,
-        {k: round(v, 4) for k, v in summary.items()},
-    )
-    with staged(target) as folder:
-        model.save_pretrained(str(folder))
-        meta = {"blend": chosen, "max_length": max_length, "trained_on": report.examples}
-        (folder / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-        _write(folder, report, parts)
-    return report
+    meta = {"blend": chosen, "max_length": max_length, "trained_on": parts.sizes()}
+    return _save("reranker", model, target, base_folder, parts, sources, (trainer, result, started), summary, meta)
 
 
 def _reranker_validation(model: Any, examples: Sequence[Example]) -> dict[str, float]:
@@ -254,28 +268,11 @@ def train_embedder(
         trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=train_set, loss=loss)
         use_progress(trainer, progress, "training embedder")
         result = trainer.train()
-    times = training_times(trainer, result)
     summary = {"questions": float(len(held_out))}
     if before is not None:
         summary["base_mrr@10"] = before
         summary["trained_mrr@10"] = measure()
-    report = RetrieverReport(
-        "embedder",
-        str(target),
-        str(base_folder),
-        parts.sizes(),
-        sources or {},
-        epochs,
-        times.steps,
-        round(time.monotonic() - started, 1),
-        round(times.seconds_per_step, 3),
-        0.0,
-        {k: round(v, 4) for k, v in summary.items()},
-    )
-    with staged(target) as folder:
-        model.save_pretrained(str(folder))
-        _write(folder, report, parts)
-    return report
+    return _save("embedder", model, target, base_folder, parts, sources, (trainer, result, started), summary, None)
 
 
 def _embedder_validation(encode: Callable[[list[str]], np.ndarray], examples: Sequence[Example]) -> float:

@@ -272,3 +272,56 @@ def test_embedder_training_changes_the_vectors_and_a_workspace_can_use_it(tmp_pa
         assert any("embedding model changed" in note for note in result.notes)
         assert result.chunks_embedded == app.status()["chunks"]
         assert app.search("How does hybrid fusion work?", 3)
+
+
+def tiny_beir(folder: Path, docs: Path) -> Path:
+    """A BEIR collection made of ragapp's docs: each section a document, its heading the judged query."""
+    folder.mkdir()
+    (folder / "qrels").mkdir()
+    corpus, queries, qrels = [], [], ["query-id\tcorpus-id\tscore"]
+    for path in sorted(docs.glob("*.md")):
+        for n, section in enumerate(path.read_text(encoding="utf-8").split("\n## ")[1:3]):
+            heading, _, body = section.partition("\n")
+            doc_id = f"{path.stem}-{n}"
+            corpus.append({"_id": doc_id, "title": path.stem, "text": body.strip()[:1500] or heading})
+            queries.append({"_id": f"q-{doc_id}", "text": heading.strip()})
+            qrels.append(f"q-{doc_id}\t{doc_id}\t1")
+    write_jsonl(folder / "corpus.jsonl", corpus)
+    write_jsonl(folder / "queries.jsonl", queries)
+    (folder / "qrels" / "train.tsv").write_text("\n".join(qrels) + "\n", encoding="utf-8")
+    return folder
+
+
+def test_cli_trains_on_beir_qrels_and_bench_measures_the_reranker(tmp_path: Path) -> None:
+    beir = tiny_beir(tmp_path / "beir", DOCS)
+    queries = (beir / "queries.jsonl").read_text().count("\n")
+    out = tmp_path / "rr"
+    small = ["--epochs", "1", "--batch-size", "8", "--max-length", "48", "--negatives", "2", "--validation", "0.2"]
+    code, stdout, err = run(
+        tmp_path / "ws", "reranker", "train", "--beir", str(beir), "--out", str(out), *small, "--json"
+    )
+    assert code == 0, err
+    report = json.loads(stdout)
+    assert report["sources"]["beir"] == {"folder": str(beir), "split": "train", "questions": queries}
+    assert report["sources"]["mining"]["answer_not_found"] == 0
+    assert report["examples"]["train"] + report["examples"]["validation"] == queries
+    assert report["out"] == str(out.resolve()) and (out / META_FILE).is_file()
+    code, stdout, err = run(
+        tmp_path / "ws",
+        "bench",
+        "retrieval",
+        str(beir),
+        "--split",
+        "train",
+        "--mode",
+        "hybrid",
+        "--rerank",
+        str(out),
+        "--keep",
+        str(tmp_path / "ws"),  # the workspace training ingested the corpus into: nothing is embedded again
+        "--json",
+    )
+    assert code == 0, err
+    modes = {m["mode"]: m["metrics"] for m in json.loads(stdout)["modes"]}
+    assert set(modes) == {"hybrid", "hybrid+rerank"}
+    assert all(0 < m["ndcg@10"] <= 1 for m in modes.values())

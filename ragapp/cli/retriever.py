@@ -59,8 +59,13 @@ def training_sources(f: F) -> F:
     return f
 
 
-def _examples(beir: Path | None, split: str, pairs: Path | None, synthetic: int | None, negatives: int, seed: int):
+def _examples(options: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
+    """The examples and a record of their sources; the options that choose them are taken out of `options`,
+    what is left goes to the trainer."""
     from ragapp.retriever_data import beir_wanted, check_enough, mine, read_examples, synthetic_wanted
+
+    beir, split, pairs = options.pop("beir"), options.pop("split"), options.pop("pairs")
+    synthetic, negatives, seed = options.pop("synthetic"), options.pop("negatives"), options["seed"]
 
     if not (beir or pairs or synthetic):
         raise UsageError("say where the questions come from: --beir DIR, --pairs FILE or --synthetic N")
@@ -115,17 +120,7 @@ def reranker() -> None:
 
 @reranker.command("train")
 @training_sources
-def train_reranker_command(
-    beir: Path | None,
-    split: str,
-    pairs: Path | None,
-    synthetic: int | None,
-    lr: float | None,
-    negatives: int,
-    seed: int,
-    as_json: bool,
-    **options: Any,
-) -> None:
+def train_reranker_command(lr: float | None, as_json: bool, **options: Any) -> None:
     """Train a reranker from labelled questions or from questions written about the workspace's chunks.
 
     \b
@@ -141,8 +136,8 @@ def train_reranker_command(
     """
     from ragapp.retriever_training import train_reranker
 
-    examples, sources = _examples(beir, split, pairs, synthetic, negatives, seed)
-    report = train_reranker(examples, learning_rate=lr or 5e-5, seed=seed, progress=True, sources=sources, **options)
+    examples, sources = _examples(options)
+    report = train_reranker(examples, learning_rate=lr or 5e-5, progress=True, sources=sources, **options)
     _print(report, as_json, f'retrieval.reranker = "{report.out}" in ragapp.toml')
 
 
@@ -153,17 +148,7 @@ def embedder() -> None:
 
 @embedder.command("train")
 @training_sources
-def train_embedder_command(
-    beir: Path | None,
-    split: str,
-    pairs: Path | None,
-    synthetic: int | None,
-    lr: float | None,
-    negatives: int,
-    seed: int,
-    as_json: bool,
-    **options: Any,
-) -> None:
+def train_embedder_command(lr: float | None, as_json: bool, **options: Any) -> None:
     """Fine-tune the bi-encoder (in-batch and hard negatives) from the same sources as `reranker train`.
 
     \b
@@ -172,8 +157,8 @@ def train_embedder_command(
     """
     from ragapp.retriever_training import train_embedder
 
-    examples, sources = _examples(beir, split, pairs, synthetic, negatives, seed)
-    report = train_embedder(examples, learning_rate=lr or 2e-5, seed=seed, progress=True, sources=sources, **options)
+    examples, sources = _examples(options)
+    report = train_embedder(examples, learning_rate=lr or 2e-5, progress=True, sources=sources, **options)
     _print(report, as_json, f'embedding.model = "{report.out}" in ragapp.toml')
 
 

@@ -344,7 +344,7 @@ class App:
     ) -> list[SearchHit]:
         from ragapp.search import SearchParts, search
 
-        reranker = self.reranker
+        reranker = self.reranker if rerank is not False else None  # a broken reranker never stops --no-rerank
 
         parts = SearchParts(
             store=store,

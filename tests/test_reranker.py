@@ -207,8 +207,10 @@ def test_cli_and_http_turn_reranking_on_and_off(trained: tuple[Path, Path, Any])
 
 def test_a_folder_that_is_not_a_reranker_is_a_config_error(tmp_path: Path, ingested_docs: IngestedDocs) -> None:
     config = {"retrieval": {"reranker": str(tmp_path / "nothing")}}
-    with App(ingested_docs.folder, config=config) as app, pytest.raises(ConfigError, match="not a local cross-encoder"):
-        app.search("anything")
+    with App(ingested_docs.folder, config=config) as app:
+        with pytest.raises(ConfigError, match="not a local cross-encoder"):
+            app.search("anything")
+        assert app.search("anything", rerank=False)  # turning it off gets around it
 
 
 # -- the training commands ------------------------------------------------------------------------------

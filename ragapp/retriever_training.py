@@ -63,6 +63,12 @@ def mrr_at_10(scores: Sequence[np.ndarray], relevant: Sequence[np.ndarray]) -> f
     return total / max(len(scores), 1)
 
 
+def choose_blend(scores: dict[float, float]) -> float:
+    """The smallest weight among the best scoring: the reranker counts only as far as held-out questions show
+    that it helps (a tie with the first stage alone is no evidence, and on a few questions ties are common)."""
+    return max(scores, key=lambda w: (scores[w], -w))
+
+
 def _rankings(examples: Sequence[Example]) -> list[Example]:
     """The held-out examples that can measure reordering: the answer is among the first stage's passages."""
     return [e for e in examples if any(relevant for _, relevant in e.ranking)]
@@ -191,7 +197,7 @@ def train_reranker(
         use_progress(trainer, progress, "training reranker")
         result = trainer.train()
     measured = _reranker_validation(model, held_out) if held_out else {}
-    chosen = max(BLENDS, key=lambda w: (measured.get(f"mrr@10 blend {w}", 0.0), w)) if measured else 1.0
+    chosen = choose_blend({w: measured[f"mrr@10 blend {w}"] for w in BLENDS}) if measured else 1.0
     summary = {"questions": float(len(held_out))}
     if before is not None:
         summary["first_stage_mrr@10"] = before["mrr@10 blend 0.0"]

@@ -19,7 +19,7 @@ from ragapp.cli import cli
 from ragapp.errors import ConfigError, UsageError
 from ragapp.reranker import META_FILE, Reranker, blend
 from ragapp.retriever_data import Wanted, mine, read_examples, synthetic_wanted
-from ragapp.retriever_training import BLENDS, REPORT_FILE, mrr_at_10, train_embedder, train_reranker
+from ragapp.retriever_training import BLENDS, REPORT_FILE, choose_blend, mrr_at_10, train_embedder, train_reranker
 from ragapp.training_data import TrainingDataError
 from tests.support import DOCS, IngestedDocs
 
@@ -80,6 +80,12 @@ def test_blend_weight_one_is_the_reranker_and_zero_the_first_stage() -> None:
     halfway = blend(logits, 0.5)
     assert int(np.argmax(halfway)) == 1  # a far better logit beats one rank of difference
     assert blend(np.array([1.0], dtype=np.float32), 0.3).tolist() == [1.0]
+
+
+def test_the_blend_goes_to_the_reranker_only_as_far_as_it_helps() -> None:
+    assert choose_blend({0.0: 0.75, 0.1: 0.75, 0.5: 0.70, 1.0: 0.30}) == 0.0  # a tie: no evidence for it
+    assert choose_blend({0.0: 0.75, 0.1: 0.78, 0.2: 0.78, 1.0: 0.60}) == 0.1
+    assert choose_blend({0.0: 0.50, 0.9: 0.70, 1.0: 0.70}) == 0.9
 
 
 def test_mrr_counts_the_first_relevant_passage_in_the_top_ten() -> None:

@@ -99,17 +99,9 @@ class Reranker:
         """Raw relevance logits (higher is more relevant), one per passage, in float32."""
         if not passages:
             return np.zeros(0, dtype=np.float32)
-        import torch
-
         model = self.model
         with self._lock:
-            scores = model.predict(
-                [(query, p) for p in passages],
-                batch_size=self.batch_size,
-                activation_fn=torch.nn.Identity(),
-                show_progress_bar=False,
-            )
-        return np.asarray(scores, dtype=np.float32).reshape(-1)
+            return pair_logits(model, query, passages, self.batch_size)
 
     def rerank(self, query: str, ranked: Sequence[tuple[int, float]], texts: Sequence[str]) -> list[tuple[int, float]]:
         """`ranked` (first-stage order, with `texts` in the same order) reordered, each with its final score."""
@@ -117,6 +109,20 @@ class Reranker:
         final = blend(logits, self.meta.blend)
         order = sorted(range(len(ranked)), key=lambda n: (-final[n], n))
         return [(ranked[n][0], float(final[n])) for n in order]
+
+
+def pair_logits(model: CrossEncoder, query: str, passages: Sequence[str], batch_size: int = 32) -> np.ndarray:
+    """The cross-encoder's raw scores for (query, passage) pairs, float32; no sigmoid, which would squash the
+    differences between strong candidates."""
+    import torch
+
+    scores = model.predict(
+        [(query, p) for p in passages],
+        batch_size=batch_size,
+        activation_fn=torch.nn.Identity(),
+        show_progress_bar=False,
+    )
+    return np.asarray(scores, dtype=np.float32).reshape(-1)
 
 
 def blend(logits: np.ndarray, weight: float) -> np.ndarray:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import random
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -184,7 +184,6 @@ def mine(
 ) -> tuple[list[Example], dict[str, int]]:
     """Examples with hard negatives from the first stage's top MINING_DEPTH passages (other documents than
     the answer's). Questions whose answering document is not in the workspace are counted and left out."""
-    from ragapp.evals.metrics import source_matches
     from ragapp.store import embedding_text
 
     store = app.open_store(create=False) if app.has_store() else None
@@ -194,7 +193,7 @@ def mine(
     for item in tqdm(wanted, desc="mining", unit="q", disable=not progress, dynamic_ncols=True):
         hits = app.search(item.query, MINING_DEPTH, mode="hybrid", rerank=False) if searchable else []
         texts = [embedding_text(h.title, h.heading, h.text) for h in hits]
-        answer = _answer_position(item, hits, texts, source_matches)
+        answer = _answer_position(item, hits, texts)
         if answer is None:
             positive = item.positives[0] if item.positives else _first_chunk(app, item)
             if positive is None:
@@ -202,8 +201,8 @@ def mine(
                 continue
         else:
             positive = texts[answer]
-        answering = {h.source for h in hits if _answers(item, h, source_matches)} | {positive}
-        pool = [t for h, t in zip(hits, texts, strict=True) if h.source not in answering and t not in answering]
+        answering = {h.source for h in hits if _answers(item, h)}
+        pool = [t for h, t in zip(hits, texts, strict=True) if h.source not in answering and t != positive]
         chosen = list(item.negatives) + _pick(pool, max(0, negatives - len(item.negatives)), item.query, seed)
         if not chosen:
             stats["too_few_negatives"] += 1
@@ -213,21 +212,21 @@ def mine(
     return out, stats
 
 
-def _answers(item: Wanted, hit: SearchHit, source_matches: Callable[[str, str, str | None], bool]) -> bool:
+def _answers(item: Wanted, hit: SearchHit) -> bool:
+    from ragapp.evals.metrics import source_matches  # imported when used: it loads the ROUGE and BLEU scorers
+
     if item.chunk_id is not None:
         return hit.chunk_id == item.chunk_id
     return any(source_matches(s, hit.source, hit.anchor) for s in item.sources)
 
 
-def _answer_position(
-    item: Wanted, hits: Sequence[SearchHit], texts: Sequence[str], source_matches: Callable[..., bool]
-) -> int | None:
+def _answer_position(item: Wanted, hits: Sequence[SearchHit], texts: Sequence[str]) -> int | None:
     """Where the answer is in the first stage's ranking: its best passage, or a given positive text."""
     for n, (hit, text) in enumerate(zip(hits, texts, strict=True)):
         if item.positives:
             if text in item.positives or hit.text in item.positives:
                 return n
-        elif _answers(item, hit, source_matches):
+        elif _answers(item, hit):
             return n
     return None
 

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ragapp.errors import UsageError
-from ragapp.reranker import META_FILE, blend, load_cross_encoder
+from ragapp.reranker import META_FILE, blend, load_cross_encoder, pair_logits
 from ragapp.retriever_data import Example
 from ragapp.training import check_out, staged, trainer_args, training_times, use_progress
 from ragapp.training_data import split, write_jsonl
@@ -74,6 +74,11 @@ def _rankings(examples: Sequence[Example]) -> list[Example]:
     return [e for e in examples if any(relevant for _, relevant in e.ranking)]
 
 
+def _relevance(examples: Sequence[Example]) -> list[np.ndarray]:
+    """Which of each example's first-stage passages is its answer."""
+    return [np.array([relevant for _, relevant in e.ranking], dtype=bool) for e in examples]
+
+
 def _rows(examples: Sequence[Example], negatives: int) -> dict[str, list[str]]:
     """Columns for the trainers: query, positive, negative_1..n (each example padded by repeating its own)."""
     columns: dict[str, list[str]] = {"query": [], "positive": []}
@@ -87,13 +92,49 @@ def _rows(examples: Sequence[Example], negatives: int) -> dict[str, list[str]]:
     return columns
 
 
-def _common(examples: Sequence[Example], out: str | Path, overwrite: bool, validation: float, seed: int) -> Any:
+def _common(
+    examples: Sequence[Example], out: str | Path, base: str | None, overwrite: bool, validation: float, seed: int
+) -> tuple[Path, Path, Any]:
+    """What both trainers start from: the checked output folder, the base model's folder and the split; the
+    random generators seeded."""
+    import torch
+
+    from ragapp.embedding import resolve_model
+
     if not examples:
         raise UsageError("no training examples")
     target = check_out(out, overwrite)
     parts = split(list(examples), key=lambda e: e.key, validation=validation, test=0.0, seed=seed)
-    negatives = min(len(e.negatives) for e in parts.train)
-    return target, parts, max(1, negatives)
+    base_folder, _ = resolve_model(base or "")
+    torch.manual_seed(seed)
+    return target, base_folder, parts
+
+
+def _fit(
+    trainer_class: Any,
+    arguments: Callable[[str], Any],
+    model: Any,
+    loss: Any,
+    train: Sequence[Example],
+    progress: bool,
+    desc: str,
+) -> tuple[Any, Any, float]:
+    """Train `model` on `train` (each with as many hard negatives as the poorest example has); returns the
+    trainer, its result and when training started, for `_save`. `arguments(scratch)` makes the trainer's
+    settings around a scratch folder that is removed afterwards."""
+    import tempfile
+
+    import datasets
+
+    datasets.disable_progress_bars()
+    negatives = max(1, min(len(e.negatives) for e in train))
+    train_set = datasets.Dataset.from_dict(_rows(train, negatives))
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="ragapp-training-") as scratch:
+        trainer = trainer_class(model=model, args=arguments(scratch), train_dataset=train_set, loss=loss)
+        use_progress(trainer, progress, desc)
+        result = trainer.train()
+    return trainer, result, started
 
 
 def _size_mb(folder: Path) -> float:
@@ -169,33 +210,22 @@ def train_reranker(
     sources: dict[str, Any] | None = None,
 ) -> RetrieverReport:
     """A cross-encoder in `out`, trained on `examples`; the held-out questions measure it and set its blend."""
-    import tempfile
-
-    import datasets
-    import torch
     from sentence_transformers.cross_encoder import CrossEncoderTrainer, CrossEncoderTrainingArguments
     from sentence_transformers.cross_encoder.losses import MultipleNegativesRankingLoss
 
-    from ragapp.embedding import resolve_model
-
-    target, parts, negatives = _common(examples, out, overwrite, validation, seed)
-    base_folder, _ = resolve_model(base or "")
-    torch.manual_seed(seed)
+    target, base_folder, parts = _common(examples, out, base, overwrite, validation, seed)
     model = load_cross_encoder(base_folder, "cpu", "float32", max_length)
     held_out = _rankings(parts.validation)
     before = _reranker_validation(model, held_out) if held_out else None
-    datasets.disable_progress_bars()
-    train_set = datasets.Dataset.from_dict(_rows(parts.train, negatives))
-    loss = MultipleNegativesRankingLoss(model, num_negatives=IN_BATCH_NEGATIVES)
-    started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="ragapp-reranker-") as scratch:
-        args = CrossEncoderTrainingArguments(
+
+    def arguments(scratch: str) -> Any:
+        return CrossEncoderTrainingArguments(
             **_trainer_args(scratch, epochs, batch_size, learning_rate, seed),
             learning_rate_mapping={HEAD_PARAMETERS: learning_rate * HEAD_LR_FACTOR},
         )
-        trainer = CrossEncoderTrainer(model=model, args=args, train_dataset=train_set, loss=loss)
-        use_progress(trainer, progress, "training reranker")
-        result = trainer.train()
+
+    loss = MultipleNegativesRankingLoss(model, num_negatives=IN_BATCH_NEGATIVES)
+    run = _fit(CrossEncoderTrainer, arguments, model, loss, parts.train, progress, "training reranker")
     measured = _reranker_validation(model, held_out) if held_out else {}
     chosen = choose_blend({w: measured[f"mrr@10 blend {w}"] for w in BLENDS}) if measured else 1.0
     summary = {"questions": float(len(held_out))}
@@ -207,24 +237,14 @@ def train_reranker(
         summary["blended_mrr@10"] = measured[f"mrr@10 blend {chosen}"]
         summary["blend"] = chosen
     meta = {"blend": chosen, "max_length": max_length, "trained_on": parts.sizes()}
-    return _save("reranker", model, target, base_folder, parts, sources, (trainer, result, started), summary, meta)
+    return _save("reranker", model, target, base_folder, parts, sources, run, summary, meta)
 
 
 def _reranker_validation(model: Any, examples: Sequence[Example]) -> dict[str, float]:
     """MRR@10 of the first stage's passages reordered by each blend of reranker and first-stage rank."""
-    import torch
-
-    logits = []
-    for e in examples:
-        pairs = [(e.query, text) for text, _ in e.ranking]
-        logits.append(
-            np.asarray(
-                model.predict(pairs, batch_size=32, activation_fn=torch.nn.Identity(), show_progress_bar=False),
-                dtype=np.float32,
-            ).reshape(-1)
-        )
-    relevant = [np.array([r for _, r in e.ranking], dtype=bool) for e in examples]
-    return {f"mrr@10 blend {w}": mrr_at_10([blend(x, w) for x in logits], relevant) for w in BLENDS}
+    scores = [pair_logits(model, e.query, [text for text, _ in e.ranking]) for e in examples]
+    relevant = _relevance(examples)
+    return {f"mrr@10 blend {w}": mrr_at_10([blend(x, w) for x in scores], relevant) for w in BLENDS}
 
 
 def train_embedder(
@@ -242,20 +262,12 @@ def train_embedder(
     sources: dict[str, Any] | None = None,
 ) -> RetrieverReport:
     """A sentence-transformers model in `out` (set `embedding.model` to it: the workspace is re-embedded)."""
-    import tempfile
-
-    import datasets
-    import torch
     from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
     from sentence_transformers import SentenceTransformerTrainingArguments as Arguments
     from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
     from transformers.utils import logging as hf_logging
 
-    from ragapp.embedding import resolve_model
-
-    target, parts, negatives = _common(examples, out, overwrite, validation, seed)
-    base_folder, _ = resolve_model(base or "")
-    torch.manual_seed(seed)
+    target, base_folder, parts = _common(examples, out, base, overwrite, validation, seed)
     hf_logging.disable_progress_bar()
     model = SentenceTransformer(str(base_folder), device="cpu", local_files_only=True)
     model.max_seq_length = max_length
@@ -265,27 +277,23 @@ def train_embedder(
         return _embedder_validation(lambda texts: model.encode(texts, normalize_embeddings=True), held_out)
 
     before = measure() if held_out else None
-    datasets.disable_progress_bars()
-    train_set = datasets.Dataset.from_dict(_rows(parts.train, negatives))
+
+    def arguments(scratch: str) -> Any:
+        return Arguments(**_trainer_args(scratch, epochs, batch_size, learning_rate, seed))
+
     loss = MultipleNegativesRankingLoss(model)
-    started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="ragapp-embedder-") as scratch:
-        args = Arguments(**_trainer_args(scratch, epochs, batch_size, learning_rate, seed))
-        trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=train_set, loss=loss)
-        use_progress(trainer, progress, "training embedder")
-        result = trainer.train()
+    run = _fit(SentenceTransformerTrainer, arguments, model, loss, parts.train, progress, "training embedder")
     summary = {"questions": float(len(held_out))}
     if before is not None:
         summary["base_mrr@10"] = before
         summary["trained_mrr@10"] = measure()
-    return _save("embedder", model, target, base_folder, parts, sources, (trainer, result, started), summary, None)
+    return _save("embedder", model, target, base_folder, parts, sources, run, summary, None)
 
 
 def _embedder_validation(encode: Callable[[list[str]], np.ndarray], examples: Sequence[Example]) -> float:
     """MRR@10 of the first stage's passages reordered by the embedder's cosine to the question alone."""
-    scores, relevant = [], []
+    scores = []
     for e in examples:
         vectors = encode([e.query] + [text for text, _ in e.ranking])
         scores.append(vectors[1:] @ vectors[0])
-        relevant.append(np.array([r for _, r in e.ranking], dtype=bool))
-    return mrr_at_10(scores, relevant)
+    return mrr_at_10(scores, _relevance(examples))

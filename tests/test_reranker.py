@@ -211,6 +211,24 @@ def test_cli_and_http_turn_reranking_on_and_off(trained: tuple[Path, Path, Any])
     assert refused.status_code == 400 and "reranking needs a reranker" in refused.text
 
 
+def test_eval_runs_rerank_or_not_and_record_which(trained: tuple[Path, Path, Any]) -> None:
+    workspace, trained_folder, _ = trained
+    folder = alone(trained_folder, workspace.parent / "alone-eval")
+    env = {"RAGAPP_RETRIEVAL_RERANKER": str(folder)}
+    dataset = write_jsonl(
+        workspace.parent / "eval.jsonl",
+        [{"question": "How does the keyword index stay consistent?", "answer": "It is rebuilt.", "id": "bm25"}],
+    )
+    common = ("eval", "run", str(dataset), "-k", "2", "--max-new-tokens", "8", "--json")
+    code, on, _ = run(workspace, *common, "--name", "on", env=env)
+    code2, off, _ = run(workspace, *common, "--name", "off", "--no-rerank", env=env)
+    assert code == code2 == 0
+    assert json.loads(on)["models"]["reranker"] and json.loads(on)["config"]["retrieval"]["reranker"] == str(folder)
+    assert "reranker" not in json.loads(off)["models"] and json.loads(off)["config"]["retrieval"]["reranker"] == ""
+    code, _, err = run(workspace, *common, "--name", "refused", "--rerank")
+    assert code == 2 and "needs a reranker" in err
+
+
 def test_a_folder_that_is_not_a_reranker_is_a_config_error(tmp_path: Path, ingested_docs: IngestedDocs) -> None:
     config = {"retrieval": {"reranker": str(tmp_path / "nothing")}}
     with App(ingested_docs.folder, config=config) as app:

@@ -142,6 +142,11 @@ def eval_group() -> None:
     "--batch-size", type=click.IntRange(1, 256), default=16, show_default=True, help="Questions per generation call."
 )
 @click.option("--no-stem", is_flag=True, help="ROUGE without the Porter stemmer.")
+@click.option(
+    "--rerank/--no-rerank",
+    default=None,
+    help="Rerank the candidates (retrieval.reranker) or not; the run records which. Default: on when one is set.",
+)
 @generation_options
 @_judge_options
 @_gate_options
@@ -152,6 +157,7 @@ def run(
     k: int | None,
     batch_size: int,
     no_stem: bool,
+    rerank: bool | None,
     judge_url: str | None,
     judge_model: str | None,
     fail_under: str | None,
@@ -167,7 +173,11 @@ def run(
 
     gate = _gate(fail_under, max_drop_vs)
     with _judging(judge_url, judge_model) as judge:
-        app = open_app({"generation": generation_flags(sampling)})
+        app = open_app(
+            {"generation": generation_flags(sampling)} | ({"retrieval": {"reranker": ""}} if rerank is False else {})
+        )
+        if rerank and not app.config.retrieval.reranker:
+            raise click.UsageError("--rerank needs a reranker: set retrieval.reranker")
         result = evaluate(
             app,
             dataset,

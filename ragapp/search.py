@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 Mode = Literal["dense", "bm25", "hybrid"]
 MODES: tuple[str, ...] = get_args(Mode)
+NO_RERANKER = "reranking needs a reranker: set retrieval.reranker (train one with `ragapp reranker train`)"
 
 
 @dataclass(frozen=True)
@@ -167,7 +168,7 @@ def search(
     if rerank is None:
         rerank = parts.reranker is not None
     elif rerank and parts.reranker is None:
-        raise UsageError("reranking needs a reranker: set retrieval.reranker (train one with `ragapp reranker train`)")
+        raise UsageError(NO_RERANKER)
     restrict = None
     if filters:
         from ragapp.vector_index import Restriction

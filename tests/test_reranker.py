@@ -226,7 +226,7 @@ def test_eval_runs_rerank_or_not_and_record_which(trained: tuple[Path, Path, Any
     assert json.loads(on)["models"]["reranker"] and json.loads(on)["config"]["retrieval"]["reranker"] == str(folder)
     assert "reranker" not in json.loads(off)["models"] and json.loads(off)["config"]["retrieval"]["reranker"] == ""
     code, _, err = run(workspace, *common, "--name", "refused", "--rerank")
-    assert code == 2 and "needs a reranker" in err
+    assert code == 2 and "reranking needs a reranker" in err
 
 
 def test_a_folder_that_is_not_a_reranker_is_a_config_error(tmp_path: Path, ingested_docs: IngestedDocs) -> None:

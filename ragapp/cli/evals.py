@@ -177,7 +177,10 @@ def run(
             {"generation": generation_flags(sampling)} | ({"retrieval": {"reranker": ""}} if rerank is False else {})
         )
         if rerank and not app.config.retrieval.reranker:
-            raise click.UsageError("--rerank needs a reranker: set retrieval.reranker")
+            from ragapp.errors import UsageError
+            from ragapp.search import NO_RERANKER
+
+            raise UsageError(NO_RERANKER)
         result = evaluate(
             app,
             dataset,

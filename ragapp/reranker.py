@@ -37,10 +37,12 @@ META_FILE = "ragapp-reranker.json"
 
 @dataclass(frozen=True)
 class RerankerMeta:
-    """What training recorded beside the model. `blend` is the reranker's share of the final score
-    (z-scored reranker logits against z-scored first-stage ranks); 1.0 ranks by the reranker alone."""
+    """What training recorded beside the model. A candidate's final score is `blend` × the reranker's logit
+    + `prior_weight` × the first stage's prior (−log of its rank): the reranker was trained as a correction
+    of the first stage's order, and `blend` 0 keeps that order."""
 
     blend: float = 1.0
+    prior_weight: float = 0.0
     max_length: int = 256
 
     @classmethod
@@ -50,7 +52,11 @@ class RerankerMeta:
             return cls()
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-            return cls(blend=float(data.get("blend", 1.0)), max_length=int(data.get("max_length", 256)))
+            return cls(
+                blend=float(data.get("blend", 1.0)),
+                prior_weight=float(data.get("prior_weight", 0.0)),
+                max_length=int(data.get("max_length", 256)),
+            )
         except (ValueError, TypeError, AttributeError) as exc:
             raise ConfigError(f"retrieval.reranker: {path} is not valid ({exc})") from None
 
@@ -85,7 +91,7 @@ class Reranker:
         """Changes when the folder's weights or blend change: an evaluation run records it."""
         weights = [p for p in sorted(self.folder.glob("*.safetensors")) if p.is_file()]
         stamp = ",".join(f"{p.name}:{p.stat().st_size}:{int(p.stat().st_mtime)}" for p in weights)
-        return f"{self.folder}|{stamp}|blend {self.meta.blend}"
+        return f"{self.folder}|{stamp}|blend {self.meta.blend} prior {self.meta.prior_weight}"
 
     @property
     def model(self) -> CrossEncoder:
@@ -106,7 +112,7 @@ class Reranker:
     def rerank(self, query: str, ranked: Sequence[tuple[int, float]], texts: Sequence[str]) -> list[tuple[int, float]]:
         """`ranked` (first-stage order, with `texts` in the same order) reordered, each with its final score."""
         logits = self.score(query, texts)
-        final = blend(logits, self.meta.blend)
+        final = combine(logits, first_stage_prior(len(ranked)), self.meta.blend, self.meta.prior_weight)
         order = sorted(range(len(ranked)), key=lambda n: (-final[n], n))
         return [(ranked[n][0], float(final[n])) for n in order]
 
@@ -125,20 +131,16 @@ def pair_logits(model: CrossEncoder, query: str, passages: Sequence[str], batch_
     return np.asarray(scores, dtype=np.float32).reshape(-1)
 
 
-def blend(logits: np.ndarray, weight: float) -> np.ndarray:
-    """`weight` × standardised reranker logits + (1 − weight) × standardised first-stage rank (rank 1 best).
-
-    Ranks, not scores: fused first-stage scores have no fixed scale. Standardising within the candidate list
-    puts both on one. With weight 1 the order is the reranker's alone and the scores are its logits."""
-    if weight >= 1.0 or len(logits) < 2:
-        return logits.astype(np.float32)
-    first = -np.arange(len(logits), dtype=np.float32)
-    return (weight * _standardised(logits) + (1.0 - weight) * _standardised(first)).astype(np.float32)
+def first_stage_prior(ranks: int | np.ndarray) -> np.ndarray:
+    """What the first stage's order says about each candidate: −log(rank), rank 1 best. `ranks` is a count
+    (ranks 1..n) or the ranks themselves. Ranks, not scores: fused scores have no fixed scale."""
+    positions = np.arange(1, ranks + 1) if isinstance(ranks, int) else np.asarray(ranks)
+    return -np.log(positions.astype(np.float32))
 
 
-def _standardised(values: np.ndarray) -> np.ndarray:
-    spread = float(values.std())
-    return (values - values.mean()) / spread if spread > 0 else values - values.mean()
+def combine(logits: np.ndarray, prior: np.ndarray, weight: float, prior_weight: float) -> np.ndarray:
+    """The final scores: `weight` × reranker logits + `prior_weight` × first-stage prior."""
+    return (weight * logits + prior_weight * prior).astype(np.float32)
 
 
 def load_cross_encoder(folder: Path, device: str = "cpu", dtype: str = "float32", max_length: int = 256) -> Any:

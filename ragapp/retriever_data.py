@@ -55,6 +55,12 @@ class Example:
     negatives: list[str]
     origin: str
     ranking: list[tuple[str, bool]] = field(default_factory=list)  # first stage's top passages, answer marked
+    ranked_negatives: list[str] = field(default_factory=list)  # given, then the first stage's from other documents
+
+    def hardest(self, n: int) -> list[str]:
+        """`n` negatives a reranker must get past: the given ones, then the first stage's best-ranked passages
+        of other documents (the mined random sample when there is no ranking)."""
+        return self.ranked_negatives[:n] or self.negatives[:n]
 
     @property
     def key(self) -> str:
@@ -208,7 +214,8 @@ def mine(
             stats["too_few_negatives"] += 1
             continue
         ranking = [(t, n == answer) for n, t in enumerate(texts)]
-        out.append(Example(item.query, positive, chosen, item.origin, ranking))
+        ranked = list(dict.fromkeys([*item.negatives, *pool]))
+        out.append(Example(item.query, positive, chosen, item.origin, ranking, ranked))
     return out, stats
 
 

@@ -102,9 +102,8 @@ def _print(report: Any, as_json: bool, use: str) -> None:
     v = report.validation
     for key, label in (
         ("first_stage_mrr@10", "first stage"),
-        ("untrained_mrr@10", "untrained"),
-        ("reranked_mrr@10", "reranked"),
-        ("blended_mrr@10", f"blend {v.get('blend', 1.0)}"),
+        ("reranker_alone_mrr@10", "reranker alone"),
+        ("reranked_mrr@10", f"reranked (blend {v.get('blend', 1.0)})"),
         ("base_mrr@10", "base model"),
         ("trained_mrr@10", "trained"),
     ):
@@ -131,8 +130,8 @@ def train_reranker_command(lr: float | None, as_json: bool, **options: Any) -> N
       export RAGAPP_RETRIEVAL_RERANKER="$PWD/reranker"     # or retrieval.reranker in ragapp.toml
 
     Hard negatives come from the workspace's own hybrid search; questions whose answer the workspace does
-    not hold are skipped. The held-out questions show MRR@10 before and after, and choose how the
-    reranker's score is blended with the first stage's rank (saved with the model).
+    not hold are skipped. The reranker learns to correct the first stage's order; the held-out questions
+    show MRR@10 before and after, and choose how much weight its correction gets (saved with the model).
     """
     from ragapp.retriever_training import train_reranker
 

@@ -118,10 +118,11 @@ def _ranks(example: Example, texts: Sequence[str]) -> np.ndarray:
     return np.array([position.get(text, MINING_DEPTH + 1) for text in texts])
 
 
-def fit_prior_weight(examples: Sequence[Example], negatives: int) -> float:
-    """The weight of the first-stage prior that best predicts the answers of `examples` among their candidates
-    on its own (lowest cross-entropy): the reranker is then trained to correct that prediction."""
-    priors = np.array(_rows(examples, negatives, priors=True)["label"], dtype=np.float64)
+def fit_prior_weight(labels: Sequence[Sequence[float]]) -> float:
+    """The weight of the first-stage prior that best predicts the answers among their candidates on its own
+    (lowest cross-entropy; `labels` is `_rows`' column of priors, answer first): the reranker is then trained to
+    correct that prediction."""
+    priors = np.array(labels, dtype=np.float64)
 
     def loss(weight: float) -> float:
         scores = weight * priors
@@ -142,11 +143,13 @@ class PriorRankingLoss(torch.nn.Module):
         self.prior_weight = prior_weight
 
     def forward(self, inputs: list[list[str]], labels: Any, prompt: str | None = None, task: str | None = None) -> Any:
+        from sentence_transformers.util import batch_to_device
+
         anchors = inputs[0]
         logits = []
         for candidates in inputs[1:]:
             features = self.model.preprocess(list(zip(anchors, candidates, strict=True)), prompt=prompt, task=task)
-            features = {k: v.to(self.model.device) if hasattr(v, "to") else v for k, v in features.items()}
+            features = batch_to_device(features, self.model.device)
             logits.append(self.model(features)["scores"].reshape(-1))
         scores = torch.stack(logits, dim=1).float()
         scores = scores + self.prior_weight * torch.stack(list(labels)).to(scores)
@@ -287,8 +290,8 @@ def train_reranker(
 
     target, base_folder, parts = _common(examples, out, base, overwrite, validation, seed)
     model = load_cross_encoder(base_folder, "cpu", "float32", max_length)
-    negatives = _negatives(parts.train)
-    prior_weight = fit_prior_weight(parts.train, negatives)
+    columns = _rows(parts.train, _negatives(parts.train), priors=True)
+    prior_weight = fit_prior_weight(columns["label"])
     held_out = _rankings(parts.validation)
 
     def arguments(scratch: str) -> Any:
@@ -298,7 +301,6 @@ def train_reranker(
         )
 
     loss = PriorRankingLoss(model, prior_weight)
-    columns = _rows(parts.train, negatives, priors=True)
     run = _fit(CrossEncoderTrainer, arguments, model, loss, columns, progress, "training reranker")
     summary = {"questions": float(len(held_out)), "prior_weight": prior_weight}
     chosen = 1.0

@@ -22,6 +22,7 @@ from ragapp.retriever_data import Wanted, mine, read_examples, synthetic_wanted
 from ragapp.retriever_training import (
     BLENDS,
     REPORT_FILE,
+    _rows,
     choose_blend,
     fit_prior_weight,
     mrr_at_10,
@@ -104,7 +105,11 @@ def test_the_prior_weight_fits_how_often_the_first_stage_is_right() -> None:
 
     mostly_first = [example(n, 1) for n in range(18)] + [example(n, 4) for n in range(18, 20)]
     often_wrong = [example(n, 1) for n in range(8)] + [example(n, 1 + n % 5) for n in range(8, 20)]
-    assert fit_prior_weight(mostly_first, 4) > fit_prior_weight(often_wrong, 4) > 0
+
+    def fitted(examples: list[Example]) -> float:
+        return fit_prior_weight(_rows(examples, 4, priors=True)["label"])
+
+    assert fitted(mostly_first) > fitted(often_wrong) > 0
 
 
 def test_the_blend_goes_to_the_reranker_only_as_far_as_it_helps() -> None:

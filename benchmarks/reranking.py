@@ -8,6 +8,8 @@ the latency it adds per query.
     # dense, BM25 and hybrid, and hybrid reranked when --reranker is given:
     .venv/bin/python benchmarks/reranking.py faq ../shared/data/faq_debian.jsonl /usr/share/doc/debian/FAQ \\
         --reranker models/debian-rr --keep /tmp/bench/debian
+    .venv/bin/python benchmarks/reranking.py faq ../shared/data/faq_django.jsonl \\
+        /usr/share/doc/python-django-doc/html --reranker models/django-rr --keep /tmp/bench/django
     # Latency of reranking N candidates (p50/p99 over the queries, after a warm-up), float32 vs the auto dtype:
     .venv/bin/python benchmarks/reranking.py latency /tmp/bench/debian ../shared/data/faq_debian.jsonl \\
         --reranker models/debian-rr
@@ -31,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from ragapp.evals.bench import bench_retrieval
 from ragapp.evals.metrics import source_matches
 
+from benchmarks.answers import DJANGO_EXCLUDE
 from benchmarks.machine import cpu_name
 from ragapp import App
 
@@ -83,8 +86,8 @@ def run_faq(args: argparse.Namespace) -> None:
     golds = [r.get("sources") or [r["source_page"]] for r in rows]
     excluded = sorted({g for gold in golds for g in gold}) if args.exclude else []
     workspace = args.keep or Path("/tmp/ragapp-bench-faq")
-    with App(workspace, config={"ingest": {"exclude": excluded}}) as app:
-        app.ingest([args.docs], progress=True)
+    with App(workspace, config={"ingest": {"exclude": excluded}}) as app:  # the pages benchmarks/answers.py asks
+        app.ingest([args.docs], include=["**/*.html"], exclude=DJANGO_EXCLUDE, progress=True)
     runs = [("dense", False), ("bm25", False), ("hybrid", False)] + ([("hybrid", True)] if args.reranker else [])
     for mode, rerank in runs:
         config = {"retrieval": {"reranker": str(args.reranker.resolve())}} if rerank else {}

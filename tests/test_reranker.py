@@ -302,6 +302,7 @@ def test_synthetic_questions_are_found_again(ingested_docs: IngestedDocs) -> Non
         assert stats["chunks"] == 4
         assert stats["questions"] + stats["unusable"] == 4
         assert len(kept) == stats["questions"] - stats["not_found_again"]
+        assert kept, stats  # with the instruction after the passage, SmolLM2 writes questions that find their chunk
         for item in kept:
             assert item.query.endswith("?") and item.chunk_id is not None
             assert item.chunk_id in [h.chunk_id for h in app.search(item.query, 5, mode="hybrid", rerank=False)]
